@@ -1,0 +1,16 @@
+//! # signrt-runtime
+//!
+//! The edge runtime of signrt: offline continuous sign-language recognition.
+//!
+//! This crate is deliberately lean (no Candle, no training code). It owns the
+//! **model bundle contract** ([`bundle`]): the manifest, the vocabulary and the
+//! checksummed ONNX files that the trainer writes, `signrt-quantize` rewrites and
+//! the `signrt` binary runs. The trainer and the quantizer depend on this crate
+//! for the bundle types; this crate depends on no other crate of ours.
+
+pub mod bundle;
+pub mod fsutil;
+pub mod vocab;
+
+pub use bundle::{Bundle, BundleError, Manifest};
+pub use vocab::{Vocab, VocabError, BLANK, BLANK_TOKEN};

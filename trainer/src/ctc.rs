@@ -1,0 +1,3 @@
+//! Stage 4: CTC head, CTC loss, forced alignment.
+//!
+//! Not implemented yet (issue "Trainer I").

@@ -1,0 +1,20 @@
+//! # signrt-trainer
+//!
+//! The training side of signrt: the seed's 4-stage continuous sign-language
+//! recognition model in Candle, the datasets it learns from (the seed's CSV
+//! layout, PHOENIX-2014, PHOENIX-2014-T), a deterministic synthetic signer
+//! corpus, training, WER evaluation and ONNX export into a model bundle (the
+//! bundle types come from `signrt-runtime`).
+//!
+//! One stage of the seed lives in one file named after it:
+//! [`visual`] (stage 1), [`align`] (stage 1 alignment), [`keyframe`] (stage 2),
+//! [`temporal`] (stage 3), [`ctc`] (stage 4) and [`loss`] (the total loss).
+
+pub mod align;
+pub mod ctc;
+pub mod data;
+pub mod keyframe;
+pub mod loss;
+pub mod synth;
+pub mod temporal;
+pub mod visual;

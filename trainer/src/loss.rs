@@ -1,0 +1,3 @@
+//! The multi-stage loss: fixed weights or GradNorm.
+//!
+//! Not implemented yet (issue "Trainer I").

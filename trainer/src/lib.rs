@@ -15,6 +15,8 @@ pub mod ctc;
 pub mod data;
 pub mod keyframe;
 pub mod loss;
+pub mod metrics;
+pub mod optim;
 pub mod synth;
 pub mod temporal;
 pub mod visual;

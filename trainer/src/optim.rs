@@ -1,0 +1,428 @@
+//! Optimisation: AdamW with per-module learning rates, global-norm gradient
+//! clipping and learning-rate schedules.
+//!
+//! Candle 0.11 ships an AdamW, but its moment estimates are private, so a
+//! checkpoint could not hold them and `--resume` could not continue exactly.
+//! This one keeps its state in named tensors that go into the checkpoint.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Hyper-parameters shared by every group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWParams {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWParams {
+    fn default() -> Self {
+        // PyTorch's AdamW defaults.
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// Variables that share a learning rate (one module of the model).
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    pub name: String,
+    pub lr: f64,
+    /// (name, variable), the name being the checkpoint key.
+    pub vars: Vec<(String, Var)>,
+}
+
+struct Slot {
+    group: usize,
+    name: String,
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// Decoupled-weight-decay Adam (Loshchilov & Hutter), as `torch.optim.AdamW`.
+pub struct AdamW {
+    params: AdamWParams,
+    lrs: Vec<f64>,
+    group_names: Vec<String>,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(groups: Vec<ParamGroup>, params: AdamWParams) -> Result<Self> {
+        let mut slots = Vec::new();
+        let mut lrs = Vec::new();
+        let mut group_names = Vec::new();
+        for (gi, g) in groups.into_iter().enumerate() {
+            lrs.push(g.lr);
+            group_names.push(g.name);
+            for (name, var) in g.vars {
+                let m = var.zeros_like()?.to_dtype(DType::F32)?;
+                let v = m.clone();
+                slots.push(Slot {
+                    group: gi,
+                    name,
+                    var,
+                    m,
+                    v,
+                });
+            }
+        }
+        Ok(Self {
+            params,
+            lrs,
+            group_names,
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Base learning rate of each group, by name.
+    pub fn group_lrs(&self) -> Vec<(String, f64)> {
+        self.group_names
+            .iter()
+            .cloned()
+            .zip(self.lrs.iter().copied())
+            .collect()
+    }
+
+    /// Every variable the optimiser updates.
+    pub fn vars(&self) -> Vec<Var> {
+        self.slots.iter().map(|s| s.var.clone()).collect()
+    }
+
+    /// One update. `lr_scale` multiplies every group's learning rate (the
+    /// schedule). Variables without a gradient are left untouched (their
+    /// moments are not decayed either, as in PyTorch).
+    pub fn step(&mut self, grads: &GradStore, lr_scale: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let p = self.params;
+        let bc1 = 1.0 - p.beta1.powi(t);
+        let bc2 = 1.0 - p.beta2.powi(t);
+        for s in &mut self.slots {
+            let Some(g) = grads.get(s.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let lr = self.lrs[s.group] * lr_scale;
+            s.m = ((&s.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
+            s.v = ((&s.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+            let m_hat = (&s.m / bc1)?;
+            let v_hat = (&s.v / bc2)?;
+            let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
+            let w = s.var.as_tensor().to_dtype(DType::F32)?;
+            let w = ((&w * (1.0 - lr * p.weight_decay))? - (update * lr)?)?;
+            s.var.set(&w.to_dtype(s.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments as named tensors (`adamw.m.<var>`, `adamw.v.<var>`), for a checkpoint.
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for s in &self.slots {
+            out.insert(format!("adamw.m.{}", s.name), s.m.clone());
+            out.insert(format!("adamw.v.{}", s.name), s.v.clone());
+        }
+        out
+    }
+
+    /// Restores the moments and the step count saved by [`Self::state_tensors`].
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for s in &mut self.slots {
+            for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let k = format!("adamw.{key}.{}", s.name);
+                let t = tensors.get(&k).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("checkpoint has no optimizer state `{k}`"))
+                })?;
+                if t.dims() != dst.dims() {
+                    candle_core::bail!(
+                        "optimizer state `{k}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        dst.dims()
+                    );
+                }
+                *dst = t.to_dtype(DType::F32)?.to_device(dst.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Scales every gradient of `vars` so that their global L2 norm is at most
+/// `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Learning-rate schedule, as a multiplier of the base rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` steps.
+    Step {
+        every: u64,
+        gamma: f64,
+    },
+    /// Multiply by `factor` when the dev WER has not improved for `patience`
+    /// evaluations (`ReduceLROnPlateau(mode="min")`), never below `min_scale`.
+    Plateau {
+        patience: u32,
+        factor: f64,
+        min_scale: f64,
+    },
+}
+
+/// The schedule's running state (kept in checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    pub schedule: Schedule,
+    pub plateau_scale: f64,
+    pub best: Option<f64>,
+    pub bad_evals: u32,
+}
+
+impl ScheduleState {
+    pub fn new(schedule: Schedule) -> Self {
+        Self {
+            schedule,
+            plateau_scale: 1.0,
+            best: None,
+            bad_evals: 0,
+        }
+    }
+
+    /// The multiplier for optimizer step number `step` (0-based).
+    pub fn scale(&self, step: u64) -> f64 {
+        match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Step { every, gamma } => gamma.powi((step / every.max(1)) as i32),
+            Schedule::Plateau { .. } => self.plateau_scale,
+        }
+    }
+
+    /// Feeds an evaluation metric (lower is better) to the plateau schedule.
+    pub fn observe(&mut self, metric: f64) {
+        let Schedule::Plateau {
+            patience,
+            factor,
+            min_scale,
+        } = self.schedule
+        else {
+            return;
+        };
+        match self.best {
+            Some(b) if metric >= b => {
+                self.bad_evals += 1;
+                if self.bad_evals > patience {
+                    self.plateau_scale = (self.plateau_scale * factor).max(min_scale);
+                    self.bad_evals = 0;
+                }
+            }
+            _ => {
+                self.best = Some(metric);
+                self.bad_evals = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Scalar AdamW written from the paper's update rule, as the oracle.
+    fn reference(
+        ws: &mut [f64],
+        ms: &mut [f64],
+        vs: &mut [f64],
+        gs: &[f64],
+        lr: f64,
+        t: i32,
+        p: AdamWParams,
+    ) {
+        for i in 0..ws.len() {
+            ws[i] -= lr * p.weight_decay * ws[i];
+            ms[i] = p.beta1 * ms[i] + (1.0 - p.beta1) * gs[i];
+            vs[i] = p.beta2 * vs[i] + (1.0 - p.beta2) * gs[i] * gs[i];
+            let mh = ms[i] / (1.0 - p.beta1.powi(t));
+            let vh = vs[i] / (1.0 - p.beta2.powi(t));
+            ws[i] -= lr * mh / (vh.sqrt() + p.eps);
+        }
+    }
+
+    #[test]
+    fn adamw_matches_scalar_reference_with_two_groups_and_resumes() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![0.5f32, -1.0, 2.0], 3, &dev)?;
+        let b = Var::from_vec(vec![1.5f32, 0.25], 2, &dev)?;
+        let p = AdamWParams {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let groups = vec![
+            ParamGroup {
+                name: "a".into(),
+                lr: 0.1,
+                vars: vec![("a".into(), a.clone())],
+            },
+            ParamGroup {
+                name: "b".into(),
+                lr: 0.01,
+                vars: vec![("b".into(), b.clone())],
+            },
+        ];
+        let mut opt = AdamW::new(groups, p)?;
+        let (mut wa, mut ma, mut va) = (vec![0.5, -1.0, 2.0], vec![0.0; 3], vec![0.0; 3]);
+        let (mut wb, mut mb, mut vb) = (vec![1.5, 0.25], vec![0.0; 2], vec![0.0; 2]);
+        let mut saved = None;
+        for t in 1..=6 {
+            // loss = sum(a^3) + sum(b^2) * 3: gradients 3a^2 and 6b
+            let loss =
+                (a.as_tensor().powf(3.0)?.sum_all()? + (b.as_tensor().sqr()?.sum_all()? * 3.0)?)?;
+            let grads = loss.backward()?;
+            let ga: Vec<f64> = wa.iter().map(|w| 3.0 * w * w).collect();
+            let gb: Vec<f64> = wb.iter().map(|w| 6.0 * w).collect();
+            opt.step(&grads, 0.5)?;
+            reference(&mut wa, &mut ma, &mut va, &ga, 0.1 * 0.5, t, p);
+            reference(&mut wb, &mut mb, &mut vb, &gb, 0.01 * 0.5, t, p);
+            for (x, y) in a.as_tensor().to_vec1::<f32>()?.iter().zip(&wa) {
+                assert!((*x as f64 - y).abs() < 1e-5, "step {t}: {x} vs {y}");
+            }
+            for (x, y) in b.as_tensor().to_vec1::<f32>()?.iter().zip(&wb) {
+                assert!((*x as f64 - y).abs() < 1e-5, "step {t}: {x} vs {y}");
+            }
+            if t == 3 {
+                saved = Some((
+                    opt.state_tensors(),
+                    a.as_tensor().copy()?,
+                    b.as_tensor().copy()?,
+                ));
+            }
+        }
+        // Resume from step 3 in a fresh optimizer: the next three steps must agree.
+        let (state, a3, b3) = saved.unwrap();
+        let a2 = Var::from_tensor(&a3)?;
+        let b2 = Var::from_tensor(&b3)?;
+        let mut opt2 = AdamW::new(
+            vec![
+                ParamGroup {
+                    name: "a".into(),
+                    lr: 0.1,
+                    vars: vec![("a".into(), a2.clone())],
+                },
+                ParamGroup {
+                    name: "b".into(),
+                    lr: 0.01,
+                    vars: vec![("b".into(), b2.clone())],
+                },
+            ],
+            p,
+        )?;
+        opt2.load_state(&state, 3)?;
+        for _ in 4..=6 {
+            let loss =
+                (a2.as_tensor().powf(3.0)?.sum_all()? + (b2.as_tensor().sqr()?.sum_all()? * 3.0)?)?;
+            opt2.step(&loss.backward()?, 0.5)?;
+        }
+        assert_eq!(
+            a2.as_tensor().to_vec1::<f32>()?,
+            a.as_tensor().to_vec1::<f32>()?
+        );
+        assert_eq!(
+            b2.as_tensor().to_vec1::<f32>()?,
+            b.as_tensor().to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn clipping_scales_to_max_norm() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![3.0f32, 0.0], 2, &dev)?;
+        let b = Var::from_vec(vec![2.0f32], 1, &dev)?;
+        // gradients: 2a = (6, 0) and 2b = (4): norm sqrt(52)
+        let loss = (a.as_tensor().sqr()?.sum_all()? + b.as_tensor().sqr()?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let vars = [a.clone(), b.clone()];
+        let n = clip_grad_norm(&mut grads, &vars, 1.0)?;
+        assert!((n - 52f64.sqrt()).abs() < 1e-5);
+        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
+        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?;
+        let after = (ga[0] * ga[0] + ga[1] * ga[1] + gb[0] * gb[0]).sqrt();
+        assert!((after - 1.0).abs() < 1e-4, "{after}");
+        assert!((ga[0] / gb[0] - 1.5).abs() < 1e-5, "direction kept");
+        // below the limit nothing changes
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &vars, 100.0)?;
+        assert_eq!(
+            grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?,
+            vec![4.0]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn schedules() {
+        let s = ScheduleState::new(Schedule::Step {
+            every: 10,
+            gamma: 0.5,
+        });
+        assert_eq!(
+            (s.scale(0), s.scale(9), s.scale(10), s.scale(25)),
+            (1.0, 1.0, 0.5, 0.25)
+        );
+        let mut s = ScheduleState::new(Schedule::Plateau {
+            patience: 1,
+            factor: 0.5,
+            min_scale: 0.2,
+        });
+        for m in [0.9, 0.8, 0.85, 0.85] {
+            s.observe(m);
+        }
+        assert_eq!(s.scale(0), 0.5); // two bad evaluations after the best (patience 1)
+        for _ in 0..10 {
+            s.observe(0.99);
+        }
+        assert_eq!(s.scale(0), 0.2); // floor
+        s.observe(0.1);
+        assert_eq!((s.best, s.bad_evals), (Some(0.1), 0));
+    }
+}

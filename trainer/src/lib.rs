@@ -11,6 +11,8 @@
 //! [`temporal`] (stage 3), [`ctc`] (stage 4) and [`loss`] (the total loss).
 
 pub mod align;
+pub mod checkpoint;
+pub mod config;
 pub mod ctc;
 pub mod data;
 pub mod keyframe;

@@ -1,0 +1,436 @@
+//! The training configuration: TOML mirroring the seed's `config.yaml`
+//! (`model`, `training` with its per-module `learning_rates` and `loss_weights`,
+//! and `hardware`), plus the keys the seed leaves implicit (backbone, input size,
+//! augmentation, schedule). Unknown keys are refused, so a typo never silently
+//! falls back to a default.
+
+use crate::optim::Schedule;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// `small` (fast CPU backbone), `resnet18`, `resnet34` or `resnet50`.
+    pub backbone: String,
+    /// Optional torchvision-named safetensors to initialise the backbone from.
+    pub backbone_weights: Option<PathBuf>,
+    /// Channels of the stage-1 feature map F (B,T,C,G,G). The seed's F has 512.
+    /// (The seed's config says 1024 here but never uses it; see ARCHITECTURE.md.)
+    pub feature_dim: usize,
+    /// Side of the pooled grid G (the seed's 4).
+    pub grid: usize,
+    /// ConvGRU hidden channels (the seed's `hidden_dim`).
+    pub hidden_dim: usize,
+    /// BiLSTM hidden size per direction.
+    pub lstm_hidden: usize,
+    pub lstm_layers: usize,
+    pub keyframe_ratio: f64,
+    /// `learned` (the seed), `all` (no selection) or `random`.
+    pub selection: String,
+    /// Scale selected features by their normalised scores so the CTC gradient reaches the scorer.
+    pub score_scaling: bool,
+    pub dropout: f64,
+    /// Square input side in pixels.
+    pub input_size: usize,
+    /// Longest clip in frames; longer videos are sampled uniformly in time.
+    pub max_frames: usize,
+    /// Directory of a local BERT (config.json, model.safetensors, tokenizer.json);
+    /// none = a learned gloss-embedding table.
+    pub text_encoder: Option<PathBuf>,
+    /// Dimension of the gloss-embedding table (ignored with a BERT).
+    pub text_dim: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            backbone: "resnet18".into(),
+            backbone_weights: None,
+            feature_dim: 512,
+            grid: 4,
+            hidden_dim: 512,
+            lstm_hidden: 256,
+            lstm_layers: 2,
+            keyframe_ratio: 0.7,
+            selection: "learned".into(),
+            score_scaling: true,
+            dropout: 0.2,
+            input_size: 224,
+            max_frames: 200,
+            text_encoder: None,
+            text_dim: 256,
+        }
+    }
+}
+
+/// Per-module learning rates, with the seed's names and defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningRates {
+    pub visual_encoder: f64,
+    /// The trainable text side of the alignment (projection, gloss table). A
+    /// BERT encoder itself is frozen.
+    pub text_encoder: f64,
+    pub conv_gru: f64,
+    pub temporal_lstm: f64,
+    pub ctc_projection: f64,
+}
+
+impl Default for LearningRates {
+    fn default() -> Self {
+        Self {
+            visual_encoder: 1e-4,
+            text_encoder: 2e-5,
+            conv_gru: 5e-4,
+            temporal_lstm: 3e-4,
+            ctc_projection: 3e-4,
+        }
+    }
+}
+
+/// Initial loss weights, with the seed's names and defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossWeightsSection {
+    pub cross_modal: f64,
+    pub keyframe_selection: f64,
+    pub frame_classification: f64,
+    pub ctc: f64,
+}
+
+impl Default for LossWeightsSection {
+    fn default() -> Self {
+        Self {
+            cross_modal: 1.0,
+            keyframe_selection: 0.5,
+            frame_classification: 1.0,
+            ctc: 2.0,
+        }
+    }
+}
+
+/// Training-time augmentation. No horizontal flip by default: it swaps the
+/// signer's dominant hand, which changes the sign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSection {
+    /// Random crop keeping at least this share of each side (1.0 = off).
+    pub crop_min: f64,
+    /// Brightness/contrast/saturation jitter amplitude (0 = off).
+    pub color_jitter: f64,
+    /// Largest rotation in degrees (0 = off).
+    pub rotation_deg: f64,
+    /// Temporal rescale amplitude: the clip is resampled to (1 ± r)·T frames.
+    pub temporal_rescale: f64,
+    /// Horizontal flip probability. Off by default: it swaps handedness.
+    pub hflip: f64,
+}
+
+impl Default for AugmentSection {
+    fn default() -> Self {
+        Self {
+            crop_min: 0.9,
+            color_jitter: 0.2,
+            rotation_deg: 5.0,
+            temporal_rescale: 0.2,
+            hflip: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub batch_size: usize,
+    pub num_epochs: usize,
+    /// Stop after this many optimizer steps (0 = no limit).
+    pub max_steps: u64,
+    pub seed: u64,
+    pub learning_rates: LearningRates,
+    pub loss_weights: LossWeightsSection,
+    /// `fixed` (the config's weights) or `gradnorm`.
+    pub weighting: String,
+    pub gradnorm_alpha: f64,
+    /// AdamW decoupled weight decay: the seed's L2 term.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (the seed's max_norm 1.0).
+    pub grad_clip: f64,
+    pub schedule: Schedule,
+    /// Evaluate on dev every this many steps (0 = at the end of each epoch).
+    pub eval_every: u64,
+    /// Beam width for dev evaluation (1 = greedy).
+    pub eval_beam: usize,
+    pub augment: AugmentSection,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            batch_size: 4,
+            num_epochs: 100,
+            max_steps: 0,
+            seed: 0,
+            learning_rates: LearningRates::default(),
+            loss_weights: LossWeightsSection::default(),
+            weighting: "fixed".into(),
+            gradnorm_alpha: 0.12,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            schedule: Schedule::Plateau {
+                patience: 3,
+                factor: 0.5,
+                min_scale: 0.01,
+            },
+            eval_every: 0,
+            eval_beam: 1,
+            augment: AugmentSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareSection {
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
+    /// Frame-decoding worker threads.
+    pub num_workers: usize,
+    /// Accepted for the seed's sake; training runs in f32 (a warning is logged if true).
+    pub mixed_precision: bool,
+    /// Compute threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for HardwareSection {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            num_workers: 2,
+            mixed_precision: false,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelSection,
+    pub training: TrainingSection,
+    pub hardware: HardwareSection,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                field: field.into(),
+                message,
+            })
+        };
+        let m = &self.model;
+        if !["small", "resnet18", "resnet34", "resnet50"].contains(&m.backbone.as_str()) {
+            return bad(
+                "model.backbone",
+                format!(
+                    "`{}`: expected small, resnet18, resnet34 or resnet50",
+                    m.backbone
+                ),
+            );
+        }
+        if !["learned", "all", "random"].contains(&m.selection.as_str()) {
+            return bad(
+                "model.selection",
+                format!("`{}`: expected learned, all or random", m.selection),
+            );
+        }
+        if !(m.keyframe_ratio > 0.0 && m.keyframe_ratio <= 1.0) {
+            return bad(
+                "model.keyframe_ratio",
+                format!("{} is not in (0, 1]", m.keyframe_ratio),
+            );
+        }
+        for (f, v) in [
+            ("model.feature_dim", m.feature_dim),
+            ("model.grid", m.grid),
+            ("model.hidden_dim", m.hidden_dim),
+            ("model.lstm_hidden", m.lstm_hidden),
+            ("model.lstm_layers", m.lstm_layers),
+            ("model.input_size", m.input_size),
+            ("model.text_dim", m.text_dim),
+            ("training.batch_size", self.training.batch_size),
+        ] {
+            if v == 0 {
+                return bad(f, "must be positive".into());
+            }
+        }
+        if m.max_frames < 2 {
+            return bad("model.max_frames", "must be at least 2".into());
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
+        }
+        let t = &self.training;
+        if !["fixed", "gradnorm"].contains(&t.weighting.as_str()) {
+            return bad(
+                "training.weighting",
+                format!("`{}`: expected fixed or gradnorm", t.weighting),
+            );
+        }
+        let lr = &t.learning_rates;
+        for (f, v) in [
+            ("training.learning_rates.visual_encoder", lr.visual_encoder),
+            ("training.learning_rates.text_encoder", lr.text_encoder),
+            ("training.learning_rates.conv_gru", lr.conv_gru),
+            ("training.learning_rates.temporal_lstm", lr.temporal_lstm),
+            ("training.learning_rates.ctc_projection", lr.ctc_projection),
+            (
+                "training.loss_weights.cross_modal",
+                t.loss_weights.cross_modal,
+            ),
+            (
+                "training.loss_weights.keyframe_selection",
+                t.loss_weights.keyframe_selection,
+            ),
+            (
+                "training.loss_weights.frame_classification",
+                t.loss_weights.frame_classification,
+            ),
+            ("training.loss_weights.ctc", t.loss_weights.ctc),
+            ("training.weight_decay", t.weight_decay),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(f, format!("{v} must be a finite number >= 0"));
+            }
+        }
+        if !(t.grad_clip > 0.0) {
+            return bad("training.grad_clip", "must be positive".into());
+        }
+        let a = &t.augment;
+        if !(a.crop_min > 0.0 && a.crop_min <= 1.0) {
+            return bad(
+                "training.augment.crop_min",
+                format!("{} is not in (0, 1]", a.crop_min),
+            );
+        }
+        if !(0.0..1.0).contains(&a.temporal_rescale) {
+            return bad(
+                "training.augment.temporal_rescale",
+                format!("{} is not in [0, 1)", a.temporal_rescale),
+            );
+        }
+        if !(0.0..=1.0).contains(&a.hflip) {
+            return bad(
+                "training.augment.hflip",
+                format!("{} is not a probability", a.hflip),
+            );
+        }
+        let d = self.hardware.device.as_str();
+        let cuda_ok = d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(d == "auto" || d == "cpu" || d == "cuda" || cuda_ok) {
+            return bad(
+                "hardware.device",
+                format!("`{d}`: expected auto, cpu or cuda:N"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_keys_parse_and_defaults_are_the_seeds() {
+        let text = r#"
+[model]
+lstm_hidden = 128
+keyframe_ratio = 0.5
+
+[training]
+batch_size = 2
+[training.learning_rates]
+conv_gru = 1e-3
+[training.loss_weights]
+ctc = 3.0
+
+[hardware]
+device = "cpu"
+"#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.model.lstm_hidden, 128);
+        assert_eq!(c.model.keyframe_ratio, 0.5);
+        assert_eq!(c.training.learning_rates.conv_gru, 1e-3);
+        assert_eq!(c.training.learning_rates.visual_encoder, 1e-4);
+        assert_eq!(c.training.loss_weights.ctc, 3.0);
+        assert_eq!(c.training.loss_weights.keyframe_selection, 0.5);
+        assert_eq!(c.training.augment.hflip, 0.0);
+        // round trip
+        let again = Config::parse(&c.to_toml(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let e = Config::parse("[model]\nlstm_hiden = 3\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cfg.toml") && e.contains("lstm_hiden"), "{e}");
+        let e = Config::parse("[model]\nkeyframe_ratio = 1.5\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.keyframe_ratio"), "{e}");
+        let e = Config::parse("[hardware]\ndevice = \"tpu\"\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hardware.device"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/cfg.toml"), "{e}");
+    }
+}

@@ -344,7 +344,7 @@ impl Config {
                 return bad(f, format!("{v} must be a finite number >= 0"));
             }
         }
-        if !(t.grad_clip > 0.0) {
+        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
             return bad("training.grad_clip", "must be positive".into());
         }
         let a = &t.augment;

@@ -11,6 +11,8 @@
 pub mod bundle;
 pub mod decode;
 pub mod fsutil;
+pub mod natural;
+pub mod preprocess;
 pub mod vocab;
 
 pub use bundle::{Bundle, BundleError, Manifest};

@@ -13,7 +13,9 @@ pub mod decode;
 pub mod fsutil;
 pub mod natural;
 pub mod preprocess;
+pub mod source;
 pub mod vocab;
+pub mod y4m;
 
 pub use bundle::{Bundle, BundleError, Manifest};
 pub use vocab::{Vocab, VocabError, BLANK, BLANK_TOKEN};

@@ -133,10 +133,8 @@ impl<R: BufRead> Y4mReader<R> {
                     let d = d.parse().map_err(|_| hdr(format!("bad frame rate `{v}`")))?;
                     fps = Some((n, d));
                 }
-                "I" => {
-                    if v != "p" && v != "?" {
-                        log::warn!("{name}: interlaced Y4M (I{v}) is read as progressive");
-                    }
+                "I" if v != "p" && v != "?" => {
+                    log::warn!("{name}: interlaced Y4M (I{v}) is read as progressive");
                 }
                 "C" => {
                     chroma = match v {

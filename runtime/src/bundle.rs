@@ -7,8 +7,12 @@
 //! manifest.json   this file's [`Manifest`]
 //! vocab.txt       the [`Vocab`]: `<blank>` then the glosses, one per line
 //! encoder.onnx    frames (N,3,H,W) -> features (N,C,G,G); runs once per frame
-//! temporal.onnx   a window of features -> keyframe scores and CTC log-probs
+//! scorer.onnx     features of a window (1,T,C,G,G) -> keyframe scores (1,T-1)
+//! temporal.onnx   selected keyframe features (1,K,C*G*G) -> CTC log-probs (1,K,V)
 //! ```
+//!
+//! Top-K keyframe selection (and putting the indices back in time order) runs
+//! in the runtime between the two graphs, with the same code as the trainer.
 //!
 //! Every file the manifest names is listed in `files` with its size and sha256;
 //! [`Bundle::open`] refuses a bundle whose files are missing, truncated, changed,
@@ -142,11 +146,16 @@ pub struct Manifest {
     pub stream: StreamSpec,
     /// Share of frame differences kept by the keyframe stage (the seed's 0.7).
     pub keyframe_ratio: f32,
+    /// Whether selected features are scaled by their normalised scores before
+    /// the temporal graph (the trainer's `score_scaling`).
+    pub score_scaling: bool,
     /// File name of the vocabulary.
     pub vocabulary: String,
     /// File name of the per-frame encoder graph.
     pub encoder: String,
-    /// File name of the windowed temporal graph.
+    /// File name of the keyframe scorer graph.
+    pub scorer: String,
+    /// File name of the temporal graph (BiLSTM + CTC head).
     pub temporal: String,
     /// Every file of the bundle but the manifest: name -> size and sha256.
     pub files: BTreeMap<String, FileEntry>,
@@ -179,8 +188,13 @@ pub fn file_digest(path: &Path) -> Result<FileEntry, BundleError> {
 
 impl Manifest {
     /// The files the manifest refers to by role.
-    pub fn referenced_files(&self) -> [&str; 3] {
-        [&self.vocabulary, &self.encoder, &self.temporal]
+    pub fn referenced_files(&self) -> [&str; 4] {
+        [
+            &self.vocabulary,
+            &self.encoder,
+            &self.scorer,
+            &self.temporal,
+        ]
     }
 
     /// Recomputes `files` from the referenced files in `dir`, then writes the
@@ -396,8 +410,10 @@ mod tests {
                 fps: 25.0,
             },
             keyframe_ratio: 0.7,
+            score_scaling: true,
             vocabulary: "vocab.txt".into(),
             encoder: "encoder.onnx".into(),
+            scorer: "scorer.onnx".into(),
             temporal: "temporal.onnx".into(),
             files: BTreeMap::new(),
             quantization: None,
@@ -408,6 +424,7 @@ mod tests {
         let v = Vocab::from_glosses(["A", "B"]);
         v.save(&dir.join("vocab.txt")).unwrap();
         std::fs::write(dir.join("encoder.onnx"), b"encoder bytes").unwrap();
+        std::fs::write(dir.join("scorer.onnx"), b"scorer bytes").unwrap();
         std::fs::write(dir.join("temporal.onnx"), b"temporal bytes").unwrap();
         let mut m = sample_manifest(v.len());
         m.seal_and_write(dir).unwrap();

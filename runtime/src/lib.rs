@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod decode;
 pub mod fsutil;
+pub mod keyframes;
 pub mod natural;
 pub mod preprocess;
 pub mod source;

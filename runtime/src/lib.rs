@@ -13,6 +13,7 @@ pub mod decode;
 pub mod fsutil;
 pub mod keyframes;
 pub mod natural;
+pub mod onnx;
 pub mod preprocess;
 pub mod source;
 pub mod vocab;

@@ -16,6 +16,7 @@ pub mod natural;
 pub mod onnx;
 pub mod preprocess;
 pub mod source;
+pub mod stream;
 pub mod vocab;
 pub mod y4m;
 

@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod decode;
+pub mod engine;
 pub mod fsutil;
 pub mod keyframes;
 pub mod natural;
@@ -17,6 +18,7 @@ pub mod onnx;
 pub mod preprocess;
 pub mod source;
 pub mod stream;
+pub mod toy;
 pub mod vocab;
 pub mod y4m;
 

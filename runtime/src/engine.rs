@@ -1,0 +1,253 @@
+//! The bundle's three ONNX graphs in tract: the per-frame encoder, the keyframe
+//! scorer and the temporal graph, behind the pipeline's [`Model`] trait.
+
+use crate::bundle::Bundle;
+use crate::stream::Model;
+use std::path::{Path, PathBuf};
+use tract_onnx::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: cannot load ONNX graph: {message}; the file may be truncated or not ONNX: re-export the bundle")]
+    Load { path: PathBuf, message: String },
+    #[error("{path}: graph does not match the manifest: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    #[error("{graph}: {message}")]
+    Run {
+        graph: &'static str,
+        message: String,
+    },
+}
+
+type Plan = std::sync::Arc<TypedRunnableModel>;
+
+/// Loads a graph; `input` overrides the first input's fact (otherwise the
+/// graph's own declared shape, with symbolic dimensions, is used).
+fn load(path: &Path, input: Option<InferenceFact>) -> Result<Plan, EngineError> {
+    let err = |e: TractError| EngineError::Load {
+        path: path.into(),
+        message: format!("{e:#}"),
+    };
+    let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
+    if let Some(f) = input {
+        model = model.with_input_fact(0, f).map_err(err)?;
+    }
+    model
+        .into_optimized()
+        .map_err(err)?
+        .into_runnable()
+        .map_err(err)
+}
+
+fn run1(
+    plan: &Plan,
+    graph: &'static str,
+    shape: &[usize],
+    data: &[f32],
+    out: &mut Vec<f32>,
+) -> Result<Vec<usize>, EngineError> {
+    let rerr = |e: TractError| EngineError::Run {
+        graph,
+        message: format!("{e:#}"),
+    };
+    let t = Tensor::from_shape(shape, data).map_err(rerr)?;
+    let res = plan.run(tvec!(t.into())).map_err(rerr)?;
+    let view = res[0].to_plain_array_view::<f32>().map_err(rerr)?;
+    out.clear();
+    out.extend(view.iter().copied());
+    Ok(view.shape().to_vec())
+}
+
+/// The three graphs, ready to run.
+pub struct TractModel {
+    encoder: Plan,
+    scorer: Plan,
+    temporal: Plan,
+    pub height: usize,
+    pub width: usize,
+    channels: usize,
+    grid: usize,
+    feature_len: usize,
+    vocab_size: usize,
+}
+
+impl TractModel {
+    pub fn load(bundle: &Bundle) -> Result<Self, EngineError> {
+        let m = &bundle.manifest;
+        let (h, w) = (m.input.height, m.input.width);
+        let c = m.model.feature_dim;
+        let g = m.model.grid;
+        let enc_fact = InferenceFact::dt_shape(f32::datum_type(), tvec!(1, 3, h, w));
+        let encoder = load(&bundle.path_of(&m.encoder), Some(enc_fact))?;
+        let scorer = load(&bundle.path_of(&m.scorer), None)?;
+        let temporal = load(&bundle.path_of(&m.temporal), None)?;
+        let me = Self {
+            encoder,
+            scorer,
+            temporal,
+            height: h,
+            width: w,
+            channels: c,
+            grid: g,
+            feature_len: c * g * g,
+            vocab_size: m.model.vocab_size,
+        };
+        // one dry run checks the encoder's output against the manifest
+        let zeros = vec![0f32; 3 * h * w];
+        let mut out = Vec::new();
+        let shape = run1(&me.encoder, "encoder", &[1, 3, h, w], &zeros, &mut out)?;
+        if shape != [1, c, g, g] {
+            return Err(EngineError::Mismatch {
+                path: bundle.path_of(&m.encoder),
+                message: format!("output shape {shape:?}, manifest says [1, {c}, {g}, {g}]"),
+            });
+        }
+        Ok(me)
+    }
+
+    /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
+    /// feature_len values into `out`.
+    pub fn encode(&mut self, frame: &[f32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        run1(
+            &self.encoder,
+            "encoder",
+            &[1, 3, self.height, self.width],
+            frame,
+            out,
+        )?;
+        Ok(())
+    }
+}
+
+impl Model for TractModel {
+    fn feature_len(&self) -> usize {
+        self.feature_len
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn score(&mut self, feats: &[f32], t: usize, scores: &mut Vec<f32>) -> Result<(), String> {
+        let (c, g) = (self.channels, self.grid);
+        run1(&self.scorer, "scorer", &[1, t, c, g, g], feats, scores)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn temporal(
+        &mut self,
+        selected: &[f32],
+        k: usize,
+        log_probs: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        run1(
+            &self.temporal,
+            "temporal",
+            &[1, k, self.feature_len],
+            selected,
+            log_probs,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toy::{toy_weights, write_toy_bundle, ToySpec};
+
+    /// The toy graphs against a direct computation of what they define.
+    #[test]
+    fn toy_bundle_graphs_match_direct_computation() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = ToySpec::default();
+        write_toy_bundle(d.path(), spec).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        let mut m = TractModel::load(&b).unwrap();
+        let (s, c, g) = (spec.size, spec.channels, spec.grid);
+        let frame: Vec<f32> = toy_weights(3 * s * s, 9);
+        let mut feat = Vec::new();
+        m.encode(&frame, &mut feat).unwrap();
+        let (w, bias) = (toy_weights(c * 3, 1), toy_weights(c, 2));
+        let k = s / g;
+        for ch in 0..c {
+            for gy in 0..g {
+                for gx in 0..g {
+                    let mut acc = 0f32;
+                    for y in gy * k..(gy + 1) * k {
+                        for x in gx * k..(gx + 1) * k {
+                            let mut v = bias[ch];
+                            for ci in 0..3 {
+                                v += w[ch * 3 + ci] * frame[ci * s * s + y * s + x];
+                            }
+                            acc += v;
+                        }
+                    }
+                    let want = acc / (k * k) as f32;
+                    let got = feat[ch * g * g + gy * g + gx];
+                    assert!((got - want).abs() < 1e-4, "{got} {want}");
+                }
+            }
+        }
+        // scorer: softmax of mean |diff|
+        let dl = c * g * g;
+        let t = 4;
+        let feats = toy_weights(t * dl, 5);
+        let mut scores = Vec::new();
+        m.score(&feats, t, &mut scores).unwrap();
+        let raw: Vec<f32> = (0..t - 1)
+            .map(|i| {
+                (0..dl)
+                    .map(|j| (feats[(i + 1) * dl + j] - feats[i * dl + j]).abs())
+                    .sum::<f32>()
+                    / dl as f32
+            })
+            .collect();
+        let z: f32 = raw.iter().map(|r| r.exp()).sum();
+        for (a, r) in scores.iter().zip(&raw) {
+            assert!((a - r.exp() / z).abs() < 1e-5);
+        }
+        // temporal: log-softmax of a linear map
+        let v = spec.glosses + 1;
+        let (hw, hb) = (toy_weights(dl * v, 3), toy_weights(v, 4));
+        let mut lp = Vec::new();
+        m.temporal(&feats[..2 * dl], 2, &mut lp).unwrap();
+        for kk in 0..2 {
+            let logits: Vec<f32> = (0..v)
+                .map(|o| {
+                    hb[o]
+                        + (0..dl)
+                            .map(|i| feats[kk * dl + i] * hw[i * v + o])
+                            .sum::<f32>()
+                })
+                .collect();
+            let lse = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+            for o in 0..v {
+                assert!((lp[kk * v + o] - (logits[o] - lse)).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_onnx_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let m = write_toy_bundle(d.path(), ToySpec::default()).unwrap();
+        let p = d.path().join(&m.encoder);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        // Bundle::open refuses it by size
+        let e = Bundle::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("encoder.onnx") && e.contains("truncated"), "{e}");
+        // and the loader itself names the file if it ever sees such bytes
+        let mut m2 = m.clone();
+        m2.seal_and_write(d.path()).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        let e = TractModel::load(&b).err().unwrap().to_string();
+        assert!(
+            e.contains("encoder.onnx") && e.contains("cannot load ONNX"),
+            "{e}"
+        );
+    }
+}

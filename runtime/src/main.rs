@@ -1,9 +1,24 @@
 //! `signrt`: the edge runtime's command line.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
-use std::path::PathBuf;
+use signrt_runtime::memory::{self, CountingAlloc};
+use signrt_runtime::pipeline::{Pipeline, RunOptions};
+use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
+use std::path::{Path, PathBuf};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Where `--bundle` defaults to, in order.
+const DEFAULT_BUNDLE: &str = "models/demo";
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Jsonl,
+    Text,
+}
 
 #[derive(Parser)]
 #[command(
@@ -18,12 +33,150 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Recognise signs from a camera, a folder of frames, a .y4m file or Y4M on stdin.
+    Run {
+        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// /dev/videoN, a folder of frames, a .y4m file, or - for Y4M on stdin.
+        #[arg(long)]
+        source: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// Refuse to start if the pipeline needs more than this (e.g. 256M, 1G).
+        #[arg(long)]
+        memory_budget: Option<String>,
+        /// Frame rate for timestamps of sources without one (folders).
+        #[arg(long, default_value_t = 25.0)]
+        fps: f32,
+    },
     /// Print a bundle's manifest, its files and the result of checking their checksums.
     Info {
-        /// Bundle directory.
+        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
         #[arg(long)]
-        bundle: PathBuf,
+        bundle: Option<PathBuf>,
     },
+}
+
+fn default_bundle(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(b) = given {
+        return Ok(b);
+    }
+    let mut tried = Vec::new();
+    if let Some(b) = std::env::var_os("SIGNRT_BUNDLE") {
+        return Ok(PathBuf::from(b));
+    }
+    tried.push(PathBuf::from(DEFAULT_BUNDLE));
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/signrt -> the repository's models/
+        if let Some(root) = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+        {
+            tried.push(root.join(DEFAULT_BUNDLE));
+        }
+    }
+    for t in &tried {
+        if t.join(MANIFEST_FILE).is_file() {
+            return Ok(t.clone());
+        }
+    }
+    bail!(
+        "no --bundle given and no default model found (looked in $SIGNRT_BUNDLE, {}); pass --bundle DIR",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn open_source(src: &str, fps: f32) -> Result<Box<dyn FrameSource + Send>> {
+    if src == "-" {
+        return Ok(Box::new(
+            Y4mSource::stdin().context("reading Y4M from stdin")?,
+        ));
+    }
+    if src.starts_with("/dev/video") {
+        bail!("{src}: V4L2 camera capture is not built into this signrt yet; pipe the camera through ffmpeg instead: ffmpeg -f v4l2 -i {src} -f yuv4mpegpipe - | signrt run --source -");
+    }
+    let p = Path::new(src);
+    if p.is_dir() {
+        return Ok(Box::new(FolderSource::open(p, fps)?));
+    }
+    if p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("y4m"))
+    {
+        return Ok(Box::new(Y4mSource::open_file(p)?));
+    }
+    if !p.exists() {
+        bail!("{src}: no such file, folder or device");
+    }
+    bail!("{src}: unsupported source; use a folder of frames, a .y4m file, - (Y4M on stdin) or /dev/videoN")
+}
+
+fn run_cmd(
+    bundle: Option<PathBuf>,
+    source: &str,
+    format: Format,
+    budget: Option<String>,
+    fps: f32,
+) -> Result<()> {
+    let dir = default_bundle(bundle)?;
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let budget = budget
+        .map(|b| memory::parse_size(&b))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut src = open_source(source, fps)?;
+    let mut pipe = Pipeline::new(&bundle, budget)?;
+    log::info!("bundle {} needs {}", dir.display(), pipe.need.describe());
+    let out = std::io::stdout();
+    let opts = RunOptions {
+        fps,
+        memory_budget: budget,
+    };
+    let summary = pipe.run(src.as_mut(), &opts, |g| {
+        use std::io::Write;
+        let mut o = out.lock();
+        let _ = match format {
+            Format::Jsonl => {
+                let mut v = serde_json::to_value(g).unwrap_or_default();
+                v["type"] = "gloss".into();
+                writeln!(o, "{v}")
+            }
+            Format::Text => writeln!(
+                o,
+                "{:>8.2}s  {:<16} {:.2}",
+                g.start_time, g.gloss, g.confidence
+            ),
+        };
+    })?;
+    match format {
+        Format::Jsonl => {
+            let mut v = serde_json::to_value(&summary)?;
+            v["type"] = "summary".into();
+            println!("{v}");
+        }
+        Format::Text => {
+            println!("glosses: {}", summary.glosses);
+            println!(
+                "frames: {} processed, {} dropped, {:.1} fps; peak heap {}",
+                summary.frames_processed,
+                summary.frames_dropped,
+                summary.fps,
+                memory::mib(summary.peak_heap_bytes)
+            );
+        }
+    }
+    if let (Some(b), Some(rss)) = (budget, summary.peak_rss_bytes) {
+        if rss > b {
+            log::warn!(
+                "peak RSS {} exceeded the budget {}",
+                memory::mib(rss),
+                memory::mib(b)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -36,7 +189,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Info { bundle } => info(&bundle),
+        Cmd::Run {
+            bundle,
+            source,
+            format,
+            memory_budget,
+            fps,
+        } => run_cmd(bundle, &source, format, memory_budget, fps),
+        Cmd::Info { bundle } => info(&default_bundle(bundle)?),
     }
 }
 

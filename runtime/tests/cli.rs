@@ -1,0 +1,269 @@
+//! `signrt run` end to end on a toy bundle: the same frames from a folder, a
+//! .y4m file and stdin give the same gloss stream; bad input and the memory
+//! budget give clear errors; a 20k-frame stream runs in bounded memory.
+
+use signrt_runtime::toy::{write_toy_bundle, ToySpec};
+use signrt_runtime::y4m::Y4mWriter;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signrt");
+
+/// Grey frames (exact through Y4M 4:4:4) whose brightness pattern changes over time.
+fn frame(i: usize, w: usize, h: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let g = (((i / 3) * 37 + x * 11 + y * 5 + (i % 7) * (x / 4) * 13) % 256) as u8;
+            v.extend_from_slice(&[g, g, g]);
+        }
+    }
+    v
+}
+
+fn write_inputs(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (w, h) = (20, 24);
+    let folder = dir.join("frames");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut y4m = Y4mWriter::new(Vec::new(), w, h, 25).unwrap();
+    for i in 0..n {
+        let f = frame(i, w, h);
+        image::RgbImage::from_raw(w as u32, h as u32, f.clone())
+            .unwrap()
+            .save(folder.join(format!("frame_{:04}.png", i + 1)))
+            .unwrap();
+        y4m.write_rgb(&f).unwrap();
+    }
+    let y4m_path = dir.join("clip.y4m");
+    std::fs::write(&y4m_path, y4m.finish().unwrap()).unwrap();
+    (folder, y4m_path)
+}
+
+fn run(args: &[&str], stdin: Option<Vec<u8>>) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().unwrap();
+    let writer = stdin.map(|bytes| {
+        let mut si = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = si.write_all(&bytes);
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(t) = writer {
+        t.join().unwrap();
+    }
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn summary(stdout: &str) -> serde_json::Value {
+    let last = stdout.lines().last().expect("no output");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["type"], "summary");
+    v
+}
+
+#[test]
+fn folder_y4m_file_and_stdin_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (folder, y4m) = write_inputs(d.path(), 30);
+    let b = bundle.to_str().unwrap();
+    let (c1, o1, e1) = run(
+        &["run", "--bundle", b, "--source", folder.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(c1, 0, "{e1}");
+    let (c2, o2, e2) = run(
+        &["run", "--bundle", b, "--source", y4m.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(c2, 0, "{e2}");
+    let (c3, o3, e3) = run(
+        &["run", "--bundle", b, "--source", "-"],
+        Some(std::fs::read(&y4m).unwrap()),
+    );
+    assert_eq!(c3, 0, "{e3}");
+    let events = |o: &str| -> Vec<String> {
+        o.lines()
+            .filter(|l| l.contains("\"gloss\"") && !l.contains("summary"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(events(&o1), events(&o2));
+    assert_eq!(events(&o2), events(&o3));
+    let (s1, s3) = (summary(&o1), summary(&o3));
+    assert_eq!(s1["glosses"], s3["glosses"]);
+    assert_eq!(s1["frames_processed"], 30);
+    assert_eq!(s1["frames_dropped"], 0);
+    // 30 frames, window 8, stride 4: windows end at 8,12,...,28, then the flush
+    assert_eq!(s1["windows"], 6 + 1);
+    let kf: Vec<u64> = serde_json::from_value(s1["keyframe_indices"].clone()).unwrap();
+    assert!(
+        kf.windows(2).all(|w| w[0] < w[1]),
+        "keyframes in time order: {kf:?}"
+    );
+    // K = ceil(0.7 * 7) = 5 keyframes in a full window
+    assert_eq!(kf.len(), 5);
+    // every gloss event names a gloss of the toy vocabulary with ordered frames
+    for l in events(&o1) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert!(v["gloss"].as_str().unwrap().starts_with('G'));
+        assert!(v["start_frame"].as_u64() <= v["end_frame"].as_u64());
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let b = bundle.to_str().unwrap();
+    let (code, _, err) = run(
+        &["run", "--bundle", b, "--source", "/nonexistent/x.y4m"],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/x.y4m"), "{err}");
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = run(
+        &["run", "--bundle", b, "--source", empty.to_str().unwrap()],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no frames"), "{err}");
+    // truncated Y4M on stdin
+    let mut y = Y4mWriter::new(Vec::new(), 4, 4, 25).unwrap();
+    y.write_rgb(&[9u8; 48]).unwrap();
+    let mut bytes = y.finish().unwrap();
+    bytes.extend_from_slice(b"FRAME\n\x01\x02");
+    let (code, _, err) = run(&["run", "--bundle", b, "--source", "-"], Some(bytes));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("stdin: frame 2") && err.contains("truncated"),
+        "{err}"
+    );
+    // not a camera we can open
+    let (code, _, err) = run(&["run", "--bundle", b, "--source", "/dev/video99"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("/dev/video99"), "{err}");
+    // a corrupt bundle file is caught by its checksum
+    let p = bundle.join("temporal.onnx");
+    let mut t = std::fs::read(&p).unwrap();
+    let last = t.len() - 1;
+    t[last] ^= 0xff;
+    std::fs::write(&p, t).unwrap();
+    let (code, _, err) = run(&["run", "--bundle", b, "--source", "-"], Some(Vec::new()));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("temporal.onnx") && err.contains("sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn memory_budget_refusal_names_need_and_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (_, y4m) = write_inputs(d.path(), 3);
+    let (code, _, err) = run(
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--source",
+            y4m.to_str().unwrap(),
+            "--memory-budget",
+            "1M",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("needs") && err.contains("budget of 1.0 MiB"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--source",
+            y4m.to_str().unwrap(),
+            "--memory-budget",
+            "lots",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("lots"), "{err}");
+}
+
+/// 20k frames through the pipeline: under the budget, and the heap peak does
+/// not grow with the stream's length.
+#[test]
+fn long_stream_runs_in_bounded_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let b = bundle.to_str().unwrap();
+    let stream = |n: usize| {
+        let mut y = Y4mWriter::new(Vec::new(), 16, 16, 25).unwrap();
+        for i in 0..n {
+            y.write_rgb(&frame(i, 16, 16)).unwrap();
+        }
+        y.finish().unwrap()
+    };
+    let budget = "256M";
+    let (c1, o1, e1) = run(
+        &[
+            "run",
+            "--bundle",
+            b,
+            "--source",
+            "-",
+            "--memory-budget",
+            budget,
+        ],
+        Some(stream(2_000)),
+    );
+    assert_eq!(c1, 0, "{e1}");
+    let (c2, o2, e2) = run(
+        &[
+            "run",
+            "--bundle",
+            b,
+            "--source",
+            "-",
+            "--memory-budget",
+            budget,
+        ],
+        Some(stream(20_000)),
+    );
+    assert_eq!(c2, 0, "{e2}");
+    let (s1, s2) = (summary(&o1), summary(&o2));
+    assert_eq!(s2["frames_processed"], 20_000);
+    let rss = s2["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss < 256 << 20, "peak RSS {rss}");
+    let (h1, h2) = (
+        s1["peak_heap_bytes"].as_u64().unwrap(),
+        s2["peak_heap_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        h2 <= h1 + (64 << 10),
+        "heap peak grew from {h1} to {h2} over a 10x longer stream"
+    );
+}

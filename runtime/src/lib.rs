@@ -9,6 +9,7 @@
 //! for the bundle types; this crate depends on no other crate of ours.
 
 pub mod bundle;
+pub mod camera;
 pub mod decode;
 pub mod engine;
 pub mod fsutil;

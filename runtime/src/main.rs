@@ -46,9 +46,15 @@ enum Cmd {
         /// Refuse to start if the pipeline needs more than this (e.g. 256M, 1G).
         #[arg(long)]
         memory_budget: Option<String>,
-        /// Frame rate for timestamps of sources without one (folders).
+        /// Frame rate for timestamps of sources without one (folders), and the
+        /// rate requested from a camera.
         #[arg(long, default_value_t = 25.0)]
         fps: f32,
+        /// Capture size requested from a camera.
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        #[arg(long, default_value_t = 480)]
+        height: u32,
     },
     /// Print a bundle's manifest, its files and the result of checking their checksums.
     Info {
@@ -88,14 +94,29 @@ fn default_bundle(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-fn open_source(src: &str, fps: f32) -> Result<Box<dyn FrameSource + Send>> {
+fn open_source(src: &str, fps: f32, size: (u32, u32)) -> Result<Box<dyn FrameSource + Send>> {
     if src == "-" {
         return Ok(Box::new(
             Y4mSource::stdin().context("reading Y4M from stdin")?,
         ));
     }
     if src.starts_with("/dev/video") {
-        bail!("{src}: V4L2 camera capture is not built into this signrt yet; pipe the camera through ffmpeg instead: ffmpeg -f v4l2 -i {src} -f yuv4mpegpipe - | signrt run --source -");
+        #[cfg(feature = "v4l2")]
+        {
+            let cfg = signrt_runtime::camera::CameraConfig {
+                path: src.into(),
+                width: size.0,
+                height: size.1,
+                fps: fps.round() as u32,
+                backoff: Default::default(),
+            };
+            return Ok(Box::new(signrt_runtime::camera::V4l2Source::open(cfg)?));
+        }
+        #[cfg(not(feature = "v4l2"))]
+        {
+            let _ = size;
+            bail!("{src}: this signrt was built without the `v4l2` feature; pipe the camera through ffmpeg instead: ffmpeg -f v4l2 -i {src} -f yuv4mpegpipe - | signrt run --source -");
+        }
     }
     let p = Path::new(src);
     if p.is_dir() {
@@ -119,6 +140,7 @@ fn run_cmd(
     format: Format,
     budget: Option<String>,
     fps: f32,
+    size: (u32, u32),
 ) -> Result<()> {
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
@@ -126,7 +148,7 @@ fn run_cmd(
         .map(|b| memory::parse_size(&b))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let mut src = open_source(source, fps)?;
+    let mut src = open_source(source, fps, size)?;
     let mut pipe = Pipeline::new(&bundle, budget)?;
     log::info!("bundle {} needs {}", dir.display(), pipe.need.describe());
     let out = std::io::stdout();
@@ -195,7 +217,9 @@ fn run(cli: Cli) -> Result<()> {
             format,
             memory_budget,
             fps,
-        } => run_cmd(bundle, &source, format, memory_budget, fps),
+            width,
+            height,
+        } => run_cmd(bundle, &source, format, memory_budget, fps, (width, height)),
         Cmd::Info { bundle } => info(&default_bundle(bundle)?),
     }
 }

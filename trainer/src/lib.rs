@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod ctc;
 pub mod data;
+pub mod export;
 pub mod keyframe;
 pub mod loss;
 pub mod metrics;

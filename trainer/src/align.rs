@@ -72,6 +72,22 @@ pub enum TextSource {
     GlossTable { vocab_size: usize, dim: usize },
 }
 
+impl TextSource {
+    /// From the config's `model.text_encoder` (a BERT directory, or none for
+    /// the gloss table) and `model.text_dim`, with the gloss vocabulary size.
+    pub fn from_config(text_encoder: Option<&Path>, vocab_size: usize, text_dim: usize) -> Self {
+        match text_encoder {
+            Some(dir) => Self::Bert {
+                dir: dir.to_path_buf(),
+            },
+            None => Self::GlossTable {
+                vocab_size,
+                dim: text_dim,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlignConfig {
     /// Channels C of the stage-1 feature map F (B,T,C,G,G).
@@ -404,6 +420,9 @@ impl Aligner {
             TextSide::Bert(enc) => enc.embed(sentences),
             TextSide::Table { table, vocab_size } => {
                 let b = gloss_ids.len();
+                if b == 0 {
+                    return Err(AlignError::Input("empty batch".into()));
+                }
                 let total: usize = gloss_ids.iter().map(Vec::len).sum();
                 let mut flat = Vec::with_capacity(total);
                 let mut avg = vec![0f32; b * total];
@@ -421,9 +440,6 @@ impl Aligner {
                         avg[i * total + flat.len()] = w;
                         flat.push(id);
                     }
-                }
-                if b == 0 {
-                    return Err(AlignError::Input("empty batch".into()));
                 }
                 let ids = Tensor::from_vec(flat, total, &self.device)?;
                 let rows = table.forward(&ids)?; // (N, D)
@@ -517,6 +533,24 @@ mod tests {
         SPECIAL.len() + WORDS.len()
     }
 
+    struct TensorWriter {
+        rng: ChaCha8Rng,
+        prefix: String,
+        t: HashMap<String, Tensor>,
+    }
+
+    impl TensorWriter {
+        fn put(&mut self, name: &str, shape: &[usize], center: f32, scale: f32) {
+            let x = rand_tensor(&mut self.rng, shape, center, scale);
+            self.t.insert(format!("{}{name}", self.prefix), x);
+        }
+
+        fn layer_norm(&mut self, p: &str) {
+            self.put(&format!("{p}.LayerNorm.weight"), &[HIDDEN], 1.0, 0.1);
+            self.put(&format!("{p}.LayerNorm.bias"), &[HIDDEN], 0.0, 0.1);
+        }
+    }
+
     /// Writes a tiny random BERT (config, weights, tokenizer) into `dir`.
     fn write_tiny_bert(dir: &Path, prefix: &str, seed: u64) {
         let v = vocab_size();
@@ -537,103 +571,66 @@ mod tests {
         });
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut t: HashMap<String, Tensor> = HashMap::new();
-        let mut put = |t: &mut HashMap<String, Tensor>, name: String, shape: &[usize], c, s| {
-            t.insert(
-                format!("{prefix}{name}"),
-                rand_tensor(&mut rng, shape, c, s),
-            );
+        let mut w = TensorWriter {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            prefix: prefix.to_string(),
+            t: HashMap::new(),
         };
-        put(
-            &mut t,
-            "embeddings.word_embeddings.weight".into(),
-            &[v, HIDDEN],
-            0.0,
-            1.0,
-        );
-        put(
-            &mut t,
-            "embeddings.position_embeddings.weight".into(),
+        w.put("embeddings.word_embeddings.weight", &[v, HIDDEN], 0.0, 1.0);
+        w.put(
+            "embeddings.position_embeddings.weight",
             &[MAX_POS, HIDDEN],
             0.0,
             0.5,
         );
-        put(
-            &mut t,
-            "embeddings.token_type_embeddings.weight".into(),
+        w.put(
+            "embeddings.token_type_embeddings.weight",
             &[2, HIDDEN],
             0.0,
             0.5,
         );
-        let ln = |t: &mut HashMap<String, Tensor>, p: &str, put: &mut dyn FnMut(&mut HashMap<String, Tensor>, String, &[usize], f32, f32)| {
-            put(t, format!("{p}.LayerNorm.weight"), &[HIDDEN], 1.0, 0.1);
-            put(t, format!("{p}.LayerNorm.bias"), &[HIDDEN], 0.0, 0.1);
-        };
-        ln(&mut t, "embeddings", &mut put);
+        w.layer_norm("embeddings");
         for l in 0..LAYERS {
             let p = format!("encoder.layer.{l}");
             for q in ["query", "key", "value"] {
-                put(
-                    &mut t,
-                    format!("{p}.attention.self.{q}.weight"),
+                w.put(
+                    &format!("{p}.attention.self.{q}.weight"),
                     &[HIDDEN, HIDDEN],
                     0.0,
                     0.4,
                 );
-                put(
-                    &mut t,
-                    format!("{p}.attention.self.{q}.bias"),
-                    &[HIDDEN],
-                    0.0,
-                    0.1,
-                );
+                w.put(&format!("{p}.attention.self.{q}.bias"), &[HIDDEN], 0.0, 0.1);
             }
-            put(
-                &mut t,
-                format!("{p}.attention.output.dense.weight"),
+            w.put(
+                &format!("{p}.attention.output.dense.weight"),
                 &[HIDDEN, HIDDEN],
                 0.0,
                 0.4,
             );
-            put(
-                &mut t,
-                format!("{p}.attention.output.dense.bias"),
+            w.put(
+                &format!("{p}.attention.output.dense.bias"),
                 &[HIDDEN],
                 0.0,
                 0.1,
             );
-            ln(&mut t, &format!("{p}.attention.output"), &mut put);
-            put(
-                &mut t,
-                format!("{p}.intermediate.dense.weight"),
+            w.layer_norm(&format!("{p}.attention.output"));
+            w.put(
+                &format!("{p}.intermediate.dense.weight"),
                 &[INTER, HIDDEN],
                 0.0,
                 0.4,
             );
-            put(
-                &mut t,
-                format!("{p}.intermediate.dense.bias"),
-                &[INTER],
-                0.0,
-                0.1,
-            );
-            put(
-                &mut t,
-                format!("{p}.output.dense.weight"),
+            w.put(&format!("{p}.intermediate.dense.bias"), &[INTER], 0.0, 0.1);
+            w.put(
+                &format!("{p}.output.dense.weight"),
                 &[HIDDEN, INTER],
                 0.0,
                 0.3,
             );
-            put(
-                &mut t,
-                format!("{p}.output.dense.bias"),
-                &[HIDDEN],
-                0.0,
-                0.1,
-            );
-            ln(&mut t, &format!("{p}.output"), &mut put);
+            w.put(&format!("{p}.output.dense.bias"), &[HIDDEN], 0.0, 0.1);
+            w.layer_norm(&format!("{p}.output"));
         }
+        let t = w.t;
         candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
 
         // Tokenizer: word-level over the glosses, whitespace split, [CLS] x [SEP].
@@ -745,7 +742,7 @@ mod tests {
             fv[(((bi * t + ti) * c + ci) * g + y) * g + x]
         };
         for bi in 0..b {
-            for ci in 0..c {
+            for (ci, got) in pooled[bi].iter().enumerate() {
                 let mut s = 0.0;
                 for ti in 0..lengths[bi] {
                     for y in 0..g {
@@ -755,7 +752,7 @@ mod tests {
                     }
                 }
                 let want = s / (lengths[bi] * g * g) as f64;
-                assert!((pooled[bi][ci] - want).abs() < 1e-12);
+                assert!((got - want).abs() < 1e-12);
             }
         }
         // Changing padded frames changes nothing.

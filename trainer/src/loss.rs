@@ -513,7 +513,9 @@ mod tests {
         let mut wt = Weighting::from_config("fixed", LossWeights::default(), 0.12, 0.025).unwrap();
         assert!(!wt.is_adaptive());
         for _ in 0..3 {
-            let w = wt.update([&l, &l, &l, &l], &[x.clone()]).unwrap();
+            let w = wt
+                .update([&l, &l, &l, &l], std::slice::from_ref(&x))
+                .unwrap();
             assert_eq!(w, LossWeights::default());
         }
     }
@@ -572,8 +574,8 @@ mod tests {
             for k in 0..6 {
                 sq += (a[i][k] * a[i][k] * w1v[k]).powi(2);
             }
-            for k in 0..3 {
-                sq += (b[i][k] + 2.0 * q[i] * s2).powi(2);
+            for bk in &b[i] {
+                sq += (bk + 2.0 * q[i] * s2).powi(2);
             }
             assert!(
                 (norms[i] - sq.sqrt()).abs() < 1e-10,
@@ -670,7 +672,7 @@ mod tests {
         let l1 = make(c1);
         let vals1: [f64; 4] = std::array::from_fn(|i| k[i] * ux + c1[i]);
         let w1 = gn
-            .update([&l1[0], &l1[1], &l1[2], &l1[3]], &[x.clone()])
+            .update([&l1[0], &l1[1], &l1[2], &l1[3]], std::slice::from_ref(&x))
             .unwrap()
             .to_array();
         let want1 = hand([1.0; 4], vals1, vals1);
@@ -685,7 +687,7 @@ mod tests {
         let l2 = make(c2);
         let vals2: [f64; 4] = std::array::from_fn(|i| k[i] * ux + c2[i]);
         let w2 = gn
-            .update([&l2[0], &l2[1], &l2[2], &l2[3]], &[x.clone()])
+            .update([&l2[0], &l2[1], &l2[2], &l2[3]], std::slice::from_ref(&x))
             .unwrap()
             .to_array();
         let want2 = hand(w1, vals2, vals1);
@@ -711,13 +713,13 @@ mod tests {
         let mut gn = GradNorm::new(LossWeights::from_array([1.0; 4]), 0.12, 0.01).unwrap();
         let l = make([1.0, 1.0, 1.0, 1.0]);
         let w = gn
-            .update([&l[0], &l[1], &l[2], &l[3]], &[x.clone()])
+            .update([&l[0], &l[1], &l[2], &l[3]], std::slice::from_ref(&x))
             .unwrap();
         assert_eq!(w.to_array(), [1.0; 4]);
         // Losses (each 2 + c_i) go from 3 to 2.5, 2.5, 2.5 and 2.9.
         let l = make([0.5, 0.5, 0.5, 0.9]);
         let w = gn
-            .update([&l[0], &l[1], &l[2], &l[3]], &[x.clone()])
+            .update([&l[0], &l[1], &l[2], &l[3]], std::slice::from_ref(&x))
             .unwrap()
             .to_array();
         // n_i = √2 each: raw [1−0.01√2]×3 and 1+0.01√2, renormalised to Σ = 4.

@@ -8,6 +8,7 @@
 //! the `signrt` binary runs. The trainer and the quantizer depend on this crate
 //! for the bundle types; this crate depends on no other crate of ours.
 
+pub mod bench;
 pub mod bundle;
 pub mod camera;
 pub mod decode;

@@ -56,6 +56,29 @@ enum Cmd {
         #[arg(long, default_value_t = 480)]
         height: u32,
     },
+    /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
+    Bench {
+        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Timed repetitions per stage.
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Frames per end-to-end stream, and how many streams (the median is reported).
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
+        #[arg(long, default_value_t = 3)]
+        streams: usize,
+        /// Thread counts to measure (default: 1 and all cores).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Camera frame size fed to the preprocessing, WxH.
+        #[arg(long, default_value = "640x480")]
+        camera: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a bundle's manifest, its files and the result of checking their checksums.
     Info {
         /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
@@ -220,6 +243,15 @@ fn run(cli: Cli) -> Result<()> {
             width,
             height,
         } => run_cmd(bundle, &source, format, memory_budget, fps, (width, height)),
+        Cmd::Bench {
+            bundle,
+            iters,
+            frames,
+            streams,
+            threads,
+            camera,
+            json,
+        } => bench_cmd(bundle, iters, frames, streams, threads, &camera, json),
         Cmd::Info { bundle } => info(&default_bundle(bundle)?),
     }
 }
@@ -274,5 +306,71 @@ fn info(dir: &std::path::Path) -> Result<()> {
     }
     let b = Bundle::open(dir)?;
     println!("vocabulary  {} glosses + blank", b.vocab.len() - 1);
+    Ok(())
+}
+
+fn bench_cmd(
+    bundle: Option<PathBuf>,
+    iters: usize,
+    frames: usize,
+    streams: usize,
+    mut threads: Vec<usize>,
+    camera: &str,
+    json: bool,
+) -> Result<()> {
+    let dir = default_bundle(bundle)?;
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let (w, h) = camera
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .with_context(|| format!("--camera `{camera}`: expected WIDTHxHEIGHT, e.g. 640x480"))?;
+    if threads.is_empty() {
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        threads = if all > 1 { vec![1, all] } else { vec![1] };
+    }
+    let r = signrt_runtime::bench::run(
+        &bundle,
+        &threads,
+        (w, h),
+        iters.max(1),
+        frames.max(1),
+        streams,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "bundle {}  ({}), camera frames {}x{}",
+        r.bundle, r.quantization, w, h
+    );
+    println!(
+        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>13}",
+        "threads",
+        "preprocess ms",
+        "encoder ms/frame",
+        "window ms",
+        "decode ms",
+        "e2e fps",
+        "e2e/encoder"
+    );
+    for t in &r.per_threads {
+        let f =
+            |s: &signrt_runtime::bench::Stat| format!("{:.3} (p99 {:.3})", s.median_ms, s.p99_ms);
+        println!(
+            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>13.3}",
+            t.threads,
+            f(&t.preprocess),
+            f(&t.encoder),
+            f(&t.window),
+            f(&t.decode),
+            t.e2e_fps,
+            t.e2e_over_encoder
+        );
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        println!("peak RSS {}", memory::mib(rss));
+    }
     Ok(())
 }

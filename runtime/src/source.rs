@@ -246,6 +246,53 @@ impl FrameSource for Y4mSource {
     }
 }
 
+/// Frames held in memory, replayed `count` times in a cycle (benchmarks, tests).
+pub struct MemorySource {
+    frames: Vec<Frame>,
+    count: usize,
+    next: usize,
+    fps: f32,
+}
+
+impl MemorySource {
+    /// `frames` must be non-empty and all of one size.
+    pub fn new(frames: Vec<Frame>, count: usize, fps: f32) -> Self {
+        Self {
+            frames,
+            count,
+            next: 0,
+            fps,
+        }
+    }
+}
+
+impl FrameSource for MemorySource {
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, SourceError> {
+        if self.next >= self.count || self.frames.is_empty() {
+            return Ok(false);
+        }
+        let f = &self.frames[self.next % self.frames.len()];
+        frame.width = f.width;
+        frame.height = f.height;
+        frame.rgb.clear();
+        frame.rgb.extend_from_slice(&f.rgb);
+        self.next += 1;
+        Ok(true)
+    }
+
+    fn size(&self) -> Option<(usize, usize)> {
+        self.frames.first().map(|f| (f.width, f.height))
+    }
+
+    fn fps(&self) -> Option<f32> {
+        Some(self.fps)
+    }
+
+    fn name(&self) -> String {
+        "memory".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,229 @@
+//! `signrt bench`: per-stage latency (median and p99), end-to-end throughput at
+//! 1 thread and at all threads, the pipeline's overhead over the bare encoder,
+//! and the peak RSS. Timings are medians of repeated runs, and every ratio is
+//! taken from numbers measured in the same run.
+
+use crate::bundle::Bundle;
+use crate::keyframes;
+use crate::pipeline::{Pipeline, PipelineError, RunOptions};
+use crate::preprocess::Resampler;
+use crate::source::{Frame, MemorySource};
+use crate::stream::Model;
+use serde::Serialize;
+use std::time::Instant;
+use tract_linalg::multithread::{set_default_executor, Executor};
+
+/// Median and 99th percentile of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stat {
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub runs: usize,
+}
+
+/// Nearest-rank percentile.
+pub fn stat(samples_s: &mut [f64]) -> Stat {
+    samples_s.sort_by(|a, b| a.total_cmp(b));
+    let n = samples_s.len();
+    if n == 0 {
+        return Stat {
+            median_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            runs: 0,
+        };
+    }
+    let median = if n % 2 == 1 {
+        samples_s[n / 2]
+    } else {
+        (samples_s[n / 2 - 1] + samples_s[n / 2]) / 2.0
+    };
+    let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
+    Stat {
+        median_ms: median * 1e3,
+        p99_ms: samples_s[rank - 1] * 1e3,
+        runs: n,
+    }
+}
+
+fn time_n(
+    n: usize,
+    mut f: impl FnMut() -> Result<(), PipelineError>,
+) -> Result<Stat, PipelineError> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    Ok(stat(&mut v))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadReport {
+    pub threads: usize,
+    pub preprocess: Stat,
+    pub encoder: Stat,
+    /// Scorer + selection + temporal graph over one full window.
+    pub window: Stat,
+    pub decode: Stat,
+    /// Median end-to-end frames per second over whole streams.
+    pub e2e_fps: f64,
+    /// End-to-end cost per frame over the bare encoder's (median) cost per frame.
+    pub e2e_over_encoder: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub bundle: String,
+    pub quantization: String,
+    pub camera_frame: (usize, usize),
+    pub stream_frames: usize,
+    pub per_threads: Vec<ThreadReport>,
+    pub peak_rss_bytes: Option<usize>,
+}
+
+/// A deterministic camera-like frame.
+pub fn test_frame(w: usize, h: usize, seed: usize) -> Frame {
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let v = (x * 3 + y * 5 + seed * 17) % 256;
+            rgb.extend_from_slice(&[v as u8, ((v * 7) % 256) as u8, (255 - v) as u8]);
+        }
+    }
+    Frame {
+        width: w,
+        height: h,
+        rgb,
+    }
+}
+
+/// Runs the benchmark for each thread count.
+pub fn run(
+    bundle: &Bundle,
+    threads: &[usize],
+    camera: (usize, usize),
+    iters: usize,
+    stream_frames: usize,
+    streams: usize,
+) -> Result<BenchReport, PipelineError> {
+    let m = &bundle.manifest;
+    let mut per = Vec::new();
+    for &t in threads {
+        set_default_executor(if t <= 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(t)
+        });
+        let mut pipe = Pipeline::new(bundle, None)?;
+        let frames: Vec<Frame> = (0..8).map(|i| test_frame(camera.0, camera.1, i)).collect();
+        let mut rs = Resampler::new(
+            camera,
+            (m.input.width, m.input.height),
+            m.input.mean,
+            m.input.std,
+        );
+        let mut input = vec![0f32; rs.out_len()];
+        let mut k = 0;
+        let preprocess = time_n(iters, || {
+            rs.run(&frames[k % frames.len()].rgb, &mut input);
+            k += 1;
+            Ok(())
+        })?;
+        let mut feats = Vec::new();
+        let encoder = time_n(iters, || Ok(pipe.model.encode(&input, &mut feats)?))?;
+        // one window: scorer, top-K, temporal
+        let w = m.stream.window;
+        let d = m.model.feature_dim * m.model.grid * m.model.grid;
+        let window_feats: Vec<f32> = (0..w * d).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
+        let mut scores = Vec::new();
+        let mut lp = Vec::new();
+        let kf = keyframes::keyframe_count(w, m.keyframe_ratio as f64);
+        let window = time_n(iters.div_ceil(4).max(5), || {
+            scores.clear();
+            pipe.model
+                .score(&window_feats, w, &mut scores)
+                .map_err(PipelineError::Stream)?;
+            let sel = keyframes::select_frames(&scores, m.keyframe_ratio as f64);
+            let mut selected = Vec::with_capacity(kf * d);
+            for f in sel {
+                selected.extend_from_slice(&window_feats[f * d..(f + 1) * d]);
+            }
+            lp.clear();
+            pipe.model
+                .temporal(&selected, kf, &mut lp)
+                .map_err(PipelineError::Stream)
+        })?;
+        let v = m.model.vocab_size;
+        // CTC greedy decoding of one window's posteriors
+        let decode = time_n(iters, || {
+            let mut prev = usize::MAX;
+            let mut out = Vec::new();
+            for row in lp.chunks(v) {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                if best != prev && best != 0 {
+                    out.push(best);
+                }
+                prev = best;
+            }
+            std::hint::black_box(out);
+            Ok(())
+        })?;
+        // whole streams through the real pipeline
+        let mut fps = Vec::new();
+        for _ in 0..streams.max(1) {
+            let mut p = Pipeline::new(bundle, None)?;
+            let mut src = MemorySource::new(frames.clone(), stream_frames, m.stream.fps);
+            let opts = RunOptions {
+                fps: m.stream.fps,
+                memory_budget: None,
+            };
+            let t0 = Instant::now();
+            let s = p.run(&mut src, &opts, |_| {})?;
+            fps.push(s.frames_processed as f64 / t0.elapsed().as_secs_f64());
+        }
+        fps.sort_by(|a, b| a.total_cmp(b));
+        let e2e_fps = fps[fps.len() / 2];
+        per.push(ThreadReport {
+            threads: t,
+            preprocess,
+            encoder,
+            window,
+            decode,
+            e2e_fps,
+            e2e_over_encoder: (1e3 / e2e_fps) / encoder.median_ms,
+        });
+    }
+    set_default_executor(Executor::SingleThread);
+    Ok(BenchReport {
+        bundle: bundle.dir.display().to_string(),
+        quantization: m
+            .quantization
+            .as_ref()
+            .map_or("none (float)".into(), |q| q.mode.clone()),
+        camera_frame: camera,
+        stream_frames,
+        per_threads: per,
+        peak_rss_bytes: crate::memory::peak_rss(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_hand() {
+        let mut v: Vec<f64> = (1..=100).map(|i| i as f64 / 1e3).collect();
+        let s = stat(&mut v);
+        assert!((s.median_ms - 50.5).abs() < 1e-9);
+        assert!((s.p99_ms - 99.0).abs() < 1e-9);
+        let mut v = vec![0.003, 0.001, 0.002];
+        let s = stat(&mut v);
+        assert!((s.median_ms - 2.0).abs() < 1e-9 && (s.p99_ms - 3.0).abs() < 1e-9);
+    }
+}

@@ -11,6 +11,7 @@
 //! [`temporal`] (stage 3), [`ctc`] (stage 4) and [`loss`] (the total loss).
 
 pub mod align;
+pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod ctc;

@@ -383,14 +383,12 @@ mod tests {
         for x in xs {
             let mut gates = vec![0f32; 4 * hd];
             for (r, gv) in gates.iter_mut().enumerate() {
-                let mut acc = d.b_ih[r] + d.b_hh[r];
-                for i in 0..inp {
-                    acc += d.w_ih.data[r * inp + i] * x[i];
-                }
-                for j in 0..hd {
-                    acc += d.w_hh.data[r * hd + j] * h[j];
-                }
-                *gv = acc;
+                let wi = &d.w_ih.data[r * inp..(r + 1) * inp];
+                let wh = &d.w_hh.data[r * hd..(r + 1) * hd];
+                *gv = d.b_ih[r]
+                    + d.b_hh[r]
+                    + wi.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()
+                    + wh.iter().zip(&h).map(|(a, b)| a * b).sum::<f32>();
             }
             for k in 0..hd {
                 let (i, f, g, o) = (

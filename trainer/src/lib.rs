@@ -18,6 +18,7 @@ pub mod ctc;
 pub mod data;
 pub mod export;
 pub mod keyframe;
+pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -191,6 +191,16 @@ pub fn greedy(log_probs: &[f32], v: usize) -> Result<Decoded, DecodeError> {
 /// With a width at least the number of distinct prefixes, the result is the
 /// exact most probable label sequence.
 pub fn beam_search(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded, DecodeError> {
+    beam_search_impl(log_probs, v, width, true)
+}
+
+/// [`beam_search`], with the per-frame symbol pruning optional (tests check it changes nothing).
+fn beam_search_impl(
+    log_probs: &[f32],
+    v: usize,
+    width: usize,
+    prune_symbols: bool,
+) -> Result<Decoded, DecodeError> {
     let t_len = check(log_probs, v)?;
     if width == 0 {
         return Err(DecodeError::ZeroBeamWidth);
@@ -201,7 +211,11 @@ pub fn beam_search(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded,
     const NEG: f64 = f64::NEG_INFINITY;
     // prefix -> (log P(paths ending in blank), log P(paths ending in non-blank))
     let mut beams: Vec<(Vec<u32>, f64, f64)> = vec![(Vec::new(), 0.0, NEG)];
-    let n_sym = (width + 1).min(v - 1);
+    let n_sym = if prune_symbols {
+        (width + 1).min(v - 1)
+    } else {
+        v - 1
+    };
     let mut order: Vec<usize> = Vec::with_capacity(v.saturating_sub(1));
     for row in log_probs.chunks_exact(v) {
         let lp = |k: u32| f64::from(row[k as usize]);
@@ -539,6 +553,21 @@ mod tests {
                 let d = beam_search(&lp, v, width).unwrap();
                 let exact = seqs.get(&d.ids).copied().unwrap_or(f64::NEG_INFINITY);
                 assert!(f64::from(d.log_prob) <= exact + 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn symbol_pruning_does_not_change_the_result() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for width in [1usize, 2, 3] {
+            for _ in 0..30 {
+                let (t, v) = (rng.random_range(1..=8), rng.random_range(5..=8));
+                let lp = random_log_probs(&mut rng, t, v);
+                let pruned = beam_search_impl(&lp, v, width, true).unwrap();
+                let full = beam_search_impl(&lp, v, width, false).unwrap();
+                assert_eq!(pruned.ids, full.ids);
+                assert!((pruned.log_prob - full.log_prob).abs() < 1e-5);
             }
         }
     }

@@ -21,7 +21,9 @@ const BLANK_ID: u32 = crate::vocab::BLANK as u32;
 pub enum DecodeError {
     #[error("vocabulary size V must be at least 1 (the blank), got 0")]
     EmptyVocab,
-    #[error("log-probabilities have {len} values, which is not a multiple of the vocabulary size {v}")]
+    #[error(
+        "log-probabilities have {len} values, which is not a multiple of the vocabulary size {v}"
+    )]
     BadLength { len: usize, v: usize },
     #[error("log-probability at frame {frame}, symbol {symbol} is NaN")]
     NaN { frame: usize, symbol: usize },
@@ -50,7 +52,7 @@ pub struct TokenSpan {
     pub start: usize,
     /// Last frame (inclusive) where the token is emitted on the path.
     pub end: usize,
-    /// Mean probability of this token over its frames `start..=end` (in `[0, 1]`).
+    /// Mean probability of this token over its frames `start..=end` (between 0 and 1).
     pub confidence: f32,
 }
 
@@ -461,7 +463,8 @@ mod tests {
         assert_eq!(d.ids, vec![1, 2, 1]);
         let expected_lp = (0.8f64 * 0.6 * 0.7 * 0.8 * 0.6 * 0.5).ln();
         assert!((f64::from(d.log_prob) - expected_lp).abs() < 1e-5);
-        let spans: Vec<(u32, usize, usize)> = d.tokens.iter().map(|s| (s.id, s.start, s.end)).collect();
+        let spans: Vec<(u32, usize, usize)> =
+            d.tokens.iter().map(|s| (s.id, s.start, s.end)).collect();
         assert_eq!(spans, vec![(1, 0, 1), (2, 3, 4), (1, 5, 5)]);
         assert!((d.tokens[0].confidence - 0.7).abs() < 1e-5);
         assert!((d.tokens[1].confidence - 0.7).abs() < 1e-5);
@@ -638,17 +641,23 @@ mod tests {
     #[test]
     fn invalid_input_is_an_error() {
         let lp = [0.0f32; 7];
-        assert_eq!(
-            greedy(&lp, 3),
-            Err(DecodeError::BadLength { len: 7, v: 3 })
-        );
-        assert!(matches!(beam_search(&lp, 3, 2), Err(DecodeError::BadLength { .. })));
+        assert_eq!(greedy(&lp, 3), Err(DecodeError::BadLength { len: 7, v: 3 }));
+        assert!(matches!(
+            beam_search(&lp, 3, 2),
+            Err(DecodeError::BadLength { .. })
+        ));
         assert_eq!(greedy(&lp, 0), Err(DecodeError::EmptyVocab));
         assert_eq!(beam_search(&lp, 0, 2), Err(DecodeError::EmptyVocab));
-        assert_eq!(beam_search(&[0.0; 6], 3, 0), Err(DecodeError::ZeroBeamWidth));
+        assert_eq!(
+            beam_search(&[0.0; 6], 3, 0),
+            Err(DecodeError::ZeroBeamWidth)
+        );
         assert!(matches!(
             greedy(&[0.0, f32::NAN], 2),
-            Err(DecodeError::NaN { frame: 0, symbol: 1 })
+            Err(DecodeError::NaN {
+                frame: 0,
+                symbol: 1
+            })
         ));
         assert!(matches!(
             forced_align(&[0.0; 6], 3, &[3]),

@@ -36,7 +36,11 @@ pub enum CtcError {
         got: usize,
     },
     #[error("ctc: input_lengths[{sample}] = {length} exceeds the padded length T = {t}")]
-    InputTooLong { sample: usize, length: usize, t: usize },
+    InputTooLong {
+        sample: usize,
+        length: usize,
+        t: usize,
+    },
     #[error("ctc: targets[{sample}][{position}] = {label} is the blank or not below V = {v}")]
     BadLabel {
         sample: usize,
@@ -411,7 +415,11 @@ impl CustomOp1 for CtcLossOp {
             candle_core::bail!("ctc-loss: the input must be contiguous");
         };
         if end - start != b * t * v {
-            candle_core::bail!("ctc-loss: input has {} values, expected {}", end - start, b * t * v);
+            candle_core::bail!(
+                "ctc-loss: input has {} values, expected {}",
+                end - start,
+                b * t * v
+            );
         }
         let out = match storage {
             CpuStorage::F32(d) => {
@@ -466,7 +474,8 @@ pub fn forced_align(
     if log_probs.len() != t * v || v == 0 {
         return Err(CtcError::BadShape(vec![log_probs.len(), t, v]));
     }
-    decode::forced_align(log_probs, v, target).map_err(|source| CtcError::Decode { sample: 0, source })
+    decode::forced_align(log_probs, v, target)
+        .map_err(|source| CtcError::Decode { sample: 0, source })
 }
 
 /// [`forced_align`] for every sample of a `(B, T, V)` tensor (any float dtype,
@@ -605,9 +614,15 @@ mod tests {
                     for dtype in [DType::F64, DType::F32] {
                         let x = Tensor::from_vec(lp.clone(), (1, t, v), &Device::Cpu)?
                             .to_dtype(dtype)?;
-                        let got = ctc_loss(&x, &[target.clone()], &[t], CtcReduction::None, false)?
-                            .to_dtype(DType::F64)?
-                            .to_vec1::<f64>()?[0];
+                        let got = ctc_loss(
+                            &x,
+                            std::slice::from_ref(&target),
+                            &[t],
+                            CtcReduction::None,
+                            false,
+                        )?
+                        .to_dtype(DType::F64)?
+                        .to_vec1::<f64>()?[0];
                         let tol = if dtype == DType::F64 { 1e-9 } else { 1e-4 };
                         if expected.is_infinite() {
                             assert_eq!(got, f64::INFINITY, "t={t} v={v} {target:?}");
@@ -634,7 +649,9 @@ mod tests {
         let targets = vec![vec![1, 2], vec![1, 1], vec![], vec![3, 1, 3]];
         let lengths = [6usize, 4, 5, 6];
         let weights: Vec<f64> = (0..b).map(|_| rng.random_range(0.5..2.0)).collect();
-        let data: Vec<f64> = (0..b * t * v).map(|_| rng.random_range(-3.0..0.0)).collect();
+        let data: Vec<f64> = (0..b * t * v)
+            .map(|_| rng.random_range(-3.0..0.0))
+            .collect();
         let w = Tensor::from_vec(weights.clone(), b, &Device::Cpu)?;
         let objective = |x: &Tensor| -> candle_core::Result<Tensor> {
             (ctc_loss(x, &targets, &lengths, CtcReduction::None, false)? * &w)?.sum_all()
@@ -655,7 +672,11 @@ mod tests {
                 objective(&Tensor::from_vec(d, (b, t, v), &Device::Cpu)?)?.to_scalar::<f64>()
             };
             let fd = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
-            assert!((fd - grad[i]).abs() < 1e-6, "index {i}: fd {fd} vs backprop {}", grad[i]);
+            assert!(
+                (fd - grad[i]).abs() < 1e-6,
+                "index {i}: fd {fd} vs backprop {}",
+                grad[i]
+            );
             let (sample, frame) = (i / (t * v), (i / v) % t);
             if frame >= lengths[sample] {
                 assert_eq!(grad[i], 0.0, "padded frame must get zero gradient");
@@ -671,7 +692,9 @@ mod tests {
         let (b, t, v) = (2usize, 5usize, 3usize);
         let targets = vec![vec![1, 2, 1], vec![2]];
         let lengths = [5usize, 3];
-        let data: Vec<f64> = (0..b * t * v).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let data: Vec<f64> = (0..b * t * v)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
         let objective = |x: &Tensor| -> candle_core::Result<Tensor> {
             let lp = candle_nn::ops::log_softmax(x, candle_core::D::Minus1)?;
             ctc_loss(&lp, &targets, &lengths, CtcReduction::Mean, false)
@@ -691,7 +714,11 @@ mod tests {
                 objective(&Tensor::from_vec(d, (b, t, v), &Device::Cpu)?)?.to_scalar::<f64>()
             };
             let fd = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
-            assert!((fd - grad[i]).abs() < 1e-6, "index {i}: fd {fd} vs backprop {}", grad[i]);
+            assert!(
+                (fd - grad[i]).abs() < 1e-6,
+                "index {i}: fd {fd} vs backprop {}",
+                grad[i]
+            );
         }
         Ok(())
     }
@@ -714,17 +741,25 @@ mod tests {
             singles.push(lp);
         }
         let x = Tensor::from_vec(padded, (lengths.len(), t_max, v), &Device::Cpu)?;
-        let batched = ctc_loss(&x, &targets, &lengths, CtcReduction::None, false)?.to_vec1::<f32>()?;
+        let batched =
+            ctc_loss(&x, &targets, &lengths, CtcReduction::None, false)?.to_vec1::<f32>()?;
         for (i, lp) in singles.into_iter().enumerate() {
             let one = Tensor::from_vec(lp, (1, lengths[i], v), &Device::Cpu)?;
-            let single = ctc_loss(&one, &targets[i..=i], &lengths[i..=i], CtcReduction::None, false)?
-                .to_vec1::<f64>()?[0];
+            let single = ctc_loss(
+                &one,
+                &targets[i..=i],
+                &lengths[i..=i],
+                CtcReduction::None,
+                false,
+            )?
+            .to_vec1::<f64>()?[0];
             assert!((f64::from(batched[i]) - single).abs() < 1e-4, "sample {i}");
         }
         // A non-contiguous (transposed) input gives the same losses.
         let xt = x.transpose(0, 1)?.contiguous()?.transpose(0, 1)?;
         assert!(!xt.is_contiguous());
-        let again = ctc_loss(&xt, &targets, &lengths, CtcReduction::None, false)?.to_vec1::<f32>()?;
+        let again =
+            ctc_loss(&xt, &targets, &lengths, CtcReduction::None, false)?.to_vec1::<f32>()?;
         assert_eq!(again, batched);
         Ok(())
     }
@@ -743,7 +778,8 @@ mod tests {
             .collect();
         let sum = ctc_loss(&x, &targets, &lengths, CtcReduction::Sum, false)?.to_scalar::<f64>()?;
         assert!((sum - per.iter().sum::<f64>()).abs() < 1e-9);
-        let mean = ctc_loss(&x, &targets, &lengths, CtcReduction::Mean, false)?.to_scalar::<f64>()?;
+        let mean =
+            ctc_loss(&x, &targets, &lengths, CtcReduction::Mean, false)?.to_scalar::<f64>()?;
         // Divided by target lengths 3, 1 and max(0, 1) = 1, then averaged.
         let expected = (per[0] / 3.0 + per[1] / 1.0 + per[2] / 1.0) / 3.0;
         assert!((mean - expected).abs() < 1e-9, "{mean} vs {expected}");
@@ -763,15 +799,33 @@ mod tests {
         };
 
         let var = make()?;
-        let none = ctc_loss(var.as_tensor(), &targets, &lengths, CtcReduction::None, false)?
-            .to_vec1::<f64>()?;
+        let none = ctc_loss(
+            var.as_tensor(),
+            &targets,
+            &lengths,
+            CtcReduction::None,
+            false,
+        )?
+        .to_vec1::<f64>()?;
         assert!(none[0].is_finite());
         assert_eq!(none[1], f64::INFINITY);
-        let mean = ctc_loss(var.as_tensor(), &targets, &lengths, CtcReduction::Mean, false)?;
+        let mean = ctc_loss(
+            var.as_tensor(),
+            &targets,
+            &lengths,
+            CtcReduction::Mean,
+            false,
+        )?;
         assert_eq!(mean.to_scalar::<f64>()?, f64::INFINITY);
 
         let var = make()?;
-        let loss = ctc_loss(var.as_tensor(), &targets, &lengths, CtcReduction::Mean, true)?;
+        let loss = ctc_loss(
+            var.as_tensor(),
+            &targets,
+            &lengths,
+            CtcReduction::Mean,
+            true,
+        )?;
         let value = loss.to_scalar::<f64>()?;
         let expected = brute_force_loss(&data[..t * v], t, v, &targets[0]) / 2.0 / 2.0;
         assert!((value - expected).abs() < 1e-9, "{value} vs {expected}");
@@ -780,8 +834,14 @@ mod tests {
             .get(var.as_tensor())
             .ok_or_else(|| candle_core::Error::msg("no gradient"))?
             .to_vec3::<f64>()?;
-        assert!(grad[1].iter().flatten().all(|&g| g == 0.0), "infeasible sample: zero gradient");
-        assert!(grad[0].iter().flatten().any(|&g| g != 0.0), "feasible sample still learns");
+        assert!(
+            grad[1].iter().flatten().all(|&g| g == 0.0),
+            "infeasible sample: zero gradient"
+        );
+        assert!(
+            grad[0].iter().flatten().any(|&g| g != 0.0),
+            "feasible sample still learns"
+        );
         assert!(grad.iter().flatten().flatten().all(|g| g.is_finite()));
 
         // A single infeasible sample alone: finite 0 loss.
@@ -845,8 +905,14 @@ mod tests {
         let x = Tensor::from_vec(lp32.clone(), (2, 5, 3), &Device::Cpu)?;
         let targets = vec![vec![1, 2], vec![2]];
         let paths = forced_align_batch(&x, &targets, &[5, 3])?;
-        assert_eq!(paths[0], forced_align(&lp32[..15], 5, 3, &targets[0]).map_err(wrap)?);
-        assert_eq!(paths[1], forced_align(&lp32[15..24], 3, 3, &targets[1]).map_err(wrap)?);
+        assert_eq!(
+            paths[0],
+            forced_align(&lp32[..15], 5, 3, &targets[0]).map_err(wrap)?
+        );
+        assert_eq!(
+            paths[1],
+            forced_align(&lp32[15..24], 3, 3, &targets[1]).map_err(wrap)?
+        );
         Ok(())
     }
 
@@ -868,11 +934,19 @@ mod tests {
         vm.set_one("ctc.weight", Tensor::from_vec(w, (v, d), &Device::Cpu)?)?;
         vm.set_one("ctc.bias", Tensor::zeros(v, DType::F32, &Device::Cpu)?)?;
         // Random frame features: each frame its own direction.
-        let feats: Vec<f32> = (0..2 * t * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let feats: Vec<f32> = (0..2 * t * d)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let xs = Tensor::from_vec(feats, (2, t, d), &Device::Cpu)?;
         let mut opt = SGD::new(vm.all_vars(), 0.5)?;
         let loss_of = |head: &CtcHead| -> candle_core::Result<Tensor> {
-            ctc_loss(&head.log_probs(&xs)?, &target, &lengths, CtcReduction::Mean, false)
+            ctc_loss(
+                &head.log_probs(&xs)?,
+                &target,
+                &lengths,
+                CtcReduction::Mean,
+                false,
+            )
         };
         let initial = loss_of(&head)?.to_scalar::<f32>()?;
         for _ in 0..300 {

@@ -155,22 +155,11 @@ pub fn run(
                 .map_err(PipelineError::Stream)
         })?;
         let v = m.model.vocab_size;
-        // CTC greedy decoding of one window's posteriors
+        // CTC decoding of one window's posteriors
         let decode = time_n(iters, || {
-            let mut prev = usize::MAX;
-            let mut out = Vec::new();
-            for row in lp.chunks(v) {
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i);
-                if best != prev && best != 0 {
-                    out.push(best);
-                }
-                prev = best;
-            }
-            std::hint::black_box(out);
+            std::hint::black_box(
+                crate::decode::greedy(&lp, v).map_err(|e| PipelineError::Stream(e.to_string()))?,
+            );
             Ok(())
         })?;
         // whole streams through the real pipeline

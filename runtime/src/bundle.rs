@@ -94,7 +94,7 @@ pub struct ModelInfo {
 pub struct InputSpec {
     pub height: usize,
     pub width: usize,
-    /// Per-channel mean and std on RGB in [0,1]: x = (p/255 - mean) / std.
+    /// Per-channel mean and std on RGB in `[0, 1]`: x = (p/255 - mean) / std.
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }

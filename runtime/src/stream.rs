@@ -404,3 +404,27 @@ mod tests {
         assert_eq!(runs, 9 + 1);
     }
 }
+
+#[cfg(test)]
+mod greedy_equivalence {
+    use super::*;
+
+    /// The incremental emitter against the batch greedy decoder of
+    /// `crate::decode` on the same posterior rows (a second implementation).
+    #[test]
+    fn incremental_greedy_equals_batch_greedy() {
+        let v = 5;
+        let rows = crate::toy::toy_weights(60 * v, 77);
+        let mut out = Vec::new();
+        let mut g = GreedyState::default();
+        for (t, row) in rows.chunks(v).enumerate() {
+            g.push(t as u64, row, &mut out);
+        }
+        g.finish(&mut out);
+        let batch = crate::decode::greedy(&rows, v).unwrap();
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), batch.ids);
+        for (e, t) in out.iter().zip(&batch.tokens) {
+            assert_eq!((e.start as usize, e.end as usize), (t.start, t.end));
+        }
+    }
+}

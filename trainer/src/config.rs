@@ -434,3 +434,19 @@ device = "cpu"
         assert!(e.contains("/nonexistent/cfg.toml"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let small = Config::load(&dir.join("cpu-small.toml")).unwrap();
+        assert_eq!(small.model.backbone, "small");
+        assert_eq!(small.hardware.device, "cpu");
+        let gpu = Config::load(&dir.join("resnet18-phoenix.toml")).unwrap();
+        assert_eq!((gpu.model.backbone.as_str(), gpu.model.feature_dim), ("resnet18", 512));
+        assert_eq!(gpu.training.weighting, "gradnorm");
+    }
+}

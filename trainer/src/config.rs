@@ -446,7 +446,10 @@ mod shipped {
         assert_eq!(small.model.backbone, "small");
         assert_eq!(small.hardware.device, "cpu");
         let gpu = Config::load(&dir.join("resnet18-phoenix.toml")).unwrap();
-        assert_eq!((gpu.model.backbone.as_str(), gpu.model.feature_dim), ("resnet18", 512));
+        assert_eq!(
+            (gpu.model.backbone.as_str(), gpu.model.feature_dim),
+            ("resnet18", 512)
+        );
         assert_eq!(gpu.training.weighting, "gradnorm");
     }
 }

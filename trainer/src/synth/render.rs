@@ -136,14 +136,15 @@ pub fn background(
                 _ => 0.0,
             };
             let o = (y * w + x) * 3;
-            for ch in 0..3 {
-                cv.rgb[o + ch] = (base[ch] + t * tex_amp).clamp(0.0, 255.0) as u8;
+            for (dst, b) in cv.rgb[o..o + 3].iter_mut().zip(base) {
+                *dst = (b + t * tex_amp).clamp(0.0, 255.0) as u8;
             }
         }
     }
 }
 
 /// A hand of palm radius `r` at (x, y), pointing along `angle` (radians, 0 = up).
+#[allow(clippy::too_many_arguments)]
 pub fn hand(
     cv: &mut Canvas,
     x: f32,

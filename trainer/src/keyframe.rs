@@ -1,3 +1,252 @@
-//! Stage 2: motion-aware keyframe selection with a ConvGRU (L_gru).
+//! Stage 2: motion-aware keyframe selection with a ConvGRU.
 //!
-//! Not implemented yet (issue "Trainer I").
+//! M = F[:,1:] − F[:,:-1] (B,T−1,C,G,G) → ConvGRU (3×3 gates with padding 1,
+//! so the G×G grid is kept; the seed's convs have no padding) → mean over the
+//! grid → Linear(H→1) → softmax over time, with padding masked out (−∞ before
+//! the softmax, probability 0).
+//!
+//! Selection: K_b = ceil(ratio·(T_b−1)) of each sample's valid differences,
+//! chosen by `signrt_runtime::keyframes` — the same code the runtime runs —
+//! and **put back in time order** (the seed's `topk` order is a known bug).
+//! Difference i (F[i+1] − F[i]) maps to frame i+1, the frame where the motion
+//! arrived. A one-frame clip selects frame 0.
+//!
+//! L_gru = −mean log s(selected) − 0.1·entropy(s), per sample over its valid
+//! steps, averaged over the batch, as in the seed.
+//!
+//! Top-K is not differentiable, so in the seed the CTC gradient never reaches
+//! the scorer. With `score_scaling` the selected features are multiplied by
+//! s_i·K/Σ_selected s (mean 1), which lets the downstream losses train the scorer.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use signrt_runtime::keyframes;
+
+/// How frames are chosen (the ablations need all three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// The seed: top-K by the ConvGRU's scores.
+    Learned,
+    /// No selection: every frame goes to the BiLSTM.
+    All,
+    /// K frames at random (seeded), in time order.
+    Random { seed: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyframeConfig {
+    pub in_channels: usize,
+    pub hidden: usize,
+    pub ratio: f64,
+    pub score_scaling: bool,
+    pub selection: Selection,
+}
+
+/// The ConvGRU's three gate convolutions over concat[x, h].
+pub struct ConvGru {
+    pub reset: Conv2d,
+    pub update: Conv2d,
+    pub new: Conv2d,
+    pub hidden: usize,
+}
+
+impl ConvGru {
+    pub fn new(in_channels: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let c = in_channels + hidden;
+        Ok(Self {
+            reset: candle_nn::conv2d(c, hidden, 3, cfg, vb.pp("reset"))?,
+            update: candle_nn::conv2d(c, hidden, 3, cfg, vb.pp("update"))?,
+            new: candle_nn::conv2d(c, hidden, 3, cfg, vb.pp("new"))?,
+            hidden,
+        })
+    }
+
+    /// One step: x (B,C,G,G), h (B,H,G,G) -> h'.
+    pub fn step(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
+        let cat = Tensor::cat(&[x, h], 1)?;
+        let r = candle_nn::ops::sigmoid(&self.reset.forward(&cat)?)?;
+        let z = candle_nn::ops::sigmoid(&self.update.forward(&cat)?)?;
+        let rh = (r * h)?;
+        let n = self.new.forward(&Tensor::cat(&[x, &rh], 1)?)?.tanh()?;
+        h + (z * (n - h)?)?
+    }
+
+    /// All steps over axis 1 of `m` (B,S,C,G,G) from h0 = 0: (B,S,H,G,G).
+    pub fn forward(&self, m: &Tensor) -> Result<Tensor> {
+        let (b, s, _c, g1, g2) = m.dims5()?;
+        let mut h = Tensor::zeros((b, self.hidden, g1, g2), m.dtype(), m.device())?;
+        let mut out = Vec::with_capacity(s);
+        for t in 0..s {
+            h = self.step(&m.i((.., t))?.contiguous()?, &h)?;
+            out.push(h.clone());
+        }
+        Tensor::stack(&out, 1)
+    }
+}
+
+pub struct KeyframeOutput {
+    /// Softmax over each sample's valid differences (B, T−1); 0 on padding.
+    pub scores: Tensor,
+    /// Selected frame indices per sample, strictly increasing.
+    pub indices: Vec<Vec<usize>>,
+    /// Gathered features (B, Kmax, C, G, G), zero-padded.
+    pub selected: Tensor,
+    pub selected_lengths: Vec<usize>,
+    /// L_gru (0 when the scorer is not used).
+    pub loss_gru: Tensor,
+    /// Per-sample selection entropy, for the evaluation.
+    pub entropy: Vec<f32>,
+}
+
+pub struct KeyframeSelector {
+    pub gru: ConvGru,
+    pub score: Linear,
+    pub cfg: KeyframeConfig,
+}
+
+/// A (B, T) mask of 1 for valid steps, 0 for padding.
+pub fn length_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| (0..t).map(move |i| if i < l { 1.0 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(v, (lengths.len(), t), dev)
+}
+
+impl KeyframeSelector {
+    pub fn new(cfg: KeyframeConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gru: ConvGru::new(cfg.in_channels, cfg.hidden, vb.pp("gru"))?,
+            score: candle_nn::linear(cfg.hidden, 1, vb.pp("score"))?,
+            cfg,
+        })
+    }
+
+    /// Scores: (B, T−1) softmax over valid differences.
+    pub fn scores(&self, f: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let (b, t, _, _, _) = f.dims5()?;
+        if t < 2 {
+            return Tensor::zeros((b, 0), f.dtype(), f.device());
+        }
+        let m = (f.i((.., 1..))? - f.i((.., ..t - 1))?)?;
+        let h = self.gru.forward(&m)?; // (B,S,H,G,G)
+        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // (B,S,H)
+        let logits = self.score.forward(&pooled)?.squeeze(D::Minus1)?; // (B,S)
+        let valid: Vec<usize> = lengths.iter().map(|&l| l.saturating_sub(1)).collect();
+        let mask = length_mask(&valid, t - 1, f.device())?;
+        // padded steps get -1e9 (exp underflows to exactly 0)
+        let neg = ((mask.ones_like()? - &mask)? * -1e9)?;
+        let masked = (logits * &mask)?.add(&neg)?;
+        candle_nn::ops::softmax(&masked, D::Minus1)
+    }
+
+    pub fn forward(&self, f: &Tensor, lengths: &[usize]) -> Result<KeyframeOutput> {
+        let (b, t, c, g1, g2) = f.dims5()?;
+        let dev = f.device();
+        let use_scorer = self.cfg.selection == Selection::Learned;
+        let scores = if use_scorer {
+            self.scores(f, lengths)?
+        } else {
+            Tensor::zeros((b, t.saturating_sub(1)), f.dtype(), dev)?
+        };
+        let host: Vec<Vec<f32>> = if t >= 2 {
+            scores.to_dtype(DType::F32)?.to_vec2()?
+        } else {
+            vec![vec![]; b]
+        };
+        let mut indices = Vec::with_capacity(b);
+        for (bi, &l) in lengths.iter().enumerate() {
+            let l = l.clamp(1, t);
+            let idx = match self.cfg.selection {
+                Selection::Learned => keyframes::select_frames(&host[bi][..l - 1], self.cfg.ratio),
+                Selection::All => (0..l).collect(),
+                Selection::Random { seed } => {
+                    if l == 1 {
+                        vec![0]
+                    } else {
+                        let k = keyframes::keyframe_count(l, self.cfg.ratio);
+                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                            seed ^ (bi as u64) << 32 ^ l as u64,
+                        );
+                        let mut v: Vec<usize> = sample(&mut rng, l - 1, k)
+                            .into_iter()
+                            .map(|i| i + 1)
+                            .collect();
+                        v.sort_unstable();
+                        v
+                    }
+                }
+            };
+            indices.push(idx);
+        }
+        let kmax = indices.iter().map(Vec::len).max().unwrap_or(1);
+        let mut rows = Vec::with_capacity(b);
+        let mut sel_terms = Vec::new();
+        let mut entropy = Vec::with_capacity(b);
+        let mut ent_terms = Vec::new();
+        for (bi, idx) in indices.iter().enumerate() {
+            let fb = f.i(bi)?; // (T,C,G,G)
+            let it = Tensor::from_vec(
+                idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                idx.len(),
+                dev,
+            )?;
+            let mut g = fb.index_select(&it, 0)?;
+            if use_scorer && t >= 2 && !(idx.len() == 1 && idx[0] == 0) {
+                let sb = scores.i(bi)?;
+                let di = Tensor::from_vec(
+                    idx.iter().map(|&i| (i - 1) as u32).collect::<Vec<_>>(),
+                    idx.len(),
+                    dev,
+                )?;
+                let s_sel = sb.index_select(&di, 0)?;
+                sel_terms.push(
+                    (s_sel.clamp(0f32, 1f32)? + 1e-8)?
+                        .log()?
+                        .mean_all()?
+                        .neg()?,
+                );
+                let l = lengths[bi].clamp(1, t) - 1;
+                let sv = sb.narrow(0, 0, l)?;
+                let e = (&sv * (&sv + 1e-8)?.log()?)?.sum_all()?.neg()?;
+                entropy.push(e.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                ent_terms.push(e);
+                if self.cfg.score_scaling {
+                    let k = idx.len() as f64;
+                    let w = (s_sel.broadcast_div(&s_sel.sum_all()?)? * k)?;
+                    g = g.broadcast_mul(&w.reshape((idx.len(), 1, 1, 1))?)?;
+                }
+            } else {
+                entropy.push(0.0);
+            }
+            if idx.len() < kmax {
+                let pad = Tensor::zeros((kmax - idx.len(), c, g1, g2), f.dtype(), dev)?;
+                g = Tensor::cat(&[&g, &pad], 0)?;
+            }
+            rows.push(g);
+        }
+        let selected = Tensor::stack(&rows, 0)?;
+        let loss_gru = if sel_terms.is_empty() {
+            Tensor::new(0f32, dev)?.to_dtype(f.dtype())?
+        } else {
+            let n = sel_terms.len() as f64;
+            let sel = (Tensor::stack(&sel_terms, 0)?.sum_all()? / n)?;
+            let ent = (Tensor::stack(&ent_terms, 0)?.sum_all()? / n)?;
+            (sel - (ent * 0.1)?)?
+        };
+        Ok(KeyframeOutput {
+            scores,
+            selected_lengths: indices.iter().map(Vec::len).collect(),
+            indices,
+            selected,
+            loss_gru,
+            entropy,
+        })
+    }
+}

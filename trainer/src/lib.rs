@@ -17,6 +17,7 @@ pub mod config;
 pub mod ctc;
 pub mod data;
 pub mod export;
+pub mod init;
 pub mod keyframe;
 pub mod loader;
 pub mod loss;

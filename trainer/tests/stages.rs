@@ -1,0 +1,327 @@
+//! Stages 2 and 3 against independent implementations and their invariants:
+//! the ConvGRU and the BiLSTM against the ONNX graphs the export writes, run in
+//! tract (a second implementation, and the export's parity check); masking with
+//! mixed lengths; keyframe selection; L_gru; gradient paths; the frame loss.
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use signrt_runtime::onnx::{encode, Dim, GraphBuilder};
+use signrt_trainer::export::layers::{
+    bilstm_layer, conv_gru_scan, dims, Array, ConvGru as OnnxGru, LstmDirection,
+};
+use signrt_trainer::init::reinit;
+use signrt_trainer::keyframe::{KeyframeConfig, KeyframeSelector, Selection};
+use signrt_trainer::temporal::{frame_accuracy, frame_ce_loss, TemporalConfig, TemporalModel};
+use tract_onnx::prelude::*;
+
+fn arr(t: &Tensor) -> Array {
+    Array::new(t.dims(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+}
+
+fn vec1(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(
+        signrt_runtime::toy::toy_weights(n, seed),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn run_tract(g: GraphBuilder, shape: &[usize], x: &[f32]) -> Vec<f32> {
+    let m = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(encode(&g.into_model("test"))))
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let out = m
+        .run(tvec!(tract_onnx::prelude::Tensor::from_shape(shape, x)
+            .unwrap()
+            .into()))
+        .unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+fn selector(sel: Selection, scaling: bool) -> (VarMap, KeyframeSelector) {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let k = KeyframeSelector::new(
+        KeyframeConfig {
+            in_channels: 3,
+            hidden: 4,
+            ratio: 0.7,
+            score_scaling: scaling,
+            selection: sel,
+        },
+        vb.pp("keyframe"),
+    )
+    .unwrap();
+    reinit(&vm, 1).unwrap();
+    (vm, k)
+}
+
+#[test]
+fn conv_gru_matches_the_exported_scan_in_tract() -> Result<()> {
+    let (_vm, k) = selector(Selection::Learned, false);
+    let (c, g, s) = (3, 2, 6);
+    let m = rand_tensor(&[1, s, c, g, g], 5);
+    let ours = vec1(&k.gru.forward(&m)?);
+    let conv = |cv: &candle_nn::Conv2d| (arr(cv.weight()), vec1(cv.bias().unwrap()));
+    let onnx = OnnxGru {
+        reset: conv(&k.gru.reset),
+        update: conv(&k.gru.update),
+        new: conv(&k.gru.new),
+        hidden: 4,
+    };
+    let mut gb = GraphBuilder::new("gru");
+    let x = gb.input("x", &dims(&[1, s as i64, c as i64, g as i64, g as i64]));
+    let ys = conv_gru_scan(&mut gb, "gru", &x, &onnx, c, g);
+    gb.node("Identity", &[&ys], &["y"], vec![]);
+    gb.output("y", &dims(&[1, s as i64, 4, g as i64, g as i64]));
+    let theirs = run_tract(gb, &[1, s, c, g, g], &vec1(&m));
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+fn temporal(layers: usize) -> (VarMap, TemporalModel) {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let t = TemporalModel::new(
+        TemporalConfig {
+            input_dim: 6,
+            hidden: 5,
+            layers,
+            vocab_size: 4,
+            dropout: 0.0,
+        },
+        vb.pp("temporal"),
+    )
+    .unwrap();
+    reinit(&vm, 2).unwrap();
+    (vm, t)
+}
+
+#[test]
+fn bilstm_matches_the_exported_onnx_lstm_in_tract() -> Result<()> {
+    let (_vm, t) = temporal(2);
+    let k = 7;
+    let x = rand_tensor(&[1, k, 6], 8);
+    let ours = vec1(&t.forward_t(&x, &[k], false)?);
+    let dir = |d: &signrt_trainer::temporal::LstmDir| LstmDirection {
+        w_ih: arr(&d.w_ih),
+        w_hh: arr(&d.w_hh),
+        b_ih: vec1(&d.b_ih),
+        b_hh: vec1(&d.b_hh),
+    };
+    let mut gb = GraphBuilder::new("lstm");
+    let mut h = gb.input("x", &[1.into(), Dim::from("K"), 6.into()]);
+    for (i, (f, b)) in t.layers.iter().enumerate() {
+        h = bilstm_layer(&mut gb, &format!("l{i}"), &h, &dir(f), &dir(b));
+    }
+    gb.node("Identity", &[&h], &["y"], vec![]);
+    gb.output("y", &[1.into(), Dim::from("K"), 10.into()]);
+    let theirs = run_tract(gb, &[1, k, 6], &vec1(&x));
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+/// A sample's outputs in a padded batch equal its outputs alone.
+#[test]
+fn mixed_lengths_match_unbatched_runs() -> Result<()> {
+    let (_vm, t) = temporal(2);
+    let lens = [7usize, 4];
+    let full = rand_tensor(&[2, 7, 6], 11);
+    let out = t.forward_t(&full, &lens, false)?;
+    for (b, &l) in lens.iter().enumerate() {
+        let alone = t.forward_t(&full.i(b..b + 1)?.narrow(1, 0, l)?, &[l], false)?;
+        let got = vec1(&out.i(b)?.narrow(0, 0, l)?);
+        for (a, c) in got.iter().zip(vec1(&alone).iter()) {
+            assert!((a - c).abs() < 1e-5, "sample {b}");
+        }
+        if l < 7 {
+            assert!(
+                vec1(&out.i(b)?.narrow(0, l, 7 - l)?)
+                    .iter()
+                    .all(|v| *v == 0.0),
+                "padding is zero"
+            );
+        }
+    }
+    let (_vm, k) = selector(Selection::Learned, false);
+    let f = rand_tensor(&[2, 9, 3, 2, 2], 12);
+    let lens = [9usize, 5];
+    let s = k.scores(&f, &lens)?;
+    let alone = k.scores(&f.i(1..2)?.narrow(1, 0, 5)?, &[5])?;
+    let (a, b) = (vec1(&s.i(1)?), vec1(&alone));
+    for i in 0..4 {
+        assert!((a[i] - b[i]).abs() < 1e-6);
+    }
+    assert!(
+        a[4..].iter().all(|v| *v == 0.0),
+        "padding has probability 0"
+    );
+    for row in s.to_vec2::<f32>()?.iter().zip(lens) {
+        let total: f32 = row.0.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn selection_is_top_k_in_time_order_and_never_padding() -> Result<()> {
+    let (_vm, k) = selector(Selection::Learned, false);
+    let lens = [12usize, 7, 1];
+    let f = rand_tensor(&[3, 12, 3, 2, 2], 13);
+    let out = k.forward(&f, &lens)?;
+    let scores = out.scores.to_vec2::<f32>()?;
+    for (b, &l) in lens.iter().enumerate() {
+        let idx = &out.indices[b];
+        assert!(
+            idx.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing: {idx:?}"
+        );
+        assert!(idx.iter().all(|&i| i < l), "padding selected: {idx:?}");
+        if l == 1 {
+            assert_eq!(idx, &vec![0]);
+            continue;
+        }
+        let want_k = ((0.7 * (l - 1) as f64) - 1e-9).ceil() as usize;
+        assert_eq!(idx.len(), want_k);
+        // brute force: the k largest valid scores
+        let mut order: Vec<usize> = (0..l - 1).collect();
+        order.sort_by(|&a, &c| scores[b][c].total_cmp(&scores[b][a]).then(a.cmp(&c)));
+        let mut top: Vec<usize> = order[..want_k].iter().map(|d| d + 1).collect();
+        top.sort();
+        assert_eq!(idx, &top);
+        // L_gru pieces by hand
+    }
+    assert_eq!(out.selected.dims(), &[3, 8, 3, 2, 2]);
+    assert_eq!(out.selected_lengths, vec![8, 5, 1]);
+    // selected features are the frames themselves (no scaling)
+    let g = out.selected.i((0, 0))?;
+    let want = f.i((0, out.indices[0][0]))?;
+    assert_eq!(vec1(&g), vec1(&want));
+    // L_gru by hand: mean over samples with differences
+    let mut sel = 0f64;
+    let mut ent = 0f64;
+    for b in 0..2 {
+        let l = lens[b];
+        let s = &scores[b][..l - 1];
+        sel += -out.indices[b]
+            .iter()
+            .map(|&i| ((s[i - 1] + 1e-8) as f64).ln())
+            .sum::<f64>()
+            / out.indices[b].len() as f64;
+        ent += -s
+            .iter()
+            .map(|&p| p as f64 * ((p + 1e-8) as f64).ln())
+            .sum::<f64>();
+    }
+    let want = sel / 2.0 - 0.1 * ent / 2.0;
+    let got = out.loss_gru.to_scalar::<f32>()? as f64;
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    // the other selections
+    let (_vm, all) = selector(Selection::All, false);
+    assert_eq!(
+        all.forward(&f, &lens)?.indices[1],
+        (0..7).collect::<Vec<_>>()
+    );
+    let (_vm, rnd) = selector(Selection::Random { seed: 3 }, false);
+    let r = rnd.forward(&f, &lens)?;
+    assert!(r.indices[0].windows(2).all(|w| w[0] < w[1]) && r.indices[0].len() == 8);
+    Ok(())
+}
+
+fn grad_norm(grads: &candle_core::backprop::GradStore, v: &Var) -> f32 {
+    grads
+        .get(v.as_tensor())
+        .map(|g| {
+            g.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn gradient_paths_into_the_scorer() -> Result<()> {
+    let f = rand_tensor(&[2, 8, 3, 2, 2], 14);
+    let lens = [8usize, 6];
+    for scaling in [true, false] {
+        let (vm, k) = selector(Selection::Learned, scaling);
+        let out = k.forward(&f, &lens)?;
+        let w = vm.data().lock().unwrap()["keyframe.score.weight"].clone();
+        let gru_w = vm.data().lock().unwrap()["keyframe.gru.new.weight"].clone();
+        // a downstream loss on the selected features only
+        let down = out.selected.sqr()?.sum_all()?;
+        let g = down.backward()?;
+        if scaling {
+            assert!(
+                grad_norm(&g, &w) > 0.0,
+                "score scaling must pass a gradient to the scorer"
+            );
+        } else {
+            assert_eq!(
+                grad_norm(&g, &w),
+                0.0,
+                "without scaling top-K blocks the gradient"
+            );
+        }
+        let g = out.loss_gru.backward()?;
+        assert!(
+            grad_norm(&g, &w) > 0.0 && grad_norm(&g, &gru_w) > 0.0,
+            "L_gru trains the scorer"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn frame_loss_ignores_padding_labels() -> Result<()> {
+    let logits = rand_tensor(&[2, 3, 4], 15);
+    let labels = vec![vec![1i64, -1, 3], vec![0, 2, -1]];
+    let got = frame_ce_loss(&logits, &labels)?.to_scalar::<f32>()?;
+    let l = logits.to_vec3::<f32>()?;
+    let mut want = 0f32;
+    let mut n = 0;
+    for b in 0..2 {
+        for k in 0..3 {
+            let lab = labels[b][k];
+            if lab < 0 {
+                continue;
+            }
+            let row = &l[b][k];
+            let lse = row.iter().map(|v| v.exp()).sum::<f32>().ln();
+            want += lse - row[lab as usize];
+            n += 1;
+        }
+    }
+    assert!((got - want / n as f32).abs() < 1e-5);
+    let (ok, total) = frame_accuracy(&logits, &labels)?;
+    assert_eq!(total, 4);
+    assert!(ok <= 4);
+    assert_eq!(
+        frame_ce_loss(&logits, &[vec![-1, -1, -1], vec![-1, -1, -1]])?.to_scalar::<f32>()?,
+        0.0
+    );
+    Ok(())
+}

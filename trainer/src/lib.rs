@@ -23,6 +23,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod pool;
 pub mod synth;
 pub mod temporal;
 pub mod visual;

@@ -22,6 +22,7 @@ pub mod keyframe;
 pub mod loader;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod pool;
 pub mod synth;

@@ -1,0 +1,194 @@
+//! The seed's 4-stage model, assembled: visual encoder (+ alignment), keyframe
+//! selection, BiLSTM with frame classifier, CTC head; and one forward pass
+//! that returns the four losses.
+//!
+//! Variable prefixes — one per optimiser group, matching the seed's
+//! `learning_rates` keys: `visual.` (visual_encoder), `align.` (text_encoder:
+//! the trainable text side), `keyframe.` (conv_gru), `temporal.`
+//! (temporal_lstm), `ctc.` (ctc_projection).
+
+use crate::align::{AlignConfig, Aligner, TextSource};
+use crate::config::Config;
+use crate::ctc::{ctc_loss, forced_align, CtcHead, CtcReduction};
+use crate::keyframe::{KeyframeConfig, KeyframeOutput, KeyframeSelector, Selection};
+use crate::temporal::{frame_ce_loss, TemporalConfig, TemporalModel};
+use crate::visual::{Backbone, VisualConfig, VisualEncoder};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+/// The optimiser groups: (config key, variable prefix).
+pub const GROUPS: [(&str, &str); 5] = [
+    ("visual_encoder", "visual."),
+    ("text_encoder", "align."),
+    ("conv_gru", "keyframe."),
+    ("temporal_lstm", "temporal."),
+    ("ctc_projection", "ctc."),
+];
+
+pub struct FourStage {
+    pub visual: VisualEncoder,
+    pub align: Aligner,
+    pub keyframe: KeyframeSelector,
+    pub temporal: TemporalModel,
+    pub ctc: CtcHead,
+    pub vocab_size: usize,
+    pub feature_dim: usize,
+    pub grid: usize,
+}
+
+/// One batch's outputs.
+pub struct Forward {
+    /// F (B,Tmax,D,G,G), zero-padded.
+    pub features: Tensor,
+    pub keyframes: KeyframeOutput,
+    /// CTC log-probabilities over the selected keyframes (B,Kmax,V).
+    pub ctc_log_probs: Tensor,
+    pub frame_logits: Tensor,
+    /// Frame pseudo-labels from the CTC forced alignment (−1 = none).
+    pub frame_labels: Vec<Vec<i64>>,
+    /// [L_align, L_gru, L_cls, L_ctc].
+    pub losses: [Tensor; 4],
+    pub similarity: Vec<f32>,
+}
+
+impl FourStage {
+    pub fn new(
+        cfg: &Config,
+        vocab_size: usize,
+        varmap: &VarMap,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        let m = &cfg.model;
+        let backbone: Backbone = m.backbone.parse().map_err(anyhow::Error::msg)?;
+        let visual = VisualEncoder::new(
+            VisualConfig {
+                backbone,
+                feature_dim: m.feature_dim,
+                grid: m.grid,
+            },
+            vb.pp("visual"),
+        )?;
+        let align = Aligner::new(
+            &AlignConfig {
+                feature_dim: m.feature_dim,
+                text: TextSource::from_config(m.text_encoder.as_deref(), vocab_size, m.text_dim),
+            },
+            vb.pp("align"),
+        )?;
+        let selection = match m.selection.as_str() {
+            "all" => Selection::All,
+            "random" => Selection::Random {
+                seed: cfg.training.seed,
+            },
+            _ => Selection::Learned,
+        };
+        let keyframe = KeyframeSelector::new(
+            KeyframeConfig {
+                in_channels: m.feature_dim,
+                hidden: m.hidden_dim,
+                ratio: m.keyframe_ratio,
+                score_scaling: m.score_scaling,
+                selection,
+            },
+            vb.pp("keyframe"),
+        )?;
+        let d = m.feature_dim * m.grid * m.grid;
+        let temporal = TemporalModel::new(
+            TemporalConfig {
+                input_dim: d,
+                hidden: m.lstm_hidden,
+                layers: m.lstm_layers,
+                vocab_size,
+                dropout: m.dropout,
+            },
+            vb.pp("temporal"),
+        )?;
+        let ctc = CtcHead::new(vb.clone(), 2 * m.lstm_hidden, vocab_size)?;
+        Ok(Self {
+            visual,
+            align,
+            keyframe,
+            temporal,
+            ctc,
+            vocab_size,
+            feature_dim: m.feature_dim,
+            grid: m.grid,
+        })
+    }
+
+    /// Frames (ΣT,3,H,W) of a batch with per-clip lengths -> F (B,Tmax,D,G,G).
+    pub fn features(&self, frames: &Tensor, lengths: &[usize], train: bool) -> Result<Tensor> {
+        let f = self.visual.forward_t(frames, train)?;
+        let tmax = lengths.iter().copied().max().unwrap_or(0);
+        let (d, g) = (self.feature_dim, self.grid);
+        let mut rows = Vec::with_capacity(lengths.len());
+        let mut off = 0;
+        for &l in lengths {
+            let mut r = f.narrow(0, off, l)?;
+            if l < tmax {
+                r = Tensor::cat(
+                    &[
+                        &r,
+                        &Tensor::zeros((tmax - l, d, g, g), f.dtype(), f.device())?,
+                    ],
+                    0,
+                )?;
+            }
+            rows.push(r);
+            off += l;
+        }
+        Tensor::stack(&rows, 0)
+    }
+
+    /// The whole model on a batch, with the four losses.
+    pub fn forward(
+        &self,
+        frames: &Tensor,
+        lengths: &[usize],
+        targets: &[Vec<u32>],
+        sentences: &[String],
+        train: bool,
+    ) -> Result<Forward> {
+        let features = self.features(frames, lengths, train)?;
+        let al = self
+            .align
+            .loss(&features, lengths, sentences, targets)
+            .map_err(candle_core::Error::wrap)?;
+        let kf = self.keyframe.forward(&features, lengths)?;
+        let h = self
+            .temporal
+            .forward_t(&kf.selected, &kf.selected_lengths, train)?;
+        let frame_logits = self.temporal.classify(&h)?;
+        let lp = self.ctc.log_probs(&h)?;
+        let l_ctc = ctc_loss(&lp, targets, &kf.selected_lengths, CtcReduction::Mean, true)?;
+        // frame pseudo-labels: the Viterbi alignment of the current model
+        let host: Vec<Vec<Vec<f32>>> = lp.detach().to_vec3()?;
+        let kmax = lp.dim(1)?;
+        let v = self.vocab_size;
+        let frame_labels: Vec<Vec<i64>> = host
+            .iter()
+            .zip(targets)
+            .zip(&kf.selected_lengths)
+            .map(|((rows, tgt), &k)| {
+                let flat: Vec<f32> = rows[..k].iter().flatten().copied().collect();
+                let mut lab: Vec<i64> = match forced_align(&flat, k, v, tgt) {
+                    Ok(a) => a.into_iter().map(i64::from).collect(),
+                    Err(_) => vec![-1; k], // target longer than the clip allows
+                };
+                lab.resize(kmax, -1);
+                lab
+            })
+            .collect();
+        let l_cls = frame_ce_loss(&frame_logits, &frame_labels)?;
+        Ok(Forward {
+            features,
+            losses: [al.loss, kf.loss_gru.clone(), l_cls, l_ctc],
+            similarity: al.similarity,
+            keyframes: kf,
+            ctc_log_probs: lp,
+            frame_logits,
+            frame_labels,
+        })
+    }
+}

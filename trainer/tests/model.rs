@@ -1,0 +1,109 @@
+//! The assembled 4-stage model: every loss's gradient reaches the parameter
+//! groups it should, and only those.
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use signrt_trainer::config::Config;
+use signrt_trainer::model::{FourStage, GROUPS};
+
+fn tiny() -> Config {
+    let mut c = Config::default();
+    c.model.backbone = "small".into();
+    c.model.feature_dim = 4;
+    c.model.grid = 2;
+    c.model.hidden_dim = 3;
+    c.model.lstm_hidden = 5;
+    c.model.lstm_layers = 1;
+    c.model.input_size = 32;
+    c.model.text_dim = 6;
+    c.model.dropout = 0.0;
+    c
+}
+
+/// Squared gradient norm per optimiser group.
+fn group_norms(vm: &VarMap, loss: &Tensor) -> Vec<(String, f32)> {
+    let grads = loss.backward().unwrap();
+    let data = vm.data().lock().unwrap();
+    GROUPS
+        .iter()
+        .map(|(name, prefix)| {
+            let n: f32 = data
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, v)| grads.get(v.as_tensor()))
+                .map(|g| {
+                    g.sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .sum();
+            (name.to_string(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn each_loss_reaches_the_parameters_it_should() {
+    let cfg = tiny();
+    let vm = VarMap::new();
+    let dev = Device::Cpu;
+    let m = FourStage::new(&cfg, 5, &vm, &dev).unwrap();
+    signrt_trainer::init::reinit(&vm, 3).unwrap();
+    let lengths = [7usize, 5];
+    let n: usize = lengths.iter().sum();
+    let frames = Tensor::from_vec(
+        signrt_runtime::toy::toy_weights(n * 3 * 32 * 32, 21),
+        (n, 3, 32, 32),
+        &dev,
+    )
+    .unwrap();
+    let targets = vec![vec![1u32, 2], vec![3u32]];
+    let sentences = vec!["A B".to_string(), "C".to_string()];
+    let out = m
+        .forward(&frames, &lengths, &targets, &sentences, true)
+        .unwrap();
+    // K = ceil(0.7·6) = 5 and ceil(0.7·4) = 3
+    assert_eq!(out.ctc_log_probs.dims(), &[2, 5, 5]);
+    assert_eq!(out.keyframes.selected_lengths, vec![5, 3]);
+    let expect = |norms: &[(String, f32)], on: &[&str], what: &str| {
+        for (g, v) in norms {
+            let should = on.contains(&g.as_str());
+            assert_eq!(*v > 0.0, should, "{what}: group {g} has gradient norm² {v}");
+        }
+    };
+    let [align, gru, cls, ctc] = &out.losses;
+    expect(
+        &group_norms(&vm, align),
+        &["visual_encoder", "text_encoder"],
+        "L_align",
+    );
+    expect(
+        &group_norms(&vm, gru),
+        &["visual_encoder", "conv_gru"],
+        "L_gru",
+    );
+    // score scaling carries the temporal losses into the scorer
+    expect(
+        &group_norms(&vm, cls),
+        &["visual_encoder", "conv_gru", "temporal_lstm"],
+        "L_cls",
+    );
+    expect(
+        &group_norms(&vm, ctc),
+        &[
+            "visual_encoder",
+            "conv_gru",
+            "temporal_lstm",
+            "ctc_projection",
+        ],
+        "L_ctc",
+    );
+    // frame labels come from the CTC alignment: one per valid keyframe, -1 on padding
+    for (lab, &k) in out.frame_labels.iter().zip(&out.keyframes.selected_lengths) {
+        assert!(lab[..k].iter().all(|&l| (0..5).contains(&l)));
+        assert!(lab[k..].iter().all(|&l| l == -1));
+    }
+}

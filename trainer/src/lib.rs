@@ -27,4 +27,5 @@ pub mod optim;
 pub mod pool;
 pub mod synth;
 pub mod temporal;
+pub mod train;
 pub mod visual;

@@ -1,7 +1,9 @@
 //! `signrt-train`: synthesise data, inspect datasets, train, evaluate, export.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signrt_trainer::{data, synth};
+use signrt_trainer::{config::Config, data, synth, train};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +23,137 @@ enum Cmd {
     /// Inspect a dataset.
     #[command(subcommand)]
     Data(data::cli::DataCmd),
+    /// Train the 4-stage model.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: WER (S, D, I) and the stage metrics.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Beam width (1 = greedy).
+        #[arg(long, default_value_t = 1)]
+        beam: usize,
+        /// Write `id<TAB>hypothesis<TAB>reference` lines here.
+        #[arg(long)]
+        hyp_out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// TOML config (see trainer/configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Dataset root (seed CSV layout, PHOENIX-2014 or PHOENIX-2014-T; detected).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory (checkpoints, metrics.jsonl, vocab.txt, config.toml).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from <out>/last.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Override training.max_steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Override training.num_epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Compute threads (default: hardware.threads, 0 = all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// auto, cpu or cuda:N (default: hardware.device).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+fn set_threads(n: usize) {
+    if n > 0 {
+        // candle's CPU kernels and rayon read this before their pools start
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
+    let TrainArgs {
+        config,
+        data,
+        out,
+        resume,
+        max_steps,
+        epochs,
+        threads,
+        device,
+    } = a;
+    let mut cfg = Config::load(&config)?;
+    if let Some(m) = max_steps {
+        cfg.training.max_steps = m;
+    }
+    if let Some(e) = epochs {
+        cfg.training.num_epochs = e;
+    }
+    set_threads(threads.unwrap_or(cfg.hardware.threads));
+    if cfg.hardware.mixed_precision {
+        log::warn!("hardware.mixed_precision is ignored: training runs in f32");
+    }
+    let dev = train::device(device.as_deref().unwrap_or(&cfg.hardware.device))?;
+    let s = train::train(&train::TrainOptions {
+        config: cfg,
+        data,
+        out: out.clone(),
+        resume,
+        device: dev,
+        progress: true,
+    })?;
+    println!(
+        "trained {} steps; last loss {:.4}; best dev WER {}; run directory {}",
+        s.steps,
+        s.last_total,
+        s.best_dev_wer
+            .map_or("-".into(), |w| format!("{:.2}%", 100.0 * w)),
+        out.display()
+    );
+    Ok(())
+}
+
+fn eval_cmd(
+    checkpoint: PathBuf,
+    data_dir: PathBuf,
+    split: String,
+    beam: usize,
+    hyp_out: Option<PathBuf>,
+    device: String,
+) -> anyhow::Result<()> {
+    let dev = train::device(&device)?;
+    let (model, _vm, cfg, vocab) = train::load_model(&checkpoint, &dev)?;
+    let format = data::detect(&data_dir)?;
+    let (clips, samples) = train::clips(&data_dir, format, &split, &vocab)?;
+    let (rep, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, beam.max(1), &dev)?;
+    if let Some(p) = hyp_out {
+        let text: String = hyps
+            .iter()
+            .map(|h| format!("{}\t{}\t{}\n", h.id, h.hyp.join(" "), h.reference.join(" ")))
+            .collect();
+        signrt_runtime::fsutil::write_atomic(&p, text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!(
+        "{split}: WER {:.2}% = (S {} + D {} + I {}) / N {}  over {} videos (beam {})",
+        100.0 * rep.wer,
+        rep.counts.sub,
+        rep.counts.del,
+        rep.counts.ins,
+        rep.counts.n_ref,
+        rep.clips,
+        beam.max(1)
+    );
+    println!("{}", serde_json::to_string_pretty(&rep)?);
+    Ok(())
 }
 
 fn main() {
@@ -29,6 +162,15 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Synth(a) => synth::cli::run(a),
         Cmd::Data(c) => data::cli::run(c),
+        Cmd::Train(a) => train_cmd(a),
+        Cmd::Eval {
+            checkpoint,
+            data,
+            split,
+            beam,
+            hyp_out,
+            device,
+        } => eval_cmd(checkpoint, data, split, beam, hyp_out, device),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

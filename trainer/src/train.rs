@@ -1,0 +1,568 @@
+//! Training and evaluation.
+//!
+//! `signrt-train train` runs AdamW with the seed's per-module learning rates,
+//! global-norm clipping, a step or plateau schedule, fixed or GradNorm loss
+//! weights, and a prefetching loader; it writes `metrics.jsonl` (one line per
+//! step and per evaluation), `last.safetensors` after every evaluation and
+//! `best.safetensors` when the dev WER improves, all atomically. `--resume`
+//! continues from `last.safetensors` exactly: data order and augmentation are
+//! functions of (seed, epoch, clip), and the optimiser, schedule, loss weights
+//! and BatchNorm statistics are in the checkpoint.
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::Config;
+use crate::data::{self, Format, LoadOptions};
+use crate::loader::{self, Batch, ClipSpec, LoaderOptions};
+use crate::loss::{LossWeights, Weighting};
+use crate::metrics::{align_counts, EditCosts, ErrorCounts};
+use crate::model::{FourStage, GROUPS};
+use crate::optim::{clip_grad_norm, AdamW, AdamWParams, ParamGroup, ScheduleState};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use signrt_runtime::Vocab;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The ImageNet statistics the frames are normalised with.
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Picks the device: `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .context("cuda:N")?;
+            Device::new_cuda(n)
+                .with_context(|| format!("{s}: CUDA is not available (build with --features cuda)"))
+        }
+        other => bail!("--device `{other}`: expected auto, cpu or cuda:N"),
+    }
+}
+
+/// A dataset split as loader clips, with ids encoded by `vocab`.
+pub fn clips(
+    root: &Path,
+    format: Format,
+    split: &str,
+    vocab: &Vocab,
+) -> Result<(Vec<ClipSpec>, Vec<data::Sample>)> {
+    let ds = data::load_split(
+        root,
+        format,
+        split,
+        &LoadOptions {
+            skip_bad: false,
+            check: data::CheckImages::None,
+        },
+    )?;
+    let mut out = Vec::with_capacity(ds.samples.len());
+    for s in &ds.samples {
+        let targets = match data::encode(s, vocab) {
+            Ok(t) => t,
+            // dev/test may contain glosses train never had: keep them for WER,
+            // drop them from the CTC target
+            Err(_) if split != "train" => s
+                .glosses
+                .iter()
+                .filter_map(|g| vocab.id(g).map(|i| i as u32))
+                .collect(),
+            Err(e) => return Err(e.into()),
+        };
+        out.push(ClipSpec {
+            id: s.id.clone(),
+            frames: s.frames.clone(),
+            targets,
+            sentence: s.glosses.join(" "),
+        });
+    }
+    Ok((out, ds.samples))
+}
+
+pub fn loader_options(cfg: &Config, augment: bool) -> LoaderOptions {
+    LoaderOptions {
+        height: cfg.model.input_size,
+        width: cfg.model.input_size,
+        mean: MEAN,
+        std: STD,
+        max_frames: cfg.model.max_frames,
+        augment: augment.then(|| cfg.training.augment.clone()),
+        seed: cfg.training.seed,
+        workers: cfg.hardware.num_workers.max(1),
+        prefetch: 2,
+    }
+}
+
+/// Frames of a batch as a tensor (ΣT,3,H,W).
+pub fn batch_tensor(b: &Batch, cfg: &Config, dev: &Device) -> Result<Tensor> {
+    let s = cfg.model.input_size;
+    Ok(Tensor::from_slice(
+        &b.frames,
+        (b.total_frames(), 3, s, s),
+        dev,
+    )?)
+}
+
+/// Per-clip evaluation output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hyp {
+    pub id: String,
+    pub hyp: Vec<String>,
+    pub reference: Vec<String>,
+}
+
+/// The evaluation report (the seed's stage metrics).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EvalReport {
+    pub wer: f64,
+    pub counts: ErrorCounts,
+    pub sequence_accuracy: f64,
+    pub alignment_similarity_mean: f64,
+    pub alignment_similarity_std: f64,
+    pub keyframe_ratio: f64,
+    pub selection_entropy: f64,
+    /// Keyframe-level accuracy of the frame classifier against the true gloss
+    /// spans (synthetic data only; None without spans).
+    pub frame_accuracy: Option<f64>,
+    pub blank_ratio: f64,
+    pub clips: usize,
+}
+
+/// Evaluates `model` on `clips` (no augmentation).
+pub fn evaluate(
+    model: &FourStage,
+    cfg: &Config,
+    vocab: &Vocab,
+    clips: &[ClipSpec],
+    samples: &[data::Sample],
+    beam: usize,
+    dev: &Device,
+) -> Result<(EvalReport, Vec<Hyp>)> {
+    let clips = Arc::new(clips.to_vec());
+    let bs = cfg.training.batch_size.max(1);
+    let order: Vec<Vec<usize>> = (0..clips.len())
+        .collect::<Vec<_>>()
+        .chunks(bs)
+        .map(|c| c.to_vec())
+        .collect();
+    let mut hyps = Vec::new();
+    let mut counts = ErrorCounts::default();
+    let (mut sims, mut ratio, mut ent, mut nk) = (Vec::new(), 0f64, 0f64, 0usize);
+    let (mut fa_ok, mut fa_n, mut blanks, mut frames) = (0usize, 0usize, 0usize, 0usize);
+    let v = vocab.len();
+    for batch in loader::spawn(clips.clone(), order, loader_options(cfg, false), 0) {
+        let b = batch?;
+        let x = batch_tensor(&b, cfg, dev)?;
+        let out = model.forward(&x, &b.lengths, &b.targets, &b.sentences, false)?;
+        sims.extend(out.similarity.iter().map(|&s| s as f64));
+        let lp: Vec<Vec<Vec<f32>>> = out.ctc_log_probs.to_vec3()?;
+        let fl: Vec<Vec<u32>> = out.frame_logits.argmax(candle_core::D::Minus1)?.to_vec2()?;
+        for (i, id) in b.ids.iter().enumerate() {
+            let k = out.keyframes.selected_lengths[i];
+            let flat: Vec<f32> = lp[i][..k].iter().flatten().copied().collect();
+            let dec = if beam > 1 {
+                signrt_runtime::decode::beam_search(&flat, v, beam)
+            } else {
+                signrt_runtime::decode::greedy(&flat, v)
+            }
+            .map_err(|e| anyhow::anyhow!("{id}: decoding: {e}"))?;
+            let hyp: Vec<String> = dec
+                .ids
+                .iter()
+                .filter_map(|&g| vocab.gloss(g as usize).map(String::from))
+                .collect();
+            let sample = samples.iter().find(|s| &s.id == id);
+            let reference: Vec<String> = sample.map(|s| s.glosses.clone()).unwrap_or_default();
+            counts.add(&align_counts(&reference, &hyp, EditCosts::SCLITE));
+            ratio += k as f64 / b.lengths[i].max(1) as f64;
+            ent += out.keyframes.entropy[i] as f64;
+            nk += 1;
+            for row in &lp[i][..k] {
+                let am = row
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(j, _)| j);
+                blanks += usize::from(am == 0);
+                frames += 1;
+            }
+            if let Some(spans) = sample.and_then(|s| s.spans.as_ref()) {
+                for (j, &fi) in out.keyframes.indices[i].iter().enumerate() {
+                    let src = b.sources[i][fi] + 1; // 1-based source frame
+                    let truth = spans
+                        .iter()
+                        .find(|s| s.start <= src && src <= s.end)
+                        .and_then(|s| vocab.id(&s.gloss))
+                        .unwrap_or(0);
+                    fa_ok += usize::from(fl[i][j] as usize == truth);
+                    fa_n += 1;
+                }
+            }
+            hyps.push(Hyp {
+                id: id.clone(),
+                hyp,
+                reference,
+            });
+        }
+    }
+    let n = sims.len().max(1) as f64;
+    let mean = sims.iter().sum::<f64>() / n;
+    let std = (sims.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / n).sqrt();
+    Ok((
+        EvalReport {
+            wer: counts.wer(),
+            sequence_accuracy: counts.sentence_accuracy(),
+            counts,
+            alignment_similarity_mean: mean,
+            alignment_similarity_std: std,
+            keyframe_ratio: ratio / nk.max(1) as f64,
+            selection_entropy: ent / nk.max(1) as f64,
+            frame_accuracy: (fa_n > 0).then(|| fa_ok as f64 / fa_n as f64),
+            blank_ratio: blanks as f64 / frames.max(1) as f64,
+            clips: nk,
+        },
+        hyps,
+    ))
+}
+
+/// Options of `signrt-train train`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub config: Config,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub best_dev_wer: Option<f64>,
+    pub last_losses: [f64; 4],
+    pub last_total: f64,
+}
+
+fn groups(vm: &VarMap, cfg: &Config) -> Vec<ParamGroup> {
+    let data = vm.data().lock().expect("varmap");
+    let lr = &cfg.training.learning_rates;
+    GROUPS
+        .iter()
+        .map(|(name, prefix)| {
+            let rate = match *name {
+                "visual_encoder" => lr.visual_encoder,
+                "text_encoder" => lr.text_encoder,
+                "conv_gru" => lr.conv_gru,
+                "temporal_lstm" => lr.temporal_lstm,
+                _ => lr.ctc_projection,
+            };
+            let mut vars: Vec<(String, Var)> = data
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix) && !k.contains("running_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            ParamGroup {
+                name: name.to_string(),
+                lr: rate,
+                vars,
+            }
+        })
+        .collect()
+}
+
+fn model_tensors(vm: &VarMap) -> std::collections::HashMap<String, Tensor> {
+    vm.data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Loads a checkpoint's model tensors into `vm` (every variable must be present).
+pub fn restore(vm: &VarMap, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("varmap lock"))?;
+    for (k, v) in data.iter() {
+        let t = tensors.get(k).with_context(|| {
+            format!("checkpoint has no `{k}`: it was made with another model config")
+        })?;
+        if t.dims() != v.dims() {
+            bail!(
+                "checkpoint `{k}` has shape {:?}, the model {:?}",
+                t.dims(),
+                v.dims()
+            );
+        }
+        v.set(&t.to_device(v.device())?)?;
+    }
+    Ok(())
+}
+
+/// Trains; returns a summary. Writes everything under `opts.out`.
+pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    let cfg = &opts.config;
+    let dev = &opts.device;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let format = data::detect(&opts.data)?;
+    let train_ds = data::load_split(&opts.data, format, "train", &LoadOptions::default())?;
+    let vocab = data::build_vocab(&train_ds);
+    vocab.save(&opts.out.join("vocab.txt"))?;
+    signrt_runtime::fsutil::write_atomic(&opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let (train_clips, _) = clips(&opts.data, format, "train", &vocab)?;
+    let dev_split = data::annotation_path(&opts.data, format, "dev").is_file();
+    let (dev_clips, dev_samples) = if dev_split {
+        clips(&opts.data, format, "dev", &vocab)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    if train_clips.is_empty() {
+        bail!("{}: the train split has no videos", opts.data.display());
+    }
+    let vm = VarMap::new();
+    let model = FourStage::new(cfg, vocab.len(), &vm, dev)?;
+    crate::init::reinit(&vm, cfg.training.seed)?;
+    if let Some(w) = &cfg.model.backbone_weights {
+        let r = crate::visual::load_backbone_weights(&vm, "visual.backbone.", w)?;
+        log::info!(
+            "loaded {} backbone tensors from {}",
+            r.used.len(),
+            w.display()
+        );
+    }
+    let mut opt = AdamW::new(
+        groups(&vm, cfg),
+        AdamWParams {
+            weight_decay: cfg.training.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let lw = &cfg.training.loss_weights;
+    let initial = LossWeights {
+        align: lw.cross_modal,
+        gru: lw.keyframe_selection,
+        cls: lw.frame_classification,
+        ctc: lw.ctc,
+    };
+    let mut weighting = Weighting::from_config(
+        &cfg.training.weighting,
+        initial,
+        cfg.training.gradnorm_alpha,
+        crate::loss::GradNorm::DEFAULT_LR,
+    )?;
+    let mut sched = ScheduleState::new(cfg.training.schedule.clone());
+    let (mut step, mut epoch, mut offset, mut best) = (0u64, 0u64, 0u64, None::<f64>);
+    let last_path = opts.out.join("last.safetensors");
+    if opts.resume {
+        let ck = checkpoint::load(&last_path, dev)
+            .with_context(|| "--resume needs last.safetensors in the run directory")?;
+        restore(&vm, &ck.model)?;
+        opt.load_state(&ck.optimizer, ck.meta.step)?;
+        step = ck.meta.step;
+        epoch = ck.meta.epoch;
+        offset = ck.meta.epoch_offset;
+        best = ck.meta.best_dev_wer;
+        sched = ck.meta.schedule;
+        weighting = match weighting {
+            Weighting::GradNorm(g) => Weighting::GradNorm(g.resume(
+                LossWeights::from_array(ck.meta.loss_weights),
+                ck.meta.initial_losses,
+            )?),
+            Weighting::Fixed(_) => Weighting::Fixed(LossWeights::from_array(ck.meta.loss_weights)),
+        };
+        log::info!("resumed at step {step}, epoch {epoch}, batch {offset}");
+    }
+    let shared: Vec<Var> = vm
+        .data()
+        .lock()
+        .expect("varmap")
+        .get("visual.proj.conv.weight")
+        .cloned()
+        .into_iter()
+        .collect();
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join("metrics.jsonl"))
+        .with_context(|| format!("opening {}", opts.out.join("metrics.jsonl").display()))?;
+    let train_clips = Arc::new(train_clips);
+    let bs = cfg.training.batch_size;
+    let epochs = cfg.training.num_epochs as u64;
+    let max_steps = if cfg.training.max_steps == 0 {
+        u64::MAX
+    } else {
+        cfg.training.max_steps
+    };
+    let mut last_losses = [0f64; 4];
+    let mut last_total = 0f64;
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(max_steps.min(epochs * train_clips.len().div_ceil(bs) as u64))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(step);
+    let meta =
+        |step, epoch, offset, best, weighting: &Weighting, sched: &ScheduleState| CheckpointMeta {
+            producer: concat!("signrt-train ", env!("CARGO_PKG_VERSION")).into(),
+            step,
+            epoch,
+            epoch_offset: offset,
+            config: cfg.clone(),
+            vocab: vocab.tokens().to_vec(),
+            loss_weights: weighting.weights().to_array(),
+            initial_losses: match weighting {
+                Weighting::GradNorm(g) => g.initial_losses(),
+                _ => None,
+            },
+            schedule: sched.clone(),
+            best_dev_wer: best,
+        };
+    'outer: while epoch < epochs && step < max_steps {
+        let mut order: Vec<usize> = (0..train_clips.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            cfg.training.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+        let batches: Vec<Vec<usize>> = order
+            .chunks(bs)
+            .map(|c| c.to_vec())
+            .skip(offset as usize)
+            .collect();
+        let nb = batches.len() as u64;
+        for (bi, batch) in loader::spawn(
+            train_clips.clone(),
+            batches,
+            loader_options(cfg, true),
+            epoch,
+        )
+        .enumerate()
+        {
+            let t0 = std::time::Instant::now();
+            let b = batch?;
+            let x = batch_tensor(&b, cfg, dev)?;
+            let out = model.forward(&x, &b.lengths, &b.targets, &b.sentences, true)?;
+            let [la, lg, lc, lt] = &out.losses;
+            let vals =
+                [la, lg, lc, lt].map(|t| t.to_scalar::<f32>().map(f64::from).unwrap_or(f64::NAN));
+            if weighting.is_adaptive() {
+                weighting.update([la, lg, lc, lt], &shared)?;
+            }
+            let total = weighting.total([la, lg, lc, lt])?;
+            let mut grads = total.backward()?;
+            let gnorm = clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?;
+            opt.step(&grads, sched.scale(step))?;
+            step += 1;
+            last_losses = vals;
+            last_total = total.to_scalar::<f32>()? as f64;
+            let fps = b.total_frames() as f64 / t0.elapsed().as_secs_f64();
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"kind": "step", "step": step, "epoch": epoch, "loss": last_total,
+                    "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
+                    "weights": weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": sched.scale(step), "frames_per_s": fps})
+            )?;
+            pb.set_message(format!(
+                "ep {epoch} loss {last_total:.3} align {:.3} gru {:.3} cls {:.3} ctc {:.3} {fps:.0} f/s",
+                vals[0], vals[1], vals[2], vals[3]
+            ));
+            pb.set_position(step);
+            let pos = offset + bi as u64 + 1;
+            let end_of_epoch = pos == offset + nb;
+            let eval_now = if cfg.training.eval_every > 0 {
+                step % cfg.training.eval_every == 0
+            } else {
+                end_of_epoch
+            };
+            let stop = step >= max_steps;
+            if eval_now || stop || end_of_epoch {
+                let (e_next, o_next) = if end_of_epoch {
+                    (epoch + 1, 0)
+                } else {
+                    (epoch, pos)
+                };
+                if (eval_now || stop) && !dev_clips.is_empty() {
+                    let (rep, _) = evaluate(
+                        &model,
+                        cfg,
+                        &vocab,
+                        &dev_clips,
+                        &dev_samples,
+                        cfg.training.eval_beam,
+                        dev,
+                    )?;
+                    sched.observe(rep.wer);
+                    writeln!(
+                        metrics,
+                        "{}",
+                        serde_json::json!({"kind": "eval", "split": "dev", "step": step, "report": rep})
+                    )?;
+                    pb.println(format!(
+                        "step {step}: dev WER {:.2}% (S {} D {} I {} / N {})",
+                        100.0 * rep.wer,
+                        rep.counts.sub,
+                        rep.counts.del,
+                        rep.counts.ins,
+                        rep.counts.n_ref
+                    ));
+                    if best.is_none_or(|b| rep.wer < b) {
+                        best = Some(rep.wer);
+                        checkpoint::save(
+                            &opts.out.join("best.safetensors"),
+                            &model_tensors(&vm),
+                            &opt.state_tensors(),
+                            &meta(step, e_next, o_next, best, &weighting, &sched),
+                        )?;
+                    }
+                }
+                checkpoint::save(
+                    &last_path,
+                    &model_tensors(&vm),
+                    &opt.state_tensors(),
+                    &meta(step, e_next, o_next, best, &weighting, &sched),
+                )?;
+            }
+            if stop {
+                break 'outer;
+            }
+        }
+        epoch += 1;
+        offset = 0;
+    }
+    pb.finish_and_clear();
+    Ok(TrainSummary {
+        steps: step,
+        best_dev_wer: best,
+        last_losses,
+        last_total,
+    })
+}
+
+/// Loads a checkpoint as a model for evaluation or export.
+pub fn load_model(ckpt: &Path, dev: &Device) -> Result<(FourStage, VarMap, Config, Vocab)> {
+    let ck = checkpoint::load(ckpt, dev)?;
+    let vocab = Vocab::parse(&ck.meta.vocab.join("\n"), ckpt)
+        .with_context(|| format!("{}: vocabulary", ckpt.display()))?;
+    let vm = VarMap::new();
+    let model = FourStage::new(&ck.meta.config, vocab.len(), &vm, dev)?;
+    restore(&vm, &ck.model)?;
+    Ok((model, vm, ck.meta.config, vocab))
+}

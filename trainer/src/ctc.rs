@@ -76,6 +76,11 @@ impl CtcHead {
         Ok(Self { linear, vocab_size })
     }
 
+    /// The head's weight (V×in) and bias (V), for the ONNX export.
+    pub fn weight_bias(&self) -> (&Tensor, Option<&Tensor>) {
+        (self.linear.weight(), self.linear.bias())
+    }
+
     /// Vocabulary size `V` (including the blank).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size

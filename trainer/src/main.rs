@@ -25,6 +25,23 @@ enum Cmd {
     Data(data::cli::DataCmd),
     /// Train the 4-stage model.
     Train(TrainArgs),
+    /// Export a checkpoint as a streaming model bundle (standard ONNX, opset 17).
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Frames the temporal graphs see at once while streaming.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Frames between two window runs.
+        #[arg(long, default_value_t = 16)]
+        stride: usize,
+        /// Nominal frame rate for timestamps.
+        #[arg(long, default_value_t = 25.0)]
+        fps: f32,
+    },
     /// Evaluate a checkpoint: WER (S, D, I) and the stage metrics.
     Eval {
         #[arg(long)]
@@ -121,6 +138,38 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn export_cmd(
+    checkpoint: PathBuf,
+    out: PathBuf,
+    window: usize,
+    stride: usize,
+    fps: f32,
+) -> anyhow::Result<()> {
+    if window < 2 || stride == 0 || stride > window {
+        anyhow::bail!(
+            "--window {window} --stride {stride}: need window >= 2 and 0 < stride <= window"
+        );
+    }
+    let dev = candle_core::Device::Cpu;
+    let (model, _vm, cfg, vocab) = train::load_model(&checkpoint, &dev)?;
+    let m = signrt_trainer::export::write_bundle(
+        &model,
+        &cfg,
+        &vocab,
+        &out,
+        signrt_trainer::export::StreamGeometry {
+            window,
+            stride,
+            fps,
+        },
+    )?;
+    println!("bundle written to {}:", out.display());
+    for (name, f) in &m.files {
+        println!("  {name:<14} {:>10} bytes  sha256 {}", f.bytes, f.sha256);
+    }
+    Ok(())
+}
+
 fn eval_cmd(
     checkpoint: PathBuf,
     data_dir: PathBuf,
@@ -163,6 +212,13 @@ fn main() {
         Cmd::Synth(a) => synth::cli::run(a),
         Cmd::Data(c) => data::cli::run(c),
         Cmd::Train(a) => train_cmd(a),
+        Cmd::Export {
+            checkpoint,
+            out,
+            window,
+            stride,
+            fps,
+        } => export_cmd(checkpoint, out, window, stride, fps),
         Cmd::Eval {
             checkpoint,
             data,

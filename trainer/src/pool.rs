@@ -49,12 +49,23 @@ fn stride2(x: &Tensor, dim: usize, start: usize, n: usize) -> Result<Tensor> {
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    const BIG: f64 = 1e9;
     // pad 1 before and 2 after (the extra one only makes the strided views fit)
-    let p = ((x + BIG)?
+    // with a very negative value: zero-pad, then add a constant border mask.
+    // (Shifting x by a large constant instead would round it away in f32.)
+    let (ph, pw) = (h + 3, w + 3);
+    let mut mask = vec![0f32; ph * pw];
+    for y in 0..ph {
+        for xx in 0..pw {
+            if y == 0 || xx == 0 || y > h || xx > w {
+                mask[y * pw + xx] = -1e30;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (1, 1, ph, pw), x.device())?.to_dtype(x.dtype())?;
+    let p = x
         .pad_with_zeros(2, 1, 2)?
         .pad_with_zeros(3, 1, 2)?
-        - BIG)?;
+        .broadcast_add(&mask)?;
     let mut acc: Option<Tensor> = None;
     for dy in 0..3 {
         let rows = stride2(&p, 2, dy, ho)?;
@@ -136,6 +147,27 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn max_pool_is_exact_in_f32() -> Result<()> {
+        let (h, w) = (9, 6);
+        let xs: Vec<f32> = signrt_runtime::toy::toy_weights(2 * h * w, 17)
+            .into_iter()
+            .map(|v| v * 0.3)
+            .collect();
+        let x = Tensor::from_vec(xs.clone(), (1, 2, h, w), &Device::Cpu)?;
+        let got = max_pool_3x3_s2(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut want = Vec::new();
+        for c in 0..2 {
+            let plane: Vec<f64> = xs[c * h * w..(c + 1) * h * w]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            want.extend(brute_max(&plane, h, w).into_iter().map(|v| v as f32));
+        }
+        assert_eq!(got, want, "max-pool must return input values exactly");
         Ok(())
     }
 

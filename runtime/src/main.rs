@@ -50,6 +50,9 @@ enum Cmd {
         /// rate requested from a camera.
         #[arg(long, default_value_t = 25.0)]
         fps: f32,
+        /// CTC beam width (1 = greedy).
+        #[arg(long, default_value_t = 1)]
+        beam: usize,
         /// Capture size requested from a camera.
         #[arg(long, default_value_t = 640)]
         width: u32,
@@ -164,6 +167,7 @@ fn run_cmd(
     budget: Option<String>,
     fps: f32,
     size: (u32, u32),
+    beam: usize,
 ) -> Result<()> {
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
@@ -172,7 +176,7 @@ fn run_cmd(
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut src = open_source(source, fps, size)?;
-    let mut pipe = Pipeline::new(&bundle, budget)?;
+    let mut pipe = Pipeline::with_beam(&bundle, budget, beam)?;
     log::info!("bundle {} needs {}", dir.display(), pipe.need.describe());
     let out = std::io::stdout();
     let opts = RunOptions {
@@ -240,9 +244,18 @@ fn run(cli: Cli) -> Result<()> {
             format,
             memory_budget,
             fps,
+            beam,
             width,
             height,
-        } => run_cmd(bundle, &source, format, memory_budget, fps, (width, height)),
+        } => run_cmd(
+            bundle,
+            &source,
+            format,
+            memory_budget,
+            fps,
+            (width, height),
+            beam,
+        ),
         Cmd::Bench {
             bundle,
             iters,

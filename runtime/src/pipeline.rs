@@ -91,6 +91,15 @@ impl Pipeline {
     /// Loads the graphs, sizes every buffer from the manifest, measures what a
     /// window needs, and checks the budget.
     pub fn new(bundle: &Bundle, budget: Option<usize>) -> Result<Self, PipelineError> {
+        Self::with_beam(bundle, budget, 1)
+    }
+
+    /// As [`Pipeline::new`], decoding with a CTC beam of `beam` (1 = greedy).
+    pub fn with_beam(
+        bundle: &Bundle,
+        budget: Option<usize>,
+        beam: usize,
+    ) -> Result<Self, PipelineError> {
         let heap0 = memory::heap_now();
         let rss0 = memory::peak_rss().unwrap_or(0);
         let model = TractModel::load(bundle)?;
@@ -102,6 +111,7 @@ impl Pipeline {
             stride: m.stream.stride,
             keyframe_ratio: m.keyframe_ratio as f64,
             score_scaling: m.score_scaling,
+            beam: beam.max(1),
         };
         let stream = Stream::new(cfg, d, m.model.vocab_size);
         let mut me = Self {

@@ -61,6 +61,8 @@ pub struct StreamConfig {
     pub stride: usize,
     pub keyframe_ratio: f64,
     pub score_scaling: bool,
+    /// CTC beam width; 1 = greedy.
+    pub beam: usize,
 }
 
 /// Incremental greedy CTC over the committed keyframe stream.
@@ -107,6 +109,52 @@ impl GreedyState {
     }
 }
 
+/// Beam decoding of the committed stream in bounded segments: rows accumulate
+/// until a confident blank (p > 0.99) after at least `min_len` rows, or until
+/// `max_len` rows, and each segment is beam-searched on its own. A clip
+/// shorter than `min_len` is one segment, decoded exactly as the evaluation does.
+#[derive(Debug)]
+struct BeamState {
+    width: usize,
+    v: usize,
+    min_len: usize,
+    max_len: usize,
+    rows: Vec<f32>,
+    frames: Vec<u64>,
+}
+
+impl BeamState {
+    fn push(&mut self, frame: u64, row: &[f32], out: &mut Vec<Emitted>) -> Result<(), String> {
+        self.rows.extend_from_slice(row);
+        self.frames.push(frame);
+        let n = self.frames.len();
+        let blank_sure = row.first().is_some_and(|b| b.exp() > 0.99);
+        if (n >= self.min_len && blank_sure) || n >= self.max_len {
+            self.finish(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), String> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let d = crate::decode::beam_search(&self.rows, self.v, self.width)
+            .map_err(|e| e.to_string())?;
+        for t in d.tokens {
+            out.push(Emitted {
+                id: t.id,
+                start: self.frames[t.start.min(self.frames.len() - 1)],
+                end: self.frames[t.end.min(self.frames.len() - 1)],
+                confidence: t.confidence,
+            });
+        }
+        self.rows.clear();
+        self.frames.clear();
+        Ok(())
+    }
+}
+
 /// The streaming state. All buffers are allocated in [`Stream::new`].
 pub struct Stream {
     cfg: StreamConfig,
@@ -125,6 +173,7 @@ pub struct Stream {
     scores: Vec<f32>,
     log_probs: Vec<f32>,
     greedy: GreedyState,
+    beam: Option<BeamState>,
     pub windows_run: u64,
 }
 
@@ -149,6 +198,14 @@ impl Stream {
             scores: Vec::with_capacity(w),
             log_probs: Vec::with_capacity(k * vocab_size),
             greedy: GreedyState::default(),
+            beam: (cfg.beam > 1).then(|| BeamState {
+                width: cfg.beam,
+                v: vocab_size,
+                min_len: w,
+                max_len: 4 * w,
+                rows: Vec::with_capacity(4 * w * vocab_size),
+                frames: Vec::with_capacity(4 * w),
+            }),
             windows_run: 0,
         }
     }
@@ -210,6 +267,9 @@ impl Stream {
             report = Some(self.run_window(model, start, n, self.seen, out)?);
         }
         self.greedy.finish(out);
+        if let Some(b) = &mut self.beam {
+            b.finish(out)?;
+        }
         Ok(report)
     }
 
@@ -273,8 +333,11 @@ impl Stream {
         for (j, &f) in frames.iter().enumerate() {
             let g = start + f as u64;
             if g >= self.committed && g < commit_end {
-                self.greedy
-                    .push(g, &self.log_probs[j * self.v..(j + 1) * self.v], out);
+                let row = &self.log_probs[j * self.v..(j + 1) * self.v];
+                match &mut self.beam {
+                    Some(b) => b.push(g, row, out)?,
+                    None => self.greedy.push(g, row, out),
+                }
             }
         }
         self.committed = self.committed.max(commit_end);
@@ -345,6 +408,7 @@ mod tests {
             stride,
             keyframe_ratio: ratio,
             score_scaling: false,
+            beam: 1,
         };
         let mut s = Stream::new(cfg, 2, 6);
         let mut out = Vec::new();
@@ -385,6 +449,44 @@ mod tests {
             );
             assert_eq!((out[4].start, out[4].end), (33, 38));
             assert!(runs >= 1);
+        }
+    }
+
+    #[test]
+    fn beam_streaming_emits_every_gloss_once() {
+        let labels = labels_for(&[
+            (0, 3),
+            (1, 6),
+            (0, 2),
+            (2, 6),
+            (0, 2),
+            (3, 6),
+            (4, 6),
+            (0, 2),
+            (5, 6),
+            (0, 3),
+        ]);
+        for (window, stride) in [(8, 4), (16, 4), (64, 8)] {
+            let mut m = Oracle { v: 6, calls: 0 };
+            let cfg = StreamConfig {
+                window,
+                stride,
+                keyframe_ratio: 1.0,
+                score_scaling: false,
+                beam: 4,
+            };
+            let mut s = Stream::new(cfg, 2, 6);
+            let mut out = Vec::new();
+            for &l in &labels {
+                s.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
+                    .unwrap();
+            }
+            s.flush(&mut m, &mut out).unwrap();
+            assert_eq!(
+                out.iter().map(|e| e.id).collect::<Vec<_>>(),
+                vec![1, 2, 3, 4, 5],
+                "window {window}"
+            );
         }
     }
 

@@ -98,6 +98,7 @@ fn run_matches_eval_from_folder_and_y4m() {
     let bundle = Bundle::open(&bundle_dir).unwrap();
     let (clips, samples) = train::clips(&corpus, data::Format::Seed, "test", &vocab).unwrap();
     let (_, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, 1, &dev).unwrap();
+    let (_, beam_hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, 4, &dev).unwrap();
     let mut non_empty = 0;
     for (clip, hyp) in clips.iter().zip(&hyps) {
         assert!(clip.frames.len() <= 256);
@@ -135,6 +136,17 @@ fn run_matches_eval_from_folder_and_y4m() {
         );
         assert_eq!(from_y4m.frames_processed as usize, clip.frames.len());
         non_empty += usize::from(!hyp.hyp.is_empty());
+        // beam search: the runtime's --beam against eval --beam
+        let bh = &beam_hyps.iter().find(|h| h.id == clip.id).unwrap().hyp;
+        let mut pipe = Pipeline::with_beam(&bundle, None, 4).unwrap();
+        let mut src = FolderSource::open(&folder, 25.0).unwrap();
+        let beamed = pipe.run(&mut src, &opts, |_| {}).unwrap();
+        assert_eq!(
+            beamed.glosses,
+            bh.join(" "),
+            "{}: beam run vs beam eval",
+            clip.id
+        );
     }
     assert!(clips.len() >= 3);
     assert!(

@@ -220,6 +220,19 @@ impl GraphBuilder {
         });
     }
 
+    /// Frame differences along axis 1: `x[:, 1:] - x[:, :-1]` (the keyframe
+    /// scorer's input M). Returns the output name.
+    pub fn time_differences(&mut self, x: &str) -> String {
+        let one = self.constant_i64("diff.one", &[1], &[1]);
+        let big = self.constant_i64("diff.end", &[1], &[i64::MAX]);
+        let zero = self.constant_i64("diff.zero", &[1], &[0]);
+        let minus1 = self.constant_i64("diff.minus1", &[1], &[-1]);
+        let axis = self.constant_i64("diff.axis", &[1], &[1]);
+        let later = self.op("Slice", &[x, &one, &big, &axis], vec![]);
+        let earlier = self.op("Slice", &[x, &zero, &minus1, &axis], vec![]);
+        self.op("Sub", &[&later, &earlier], vec![])
+    }
+
     /// Wraps the graph into a model: default domain, opset 17.
     pub fn into_model(self, producer: &str) -> pb::ModelProto {
         pb::ModelProto {

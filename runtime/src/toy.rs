@@ -89,14 +89,7 @@ pub fn write_toy_bundle(dir: &Path, spec: ToySpec) -> Result<Manifest, crate::Bu
         "features",
         &[1.into(), Dim::from("T"), c.into(), g.into(), g.into()],
     );
-    let one = sc.constant_i64("one", &[1], &[1]);
-    let big = sc.constant_i64("big", &[1], &[i64::MAX]);
-    let zero = sc.constant_i64("zero", &[1], &[0]);
-    let minus1 = sc.constant_i64("minus1", &[1], &[-1]);
-    let axis = sc.constant_i64("axis1", &[1], &[1]);
-    let later = sc.op("Slice", &[&f, &one, &big, &axis], vec![]);
-    let earlier = sc.op("Slice", &[&f, &zero, &minus1, &axis], vec![]);
-    let diff = sc.op("Sub", &[&later, &earlier], vec![]);
+    let diff = sc.time_differences(&f);
     let abs = sc.op("Abs", &[&diff], vec![]);
     let mean = sc.op(
         "ReduceMean",

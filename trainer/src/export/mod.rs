@@ -172,14 +172,7 @@ pub fn scorer_graph(model: &FourStage) -> Result<GraphBuilder> {
         "features",
         &[1.into(), Dim::from("T"), d.into(), gg.into(), gg.into()],
     );
-    let one = g.constant_i64("c.one", &[1], &[1]);
-    let big = g.constant_i64("c.big", &[1], &[i64::MAX]);
-    let zero = g.constant_i64("c.zero", &[1], &[0]);
-    let minus1 = g.constant_i64("c.minus1", &[1], &[-1]);
-    let axis = g.constant_i64("c.axis1", &[1], &[1]);
-    let later = g.op("Slice", &[&f, &one, &big, &axis], vec![]);
-    let earlier = g.op("Slice", &[&f, &zero, &minus1, &axis], vec![]);
-    let m = g.op("Sub", &[&later, &earlier], vec![]);
+    let m = g.time_differences(&f);
     let conv = |c: &candle_nn::Conv2d| -> Result<(Array, Vec<f32>)> {
         Ok((
             array(c.weight())?,

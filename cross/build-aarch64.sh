@@ -11,6 +11,8 @@
 #                            aarch64-linux-gnu-gcc against Debian 12's glibc 2.36 instead
 #   SIGNRT_CROSS_FEATURES    cargo features of signrt-runtime (default: its defaults, with `v4l2`);
 #                            `none` builds with --no-default-features (no V4L2 camera)
+#   SIGNRT_CROSS_DEPS_OPT    opt-level for the dependencies (default: the workspace's, 3); CI uses 0 or 1
+#                            with the debug profile to build in a few minutes (slower binary)
 #   SIGNRT_CROSS_TARGET_DIR  cargo target dir (default target/aarch64-cross, apart from host builds)
 #   SIGNRT_CROSS_TOOLS       where the zig venv lives (default ${XDG_CACHE_HOME:-~/.cache}/signrt-cross)
 #   SIGNRT_CROSS_NO_INSTALL  1: never install anything, fail if something is missing
@@ -134,15 +136,24 @@ case $FEATURES in
   *) feature_args=(--no-default-features --features "$FEATURES") ;;
 esac
 
+config_args=()
+if [ -n "${SIGNRT_CROSS_DEPS_OPT:-}" ]; then
+  case $SIGNRT_CROSS_DEPS_OPT in 0|1|2|3) ;; *) die "SIGNRT_CROSS_DEPS_OPT=$SIGNRT_CROSS_DEPS_OPT: expected 0, 1, 2 or 3" ;; esac
+  cargo_profile=release
+  [ "$PROFILE" = debug ] && cargo_profile=dev
+  # Cargo's --config profile settings take precedence over the workspace's Cargo.toml.
+  config_args=(--config "profile.$cargo_profile.package.\"*\".opt-level=$SIGNRT_CROSS_DEPS_OPT")
+fi
+
 say "$("$RUSTC" --version) / $("$CARGO" --version)"
 t0=$SECONDS
 if [ "$GLIBC" = host ]; then
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-  cmd=("$CARGO" build --locked -p signrt-runtime --bin signrt --target "$TARGET" "${profile_flag[@]}" "${feature_args[@]}")
+  cmd=("$CARGO" "${config_args[@]}" build --locked -p signrt-runtime --bin signrt --target "$TARGET" "${profile_flag[@]}" "${feature_args[@]}")
 else
   # cargo-zigbuild runs `cargo` from CARGO or PATH: make it Debian's.
   export CARGO
-  cmd=(cargo-zigbuild build --locked -p signrt-runtime --bin signrt --target "$TARGET.$GLIBC" "${profile_flag[@]}" "${feature_args[@]}")
+  cmd=(cargo-zigbuild build "${config_args[@]}" --locked -p signrt-runtime --bin signrt --target "$TARGET.$GLIBC" "${profile_flag[@]}" "${feature_args[@]}")
 fi
 say "CARGO_TARGET_DIR=$CARGO_TARGET_DIR ${cmd[*]}"
 "${cmd[@]}"

@@ -8,7 +8,9 @@
 # Environment (all optional):
 #   SIGNRT_CROSS_PROFILE     release (default) or debug
 #   SIGNRT_CROSS_GLIBC       oldest glibc to support (default 2.31); `host` links with plain
-#                            aarch64-linux-gnu-gcc against Debian 12's glibc 2.36 instead
+#                            aarch64-linux-gnu-gcc against Debian 12's glibc 2.36 instead;
+#                            `static` links glibc statically (crt-static, gcc): runs on any aarch64
+#                            Linux, needs no glibc at all (default target dir target/aarch64-cross-static)
 #   SIGNRT_CROSS_FEATURES    cargo features of signrt-runtime (default: its defaults, with `v4l2`);
 #                            `none` builds with --no-default-features (no V4L2 camera)
 #   SIGNRT_CROSS_DEPS_OPT    opt-level for the dependencies (default: the workspace's, 3); CI uses 0 or 1
@@ -26,7 +28,12 @@ TARGET=aarch64-unknown-linux-gnu
 PROFILE=${SIGNRT_CROSS_PROFILE:-release}
 GLIBC=${SIGNRT_CROSS_GLIBC:-2.31}
 FEATURES=${SIGNRT_CROSS_FEATURES:-default}
-export CARGO_TARGET_DIR=${SIGNRT_CROSS_TARGET_DIR:-$ROOT/target/aarch64-cross}
+case $GLIBC in
+  static) default_dir=$ROOT/target/aarch64-cross-static ;;
+  host|2.[0-9]*) default_dir=$ROOT/target/aarch64-cross ;;
+  *) die "SIGNRT_CROSS_GLIBC=$GLIBC: expected a version like 2.31, host or static" ;;
+esac
+export CARGO_TARGET_DIR=${SIGNRT_CROSS_TARGET_DIR:-$default_dir}
 TOOLS=${SIGNRT_CROSS_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/signrt-cross}
 # Known-good versions (Rust 1.96 from Debian's security archive, tract 0.23).
 ZIGBUILD_VERSION=0.24.1
@@ -111,7 +118,7 @@ install_zig() {
 }
 
 install_packages
-[ "$GLIBC" = host ] || install_zig
+case $GLIBC in host|static) ;; *) install_zig ;; esac
 
 # ---------------------------------------------------------------------------------------------------
 # 3. The build: Debian's cargo/rustc (1.96, with the arm64 std), never rustup's (no aarch64 std).
@@ -147,8 +154,10 @@ fi
 
 say "$("$RUSTC" --version) / $("$CARGO" --version)"
 t0=$SECONDS
-if [ "$GLIBC" = host ]; then
+if [ "$GLIBC" = host ] || [ "$GLIBC" = static ]; then
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+  # Static: glibc's libc.a from libc6-dev-arm64-cross, libgcc_eh.a from the cross gcc.
+  [ "$GLIBC" = static ] && export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
   cmd=("$CARGO" "${config_args[@]}" build --locked -p signrt-runtime --bin signrt --target "$TARGET" "${profile_flag[@]}" "${feature_args[@]}")
 else
   # cargo-zigbuild runs `cargo` from CARGO or PATH: make it Debian's.
@@ -166,12 +175,20 @@ bin=$CARGO_TARGET_DIR/$TARGET/$profile_dir/signrt
 [ -x "$bin" ] || die "build finished but $bin is missing"
 file_out=$(file -b "$bin")
 case $file_out in *"ARM aarch64"*) ;; *) die "$bin is not an aarch64 ELF: $file_out" ;; esac
-max_glibc=$(aarch64-linux-gnu-objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sort -u -V | tail -n1)
-[ -n "$max_glibc" ] || die "no GLIBC symbol versions found in $bin"
-if [ "$GLIBC" != host ]; then
-  newest=$(printf '%s\n%s\n' "GLIBC_$GLIBC" "$max_glibc" | sort -V | tail -n1)
-  [ "$newest" = "GLIBC_$GLIBC" ] || die "$bin needs $max_glibc, newer than the requested glibc $GLIBC"
+max_glibc=$(aarch64-linux-gnu-objdump -T "$bin" 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sort -u -V | tail -n1 || true)
+if [ "$GLIBC" = static ]; then
+  case $file_out in *"statically linked"*|*"static-pie linked"*) ;; *) die "$bin is not statically linked: $file_out" ;; esac
+  [ -z "$max_glibc" ] || die "$bin is meant to be static but needs $max_glibc"
+  max_glibc="none (statically linked)"
+else
+  [ -n "$max_glibc" ] || die "no GLIBC symbol versions found in $bin"
 fi
+case $GLIBC in
+  host|static) ;;
+  *)
+    newest=$(printf '%s\n%s\n' "GLIBC_$GLIBC" "$max_glibc" | sort -V | tail -n1)
+    [ "$newest" = "GLIBC_$GLIBC" ] || die "$bin needs $max_glibc, newer than the requested glibc $GLIBC" ;;
+esac
 v4l2=no
 case " ${feature_args[*]} " in
   *" --no-default-features "*) case $FEATURES in *v4l2*) v4l2=yes ;; esac ;;

@@ -9,7 +9,8 @@
 #   BUNDLE defaults to models/demo (the bundled default model), SAMPLE to the first models/samples/*.y4m.
 # Environment (all optional):
 #   SIGNRT_CROSS_PROFILE     release (default) or debug: which aarch64 build to run
-#   SIGNRT_CROSS_TARGET_DIR  as for build-aarch64.sh (default target/aarch64-cross)
+#   SIGNRT_CROSS_GLIBC, SIGNRT_CROSS_TARGET_DIR  as for build-aarch64.sh (default
+#                            target/aarch64-cross; target/aarch64-cross-static with SIGNRT_CROSS_GLIBC=static)
 #   SIGNRT_CROSS_BIN         the aarch64 binary to run (overrides the two above)
 #   SIGNRT_HOST_BIN          the host signrt to compare with (default: built here, `cargo build -p
 #                            signrt-runtime --bin signrt`, the workspace's dev profile, target/debug)
@@ -21,7 +22,9 @@ ROOT=$PWD
 
 TARGET=aarch64-unknown-linux-gnu
 PROFILE=${SIGNRT_CROSS_PROFILE:-release}
-CROSS_DIR=${SIGNRT_CROSS_TARGET_DIR:-$ROOT/target/aarch64-cross}
+default_dir=$ROOT/target/aarch64-cross
+[ "${SIGNRT_CROSS_GLIBC:-}" = static ] && default_dir=$ROOT/target/aarch64-cross-static
+CROSS_DIR=${SIGNRT_CROSS_TARGET_DIR:-$default_dir}
 ARM_BIN=${SIGNRT_CROSS_BIN:-$CROSS_DIR/$TARGET/$PROFILE/signrt}
 EXPECT_QUANT=${SIGNRT_CROSS_EXPECT_QUANT:-int8}
 QEMU=qemu-aarch64-static
@@ -89,6 +92,21 @@ if [ "$EXPECT_QUANT" = none ]; then
 else
   [ "$quant" = "$EXPECT_QUANT" ] ||
     die "the aarch64 signrt reports quantized: $quant for $BUNDLE; expected $EXPECT_QUANT (the int8 path is not used)"
+fi
+
+# Beyond the manifest: when this signrt has `info --ops` (the encoder's ops as tract optimises them,
+# with their output types), the int8 path must show integer ops on aarch64 too.
+if "$QEMU" "$ARM_BIN" info --help 2>/dev/null | grep -q -- '--ops'; then
+  say "aarch64: $QEMU $ARM_BIN info --ops --bundle $BUNDLE"
+  "$QEMU" "$ARM_BIN" info --ops --bundle "$BUNDLE" > "$TMP/ops.txt" || die "the aarch64 signrt info --ops failed"
+  int_ops=$(sed -n '/^encoder ops/,$p' "$TMP/ops.txt" | grep -c -E '(^|[ ,(])Q?[IU](8|32)([ ,(]|$)' || true)
+  say "  encoder ops with integer outputs: $int_ops"
+  if [ "$EXPECT_QUANT" = int8 ] && [ "$int_ops" -eq 0 ]; then
+    sed -n '/^encoder ops/,$p' "$TMP/ops.txt" >&2
+    die "the bundle says int8 but tract on aarch64 runs no integer ops in the encoder"
+  fi
+else
+  say "this signrt has no 'info --ops': the int8 check relies on the manifest as reported by 'signrt info'"
 fi
 
 ref=""

@@ -201,9 +201,103 @@ pub fn run(
     })
 }
 
+/// Encoder per-frame latency of two bundles, measured interleaved (a, b, a,
+/// b, ...) in one run on one thread, so their ratio comes from the same
+/// conditions: `signrt bench --compare OTHER`. Returns the two medians.
+pub fn compare_encoders(
+    a: &Bundle,
+    b: &Bundle,
+    iters: usize,
+) -> Result<(Stat, Stat), PipelineError> {
+    set_default_executor(Executor::SingleThread);
+    let mut ma = crate::engine::TractModel::load(a)?;
+    let mut mb = crate::engine::TractModel::load(b)?;
+    let input = |bundle: &Bundle| {
+        let m = &bundle.manifest;
+        let f = test_frame(640, 480, 3);
+        let mut rs = Resampler::new(
+            (640, 480),
+            (m.input.width, m.input.height),
+            m.input.mean,
+            m.input.std,
+        );
+        let mut x = vec![0f32; rs.out_len()];
+        rs.run(&f.rgb, &mut x);
+        x
+    };
+    let (xa, xb) = (input(a), input(b));
+    let mut feats = Vec::new();
+    for _ in 0..3 {
+        ma.encode(&xa, &mut feats)?;
+        mb.encode(&xb, &mut feats)?;
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        ma.encode(&xa, &mut feats)?;
+        ta.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        mb.encode(&xb, &mut feats)?;
+        tb.push(t.elapsed().as_secs_f64());
+    }
+    Ok((stat(&mut ta), stat(&mut tb)))
+}
+
+/// The ops tract runs for a bundle's encoder once optimised, in evaluation
+/// order: (node name, op name, output datum types). `signrt info --ops`.
+pub fn encoder_ops(
+    bundle: &Bundle,
+) -> Result<Vec<(String, String, String)>, crate::engine::EngineError> {
+    use tract_onnx::prelude::*;
+    let m = &bundle.manifest;
+    let path = bundle.path_of(&m.encoder);
+    let err = |e: TractError| crate::engine::EngineError::Load {
+        path: path.clone(),
+        message: format!("{e:#}"),
+    };
+    let model = tract_onnx::onnx()
+        .model_for_path(&path)
+        .map_err(err)?
+        .with_input_fact(
+            0,
+            InferenceFact::dt_shape(
+                f32::datum_type(),
+                tvec!(1, 3, m.input.height, m.input.width),
+            ),
+        )
+        .map_err(err)?
+        .into_optimized()
+        .map_err(err)?;
+    let order = model.eval_order().map_err(err)?;
+    Ok(order
+        .into_iter()
+        .map(|id| {
+            let n = model.node(id);
+            let dts = n
+                .outputs
+                .iter()
+                .map(|o| format!("{:?}", o.fact.datum_type))
+                .collect::<Vec<_>>()
+                .join(",");
+            (n.name.clone(), n.op().name().to_string(), dts)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_and_ops_on_the_toy_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        crate::toy::write_toy_bundle(d.path(), crate::toy::ToySpec::default()).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        let (x, y) = compare_encoders(&b, &b, 3).unwrap();
+        assert_eq!((x.runs, y.runs), (3, 3));
+        let ops = encoder_ops(&b).unwrap();
+        assert!(ops.iter().any(|(_, _, dt)| dt.contains("F32")), "{ops:?}");
+    }
 
     #[test]
     fn percentiles_by_hand() {

@@ -24,6 +24,7 @@ pub mod source;
 pub mod stream;
 pub mod toy;
 pub mod vocab;
+pub mod wer;
 pub mod y4m;
 
 pub use bundle::{Bundle, BundleError, Manifest};

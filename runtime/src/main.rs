@@ -81,12 +81,20 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also time this other bundle's encoder against this one's, interleaved in
+        /// the same run on one thread (e.g. a float and its int8 bundle), and print the ratio.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Print a bundle's manifest, its files and the result of checking their checksums.
     Info {
         /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Also list the ops tract runs for the encoder once optimised (with
+        /// their output types: an int8 bundle shows its integer matmuls).
+        #[arg(long)]
+        ops: bool,
     },
 }
 
@@ -264,8 +272,37 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             camera,
             json,
-        } => bench_cmd(bundle, iters, frames, streams, threads, &camera, json),
-        Cmd::Info { bundle } => info(&default_bundle(bundle)?),
+            compare,
+        } => {
+            bench_cmd(
+                bundle.clone(),
+                iters,
+                frames,
+                streams,
+                threads,
+                &camera,
+                json,
+            )?;
+            match compare {
+                Some(other) => compare_cmd(bundle, &other, iters),
+                None => Ok(()),
+            }
+        }
+        Cmd::Info { bundle, ops } => {
+            let dir = default_bundle(bundle)?;
+            info(&dir)?;
+            if ops {
+                let b = Bundle::open(&dir)?;
+                println!(
+                    "encoder ops (tract, optimised, 1x3x{}x{})",
+                    b.manifest.input.height, b.manifest.input.width
+                );
+                for (name, op, dts) in signrt_runtime::bench::encoder_ops(&b)? {
+                    println!("  {op:<28} {dts:<20} {name}");
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -385,5 +422,39 @@ fn bench_cmd(
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak RSS {}", memory::mib(rss));
     }
+    Ok(())
+}
+
+fn compare_cmd(bundle: Option<PathBuf>, other: &Path, iters: usize) -> Result<()> {
+    let dir = default_bundle(bundle)?;
+    let a = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let b = Bundle::open(other).with_context(|| format!("opening bundle {}", other.display()))?;
+    let (sa, sb) = signrt_runtime::bench::compare_encoders(&a, &b, iters.max(1))?;
+    let mode = |b: &Bundle| {
+        b.manifest
+            .quantization
+            .as_ref()
+            .map_or("float".to_string(), |q| q.mode.clone())
+    };
+    println!(
+        "encoder per frame, 1 thread, interleaved in one run ({} runs each):",
+        sa.runs
+    );
+    println!(
+        "  {:<40} {:>8.3} ms  ({})",
+        a.dir.display(),
+        sa.median_ms,
+        mode(&a)
+    );
+    println!(
+        "  {:<40} {:>8.3} ms  ({})",
+        b.dir.display(),
+        sb.median_ms,
+        mode(&b)
+    );
+    println!(
+        "  ratio first / second: {:.2}x",
+        sa.median_ms / sb.median_ms
+    );
     Ok(())
 }

@@ -1,0 +1,245 @@
+//! Float bundle in, quantised bundle out.
+//!
+//! The output is written into `<out>.partial-<pid>` and renamed into place, so
+//! a failed run never leaves half a bundle. `vocab.txt`, `scorer.onnx` and
+//! `temporal.onnx` are copied unchanged (the LSTM stays f32); `encoder.onnx` is
+//! rewritten; the manifest gets a `quantization` section and new checksums.
+
+use crate::calib::{self, Method, Stats};
+use crate::proto;
+use crate::rewrite::{self, ActSummary, Form, Range, Rewritten, WeightSummary};
+use crate::QuantizeError;
+use serde::Serialize;
+use signrt_runtime::bundle::{Bundle, Quantization};
+use signrt_runtime::onnx::pb;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Which bundle to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// int8 compute: every Conv becomes QLinearConv.
+    Int8(Form),
+    /// int8 storage, f32 compute (file size only).
+    Int8Weights,
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Int8(_) => "int8",
+            Mode::Int8Weights => "int8-weights",
+        }
+    }
+}
+
+/// A quantisation run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bundle: PathBuf,
+    pub calib: PathBuf,
+    pub calib_split: String,
+    pub method: Method,
+    pub samples: usize,
+    pub mode: Mode,
+    pub out: PathBuf,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub manifest: signrt_runtime::Manifest,
+    pub rewritten: Rewritten,
+    pub ranges: HashMap<String, Range>,
+    /// Preprocessed calibration frames (for the report's SNR).
+    pub frames: Vec<Vec<f32>>,
+    pub videos: usize,
+    pub float_encoder_bytes: u64,
+    pub int8_encoder_bytes: u64,
+}
+
+/// Opens the float bundle and refuses an already quantised one.
+pub fn open_float(dir: &Path) -> Result<(Bundle, pb::ModelProto), QuantizeError> {
+    let b = Bundle::open(dir)?;
+    if let Some(q) = &b.manifest.quantization {
+        return Err(QuantizeError::AlreadyQuantized {
+            path: dir.join(signrt_runtime::bundle::MANIFEST_FILE),
+            mode: q.mode.clone(),
+        });
+    }
+    let enc_path = b.path_of(&b.manifest.encoder);
+    let enc = proto::read_model(&enc_path)?;
+    if let Some(op) = rewrite::quantized_op(&enc) {
+        return Err(QuantizeError::QuantizedOps { path: enc_path, op });
+    }
+    Ok((b, enc))
+}
+
+/// Ranges of every tensor from calibration statistics.
+pub fn ranges_of(stats: &HashMap<String, Stats>, method: Method) -> HashMap<String, Range> {
+    stats
+        .iter()
+        .map(|(k, s)| (k.clone(), s.range(method)))
+        .collect()
+}
+
+fn summary(
+    opts: &Options,
+    acts: &[ActSummary],
+    weights: &[WeightSummary],
+    counts: &std::collections::BTreeMap<String, usize>,
+) -> serde_json::Value {
+    let form = match opts.mode {
+        Mode::Int8(f) => serde_json::json!({
+            "activations": match f.act {
+                crate::ActScheme::U8 => "u8 asymmetric, per tensor",
+                crate::ActScheme::I8Sym => "i8 symmetric (zero point 0), per tensor",
+                crate::ActScheme::I8Asym => "i8 asymmetric, per tensor",
+            },
+            "weights": if f.per_channel { "i8 symmetric, per output channel" } else { "i8 symmetric, per tensor" },
+            "bias": "i32",
+        }),
+        Mode::Int8Weights => serde_json::json!({
+            "weights": "i8 symmetric, per output channel (Conv) / per tensor (MatMul), DequantizeLinear to f32 at load",
+            "compute": "f32",
+        }),
+    };
+    let degenerate: Vec<&str> = acts
+        .iter()
+        .filter(|a| a.degenerate)
+        .map(|a| a.tensor.as_str())
+        .collect();
+    let smin = acts.iter().map(|a| a.scale).fold(f32::INFINITY, f32::min);
+    let smax = acts.iter().map(|a| a.scale).fold(0.0, f32::max);
+    serde_json::json!({
+        "graphs": { "encoder": opts.mode.name(), "scorer": "f32", "temporal": "f32" },
+        "calibration_split": opts.calib_split,
+        "calibration_frames_per_video": calib::FRAMES_PER_VIDEO,
+        "form": form,
+        "encoder_ops": counts,
+        "activation_tensors": acts.len(),
+        "activation_scale_range": if acts.is_empty() { serde_json::Value::Null } else { serde_json::json!([smin, smax]) },
+        "degenerate_ranges": { "fallback": "scale 1, zero point 0 (exact zero)", "tensors": degenerate },
+        "activations": acts.iter().map(|a| serde_json::json!({
+            "tensor": a.tensor, "scale": a.scale, "zero_point": a.zero_point,
+            "min": a.min, "max": a.max,
+        })).collect::<Vec<_>>(),
+        "weights": weights.iter().map(|w| serde_json::json!({
+            "layer": w.layer, "op": w.op, "scales": w.scales,
+            "scale_min": w.scale_min, "scale_max": w.scale_max,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QuantizeError + '_ {
+    move |source| QuantizeError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Runs calibration, rewrites the encoder and writes the sealed bundle.
+pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
+    if opts.out.exists()
+        && std::fs::read_dir(&opts.out)
+            .map_err(io(&opts.out))?
+            .next()
+            .is_some()
+    {
+        return Err(QuantizeError::OutputExists {
+            path: opts.out.clone(),
+        });
+    }
+    let (b, enc) = open_float(&opts.bundle)?;
+    let m = &b.manifest;
+    let (h, w) = (m.input.height, m.input.width);
+    let (rewritten, ranges, frames, videos) = match opts.mode {
+        Mode::Int8(form) => {
+            let (frames, videos) =
+                calib::calibration_frames(&opts.calib, &opts.calib_split, opts.samples, m)?;
+            log::info!(
+                "calibrating on {} frames of {videos} videos ({})",
+                frames.len(),
+                opts.method.name()
+            );
+            let stats = calib::collect(&enc, &frames, h, w, opts.method)?;
+            let ranges = ranges_of(&stats, opts.method);
+            let rw = rewrite::quantize_encoder(&enc, &ranges, form, false)
+                .map_err(QuantizeError::Graph)?;
+            (rw, ranges, frames, videos)
+        }
+        Mode::Int8Weights => {
+            let rw = rewrite::int8_weights(&enc).map_err(QuantizeError::Graph)?;
+            (rw, HashMap::new(), Vec::new(), 0)
+        }
+    };
+    // the rewritten encoder must load and give the manifest's shape
+    let plan = proto::load_plan(&rewritten.model, h, w)?;
+    let out = proto::run_plan(&plan, &vec![0f32; 3 * h * w], h, w)?;
+    let want = m.model.feature_dim * m.model.grid * m.model.grid;
+    if out.first().map(Vec::len) != Some(want) {
+        return Err(QuantizeError::Graph(format!(
+            "the rewritten encoder gives {:?} values, the manifest needs {want}",
+            out.first().map(Vec::len)
+        )));
+    }
+    let parent = opts
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = opts
+        .out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let tmp = parent.join(format!("{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        for f in [&m.vocabulary, &m.scorer, &m.temporal] {
+            std::fs::copy(b.path_of(f), tmp.join(f)).map_err(io(&b.path_of(f)))?;
+        }
+        let enc_out = tmp.join(&m.encoder);
+        signrt_runtime::onnx::write_model(&rewritten.model, &enc_out).map_err(io(&enc_out))?;
+        let mut manifest = m.clone();
+        manifest.producer = concat!("signrt-quantize ", env!("CARGO_PKG_VERSION")).into();
+        let counts = rewrite::op_counts(&rewritten.model);
+        manifest.quantization = Some(Quantization {
+            mode: opts.mode.name().into(),
+            method: match opts.mode {
+                Mode::Int8(_) => opts.method.name().into(),
+                Mode::Int8Weights => "none (weights only)".into(),
+            },
+            samples: videos,
+            summary: summary(opts, &rewritten.activations, &rewritten.weights, &counts),
+        });
+        manifest.seal_and_write(&tmp)?;
+        if opts.out.exists() {
+            std::fs::remove_dir(&opts.out).map_err(io(&opts.out))?;
+        }
+        std::fs::rename(&tmp, &opts.out).map_err(io(&opts.out))?;
+        Ok(manifest)
+    })();
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let float_encoder_bytes = m.files.get(&m.encoder).map_or(0, |f| f.bytes);
+    let int8_encoder_bytes = manifest.files.get(&m.encoder).map_or(0, |f| f.bytes);
+    Ok(Outcome {
+        manifest,
+        rewritten,
+        ranges,
+        frames,
+        videos,
+        float_encoder_bytes,
+        int8_encoder_bytes,
+    })
+}

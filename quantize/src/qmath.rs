@@ -147,7 +147,7 @@ pub fn weight_scale(w: &[f32]) -> f32 {
 /// Weights `(out, per)` row-major to int8 with one scale per output channel
 /// (`per_channel`) or one for the whole tensor. Returns the values and scales.
 pub fn quantize_weights(w: &[f32], out: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
-    let per = if out == 0 { 0 } else { w.len() / out };
+    let per = w.len().checked_div(out).unwrap_or(0);
     let scales: Vec<f32> = if per_channel {
         (0..out)
             .map(|o| weight_scale(&w[o * per..(o + 1) * per]))

@@ -70,10 +70,10 @@ impl ConvGru {
     /// One step: x (B,C,G,G), h (B,H,G,G) -> h'.
     pub fn step(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
         let cat = Tensor::cat(&[x, h], 1)?;
-        let r = candle_nn::ops::sigmoid(&self.reset.forward(&cat)?)?;
-        let z = candle_nn::ops::sigmoid(&self.update.forward(&cat)?)?;
+        let r = candle_nn::ops::sigmoid(&crate::conv::forward(&self.reset, &cat)?)?;
+        let z = candle_nn::ops::sigmoid(&crate::conv::forward(&self.update, &cat)?)?;
         let rh = (r * h)?;
-        let n = self.new.forward(&Tensor::cat(&[x, &rh], 1)?)?.tanh()?;
+        let n = crate::conv::forward(&self.new, &Tensor::cat(&[x, &rh], 1)?)?.tanh()?;
         h + (z * (n - h)?)?
     }
 

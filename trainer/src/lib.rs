@@ -14,6 +14,7 @@ pub mod align;
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod ctc;
 pub mod data;
 pub mod export;

@@ -25,6 +25,32 @@ pub enum ConfigError {
     },
 }
 
+/// Sets one dotted `key=value` in a TOML table, creating tables on the way.
+fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<(), String> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=VALUE, e.g. model.selection=all".to_string())?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a dotted key"));
+    }
+    // a bare word such as `all` is not a TOML value: take it as a string
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        table = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
@@ -163,6 +189,9 @@ pub struct TrainingSection {
     pub num_epochs: usize,
     /// Stop after this many optimizer steps (0 = no limit).
     pub max_steps: u64,
+    /// Stop at the first step that ends after this many minutes of training
+    /// (0 = no limit); the run is checkpointed and evaluated as at any stop.
+    pub max_minutes: f64,
     pub seed: u64,
     pub learning_rates: LearningRates,
     pub loss_weights: LossWeightsSection,
@@ -187,6 +216,7 @@ impl Default for TrainingSection {
             batch_size: 4,
             num_epochs: 100,
             max_steps: 0,
+            max_minutes: 0.0,
             seed: 0,
             learning_rates: LearningRates::default(),
             loss_weights: LossWeightsSection::default(),
@@ -255,6 +285,29 @@ impl Config {
         })?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// Loads `path`, then applies `key=value` overrides (dotted keys such as
+    /// `model.selection=all` or `training.loss_weights.cross_modal=0`; the value
+    /// is read as TOML, or as a string when it is not valid TOML) before
+    /// validating. Used by `train --set` for ablations.
+    pub fn load_with_overrides(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        for o in overrides {
+            apply_override(&mut doc, o).map_err(|message| ConfigError::Invalid {
+                path: path.into(),
+                field: o.split('=').next().unwrap_or(o).to_string(),
+                message: format!("--set {o}: {message}"),
+            })?;
+        }
+        Self::parse(&toml::to_string(&doc).unwrap_or_default(), path)
     }
 
     pub fn to_toml(&self) -> String {
@@ -343,6 +396,12 @@ impl Config {
             if !(v >= 0.0 && v.is_finite()) {
                 return bad(f, format!("{v} must be a finite number >= 0"));
             }
+        }
+        if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
+            return bad(
+                "training.max_minutes",
+                format!("{} must be a finite number >= 0", t.max_minutes),
+            );
         }
         if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
             return bad("training.grad_clip", "must be positive".into());
@@ -451,5 +510,52 @@ mod shipped {
             ("resnet18", 512)
         );
         assert_eq!(gpu.training.weighting, "gradnorm");
+    }
+}
+
+#[cfg(test)]
+mod overrides {
+    use super::*;
+
+    #[test]
+    fn set_overrides_nested_keys_and_is_validated() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let base = Config::load(&dir.join("cpu-small.toml")).unwrap();
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &[
+                "model.selection=all".into(),
+                "training.loss_weights.cross_modal=0".into(),
+                "training.weighting=\"gradnorm\"".into(),
+                "training.batch_size=3".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.model.selection, "all");
+        assert_eq!(c.training.loss_weights.cross_modal, 0.0);
+        assert_eq!(c.training.weighting, "gradnorm");
+        assert_eq!(c.training.batch_size, 3);
+        // everything else is the file's
+        assert_eq!(c.model.lstm_hidden, base.model.lstm_hidden);
+        assert_eq!(c.training.loss_weights.ctc, base.training.loss_weights.ctc);
+        // a typo is refused by name, a malformed override too
+        let e = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &["model.selecton=all".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("selecton"), "{e}");
+        let e = Config::load_with_overrides(&dir.join("cpu-small.toml"), &["model".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &["model.keyframe_ratio=2".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("keyframe_ratio"), "{e}");
     }
 }

@@ -81,12 +81,18 @@ struct TrainArgs {
     /// Override training.num_epochs.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Override training.max_minutes: stop after this much training time.
+    #[arg(long)]
+    max_minutes: Option<f64>,
     /// Compute threads (default: hardware.threads, 0 = all cores).
     #[arg(long)]
     threads: Option<usize>,
     /// auto, cpu or cuda:N (default: hardware.device).
     #[arg(long)]
     device: Option<String>,
+    /// Override a config key, e.g. `--set model.selection=all` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 fn set_threads(n: usize) {
@@ -104,15 +110,20 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
         resume,
         max_steps,
         epochs,
+        max_minutes,
         threads,
         device,
+        set,
     } = a;
-    let mut cfg = Config::load(&config)?;
+    let mut cfg = Config::load_with_overrides(&config, &set)?;
     if let Some(m) = max_steps {
         cfg.training.max_steps = m;
     }
     if let Some(e) = epochs {
         cfg.training.num_epochs = e;
+    }
+    if let Some(m) = max_minutes {
+        cfg.training.max_minutes = m;
     }
     set_threads(threads.unwrap_or(cfg.hardware.threads));
     if cfg.hardware.mixed_precision {

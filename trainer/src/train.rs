@@ -408,6 +408,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     } else {
         cfg.training.max_steps
     };
+    let started = std::time::Instant::now();
+    let time_up = || {
+        cfg.training.max_minutes > 0.0
+            && started.elapsed().as_secs_f64() >= 60.0 * cfg.training.max_minutes
+    };
     let mut last_losses = [0f64; 4];
     let mut last_total = 0f64;
     let pb = if opts.progress {
@@ -492,7 +497,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             } else {
                 end_of_epoch
             };
-            let stop = step >= max_steps;
+            let stop = step >= max_steps || time_up();
             if eval_now || stop || end_of_epoch {
                 let (e_next, o_next) = if end_of_epoch {
                     (epoch + 1, 0)

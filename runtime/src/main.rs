@@ -58,6 +58,11 @@ enum Cmd {
         width: u32,
         #[arg(long, default_value_t = 480)]
         height: u32,
+        /// The expected glosses, printed beside the result with their WER. By
+        /// default a clip `DIR/NAME.y4m` takes NAME's line of `DIR/references.tsv`
+        /// (`NAME<TAB>glosses`) when there is one, as the shipped samples have.
+        #[arg(long)]
+        reference: Option<String>,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -168,6 +173,30 @@ fn open_source(src: &str, fps: f32, size: (u32, u32)) -> Result<Box<dyn FrameSou
     bail!("{src}: unsupported source; use a folder of frames, a .y4m file, - (Y4M on stdin) or /dev/videoN")
 }
 
+/// The reference glosses of a clip `DIR/NAME.ext` from `DIR/references.tsv`.
+fn sidecar_reference(source: &Path) -> Result<Option<String>> {
+    let (Some(dir), Some(stem)) = (source.parent(), source.file_stem()) else {
+        return Ok(None);
+    };
+    let tsv = dir.join("references.tsv");
+    if !source.is_file() || !tsv.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&tsv).with_context(|| format!("reading {}", tsv.display()))?;
+    Ok(text.lines().find_map(|l| {
+        let (name, glosses) = l.split_once('\t')?;
+        (std::ffi::OsStr::new(name) == stem).then(|| glosses.trim().to_string())
+    }))
+}
+
+/// Word error rate of space-separated glosses against a reference.
+fn reference_wer(reference: &str, hyp: &str) -> f64 {
+    let r: Vec<&str> = reference.split_whitespace().collect();
+    let h: Vec<&str> = hyp.split_whitespace().collect();
+    signrt_runtime::wer::align_counts(&r, &h, signrt_runtime::wer::EditCosts::SCLITE).wer()
+}
+
 fn run_cmd(
     bundle: Option<PathBuf>,
     source: &str,
@@ -176,7 +205,12 @@ fn run_cmd(
     fps: f32,
     size: (u32, u32),
     beam: usize,
+    reference: Option<String>,
 ) -> Result<()> {
+    let reference = match reference {
+        Some(r) => Some(r),
+        None => sidecar_reference(Path::new(source))?,
+    };
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let budget = budget
@@ -211,10 +245,26 @@ fn run_cmd(
         Format::Jsonl => {
             let mut v = serde_json::to_value(&summary)?;
             v["type"] = "summary".into();
+            if let Some(r) = &reference {
+                v["reference"] = r.as_str().into();
+                v["wer"] = reference_wer(r, &summary.glosses).into();
+            }
             println!("{v}");
         }
         Format::Text => {
-            println!("glosses: {}", summary.glosses);
+            println!("glosses:   {}", summary.glosses);
+            if let Some(r) = &reference {
+                let wer = reference_wer(r, &summary.glosses);
+                println!("reference: {r}");
+                println!(
+                    "{}",
+                    if wer == 0.0 {
+                        "match: yes (WER 0%)".to_string()
+                    } else {
+                        format!("match: no (WER {:.1}%)", 100.0 * wer)
+                    }
+                );
+            }
             println!(
                 "frames: {} processed, {} dropped, {:.1} fps; peak heap {}",
                 summary.frames_processed,
@@ -255,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             beam,
             width,
             height,
+            reference,
         } => run_cmd(
             bundle,
             &source,
@@ -263,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             fps,
             (width, height),
             beam,
+            reference,
         ),
         Cmd::Bench {
             bundle,

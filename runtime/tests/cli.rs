@@ -267,3 +267,47 @@ fn long_stream_runs_in_bounded_memory() {
         "heap peak grew from {h1} to {h2} over a 10x longer stream"
     );
 }
+
+/// A clip with a line in `references.tsv` beside it is reported against that
+/// reference (how the shipped samples print their expected glosses); a
+/// wrong `--reference` is scored as such.
+#[test]
+fn sidecar_reference_is_printed_and_scored() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (_, y4m) = write_inputs(d.path(), 30);
+    let b = bundle.to_str().unwrap();
+    let src = y4m.to_str().unwrap();
+    let (c, o, e) = run(&["run", "--bundle", b, "--source", src], None);
+    assert_eq!(c, 0, "{e}");
+    let got = summary(&o)["glosses"].as_str().unwrap().to_string();
+    assert!(summary(&o).get("reference").is_none());
+    // the recognised glosses as the reference: WER 0
+    std::fs::write(
+        d.path().join("references.tsv"),
+        format!("other\tX Y\nclip\t{got}\n"),
+    )
+    .unwrap();
+    let (c, o, e) = run(&["run", "--bundle", b, "--source", src], None);
+    assert_eq!(c, 0, "{e}");
+    let s = summary(&o);
+    assert_eq!(s["reference"], got.as_str());
+    assert_eq!(s["wer"], 0.0);
+    let (c, o, e) = run(
+        &["run", "--bundle", b, "--source", src, "--format", "text"],
+        None,
+    );
+    assert_eq!(c, 0, "{e}");
+    assert!(o.contains("match: yes"), "{o}");
+    // an explicit reference wins; one extra gloss is one insertion
+    let extra = format!("{got} NOT_A_GLOSS");
+    let (c, o, e) = run(
+        &["run", "--bundle", b, "--source", src, "--reference", &extra],
+        None,
+    );
+    assert_eq!(c, 0, "{e}");
+    let s = summary(&o);
+    let n = extra.split_whitespace().count() as f64;
+    assert!((s["wer"].as_f64().unwrap() - 1.0 / n).abs() < 1e-9, "{s}");
+}

@@ -42,6 +42,25 @@ enum Cmd {
         #[arg(long, default_value_t = 25.0)]
         fps: f32,
     },
+    /// Write videos of a dataset split as Y4M clips, with their reference
+    /// glosses in `references.tsv` (how `models/samples/` is made).
+    Samples {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Video ids to write (default: the first --count of the split).
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Frame rate written into the Y4M header.
+        #[arg(long, default_value_t = 25)]
+        fps: u32,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Evaluate a checkpoint: WER (S, D, I) and the stage metrics.
     Eval {
         #[arg(long)]
@@ -216,6 +235,69 @@ fn eval_cmd(
     Ok(())
 }
 
+fn samples_cmd(
+    data_dir: PathBuf,
+    split: String,
+    ids: Vec<String>,
+    count: usize,
+    fps: u32,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    use signrt_runtime::source::{decode_rgb, Frame};
+    let format = data::detect(&data_dir)?;
+    let ds = data::load_split(&data_dir, format, &split, &data::LoadOptions::default())?;
+    let chosen: Vec<&data::Sample> = if ids.is_empty() {
+        ds.samples.iter().take(count).collect()
+    } else {
+        ids.iter()
+            .map(|id| {
+                ds.samples.iter().find(|s| &s.id == id).with_context(|| {
+                    format!("{}: split `{split}` has no video `{id}`", data_dir.display())
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if chosen.is_empty() {
+        anyhow::bail!("{}: split `{split}` has no videos", data_dir.display());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut refs = String::new();
+    for s in chosen {
+        let mut frame = Frame {
+            width: 0,
+            height: 0,
+            rgb: Vec::new(),
+        };
+        let mut w: Option<signrt_runtime::y4m::Y4mWriter<Vec<u8>>> = None;
+        for p in &s.frames {
+            decode_rgb(p, &mut frame)?;
+            if w.is_none() {
+                w = Some(
+                    signrt_runtime::y4m::Y4mWriter::new(Vec::new(), frame.width, frame.height, fps)
+                        .context("Y4M header")?,
+                );
+            }
+            if let Some(w) = w.as_mut() {
+                w.write_rgb(&frame.rgb)
+                    .with_context(|| format!("{}: frame size changed", p.display()))?;
+            }
+        }
+        let bytes = w
+            .with_context(|| format!("{}: no frames", s.id))?
+            .finish()
+            .context("Y4M")?;
+        let path = out.join(format!("{}.y4m", s.id));
+        signrt_runtime::fsutil::write_atomic(&path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}\t{} frames\t{}", path.display(), s.frames.len(), s.glosses.join(" "));
+        refs.push_str(&format!("{}\t{}\n", s.id, s.glosses.join(" ")));
+    }
+    let rp = out.join("references.tsv");
+    signrt_runtime::fsutil::write_atomic(&rp, refs.as_bytes())
+        .with_context(|| format!("writing {}", rp.display()))?;
+    Ok(())
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -230,6 +312,14 @@ fn main() {
             stride,
             fps,
         } => export_cmd(checkpoint, out, window, stride, fps),
+        Cmd::Samples {
+            data,
+            split,
+            ids,
+            count,
+            fps,
+            out,
+        } => samples_cmd(data, split, ids, count, fps, out),
         Cmd::Eval {
             checkpoint,
             data,

@@ -290,6 +290,20 @@ fn forms(
         snrs.push(snr.last().map_or(f64::NAN, |l| l.snr_db));
         models.push((f.label(), rw.model));
     }
+    {
+        let rw = rewrite::quantize_encoder(&enc, &ranges, Form::DEFAULT, false)
+            .map_err(anyhow::Error::msg)?;
+        let p = rewrite::patchify(&rw.model).map_err(anyhow::Error::msg)?;
+        let fplan = proto::load_plan(&enc, h, w)?;
+        let pplan = proto::load_plan(&p, h, w)?;
+        let a = &proto::run_plan(&fplan, &frames[0], h, w)?[0];
+        let b = &proto::run_plan(&pplan, &frames[0], h, w)?[0];
+        snrs.push(signrt_quantize::qmath::snr_db(a, b));
+        models.push((
+            format!("{}, explicit patches + 1x1", Form::DEFAULT.label()),
+            p,
+        ));
+    }
     let ww = rewrite::int8_weights(&enc).map_err(anyhow::Error::msg)?;
     models.push(("int8-weights (f32 compute)".into(), ww.model));
     snrs.push(f64::NAN);

@@ -663,3 +663,148 @@ pub fn op_counts(model: &pb::ModelProto) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// Experimental form (`forms` measures it): every QLinearConv with a kernel
+/// larger than 1×1 becomes explicit patch extraction on the int8 tensor
+/// (`Pad` with the zero point, one strided `Slice` per tap, `Concat` over
+/// channels) and a 1×1 `QLinearConv`, which tract runs as an einsum without
+/// its `Im2col`. Group 1 and dilation 1 only; other convs are left as they are.
+pub fn patchify(model: &pb::ModelProto) -> Result<pb::ModelProto, String> {
+    use pb::attribute_proto::AttributeType;
+    let g = model.graph.as_ref().ok_or("the model has no graph")?;
+    let mut inits: HashMap<String, pb::TensorProto> = g
+        .initializer
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut new_inits: Vec<pb::TensorProto> = Vec::new();
+    let ints = |n: &pb::NodeProto, name: &str| -> Option<Vec<i64>> {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.clone())
+    };
+    let int_of = |n: &pb::NodeProto, name: &str| -> Option<i64> {
+        n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+    };
+    let ints_attr = |name: &str, v: Vec<i64>| pb::AttributeProto {
+        name: name.into(),
+        ints: v,
+        r#type: AttributeType::Ints as i32,
+        ..Default::default()
+    };
+    for (i, n) in g.node.iter().enumerate() {
+        let k = ints(n, "kernel_shape").unwrap_or_default();
+        let eligible = n.op_type == "QLinearConv"
+            && k.len() == 2
+            && k.iter().product::<i64>() > 1
+            && int_of(n, "group").unwrap_or(1) == 1
+            && ints(n, "dilations").is_none_or(|d| d.iter().all(|x| *x == 1))
+            && inits.contains_key(&n.input[3]);
+        if !eligible {
+            nodes.push(n.clone());
+            continue;
+        }
+        let (kh, kw) = (k[0], k[1]);
+        let s = ints(n, "strides").unwrap_or(vec![1, 1]);
+        let p = ints(n, "pads").unwrap_or(vec![0, 0, 0, 0]);
+        let w = inits[&n.input[3]].clone();
+        let (o, c) = (w.dims[0], w.dims[1]);
+        // (O, C, kh, kw) -> (O, kh*kw*C, 1, 1), tap-major like the Concat below
+        let mut raw = vec![0u8; w.raw_data.len()];
+        for oo in 0..o {
+            for cc in 0..c {
+                for y in 0..kh {
+                    for x in 0..kw {
+                        let src = ((oo * c + cc) * kh + y) * kw + x;
+                        let dst = oo * (kh * kw * c) + (y * kw + x) * c + cc;
+                        raw[dst as usize] = w.raw_data[src as usize];
+                    }
+                }
+            }
+        }
+        let wname = format!("{}__patches", n.input[3]);
+        new_inits.push(pb::TensorProto {
+            name: wname.clone(),
+            dims: vec![o, kh * kw * c, 1, 1],
+            data_type: w.data_type,
+            raw_data: raw,
+            ..Default::default()
+        });
+        let pre = format!("{}.patches{i}", n.name);
+        let padded = format!("{pre}.padded");
+        let pads_name = format!("{pre}.pads");
+        new_inits.push(signrt_runtime::onnx::tensor_i64(
+            &pads_name,
+            &[8],
+            &[0, 0, p[0], p[1], 0, 0, p[2], p[3]],
+        ));
+        nodes.push(node(
+            &format!("{pre}.pad"),
+            "Pad",
+            &[&n.input[0], &pads_name, &n.input[2]],
+            &[&padded],
+            vec![],
+        ));
+        let mut taps = Vec::new();
+        for y in 0..kh {
+            for x in 0..kw {
+                let t = format!("{pre}.tap{y}_{x}");
+                let end = |kk: i64, off: i64| {
+                    if off == kk - 1 {
+                        i64::MAX
+                    } else {
+                        -(kk - 1 - off)
+                    }
+                };
+                let names = [
+                    (format!("{t}.starts"), vec![y, x]),
+                    (format!("{t}.ends"), vec![end(kh, y), end(kw, x)]),
+                    (format!("{t}.axes"), vec![2, 3]),
+                    (format!("{t}.steps"), s.clone()),
+                ];
+                for (nm, v) in &names {
+                    new_inits.push(signrt_runtime::onnx::tensor_i64(nm, &[2], v));
+                }
+                nodes.push(node(
+                    &format!("{t}.slice"),
+                    "Slice",
+                    &[&padded, &names[0].0, &names[1].0, &names[2].0, &names[3].0],
+                    &[&t],
+                    vec![],
+                ));
+                taps.push(t);
+            }
+        }
+        let cat = format!("{pre}.concat");
+        let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+        nodes.push(node(
+            &format!("{pre}.concat"),
+            "Concat",
+            &tap_refs,
+            &[&cat],
+            vec![int_attr("axis", 1)],
+        ));
+        let mut ins: Vec<String> = n.input.clone();
+        ins[0] = cat;
+        ins[3] = wname;
+        let mut nn = n.clone();
+        nn.input = ins;
+        nn.attribute = vec![ints_attr("kernel_shape", vec![1, 1])];
+        nodes.push(nn);
+        inits.remove(&n.input[3]);
+    }
+    let mut graph = g.clone();
+    graph.node = nodes;
+    graph.initializer = g
+        .initializer
+        .iter()
+        .filter(|t| inits.contains_key(&t.name))
+        .cloned()
+        .chain(new_inits)
+        .collect();
+    let mut m = model.clone();
+    m.graph = Some(graph);
+    Ok(m)
+}

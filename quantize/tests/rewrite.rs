@@ -357,3 +357,23 @@ fn already_quantised_graph_is_recognised() {
         .iter()
         .all(|t| tensor_f32(t).is_none_or(|v| v.len() <= 1)));
 }
+
+/// The experimental explicit-patches form computes the same int8 conv.
+#[test]
+fn patchified_int8_encoder_matches_the_qlinearconv_one() {
+    let spec = small_spec(true);
+    let m = model(encoder(spec));
+    let frames: Vec<Vec<f32>> = (0..3).map(|s| frame(spec.size, s)).collect();
+    let r = ranges(&m, &frames, spec.size);
+    let q = rewrite::quantize_encoder(&m, &r, Form::DEFAULT, false).unwrap();
+    let p = rewrite::patchify(&q.model).unwrap();
+    let g = p.graph.as_ref().unwrap();
+    assert!(g.node.iter().any(|n| n.op_type == "Concat"));
+    let a_plan = proto::load_plan(&q.model, spec.size, spec.size).unwrap();
+    let b_plan = proto::load_plan(&p, spec.size, spec.size).unwrap();
+    for x in &frames {
+        let a = &proto::run_plan(&a_plan, x, spec.size, spec.size).unwrap()[0];
+        let b = &proto::run_plan(&b_plan, x, spec.size, spec.size).unwrap()[0];
+        assert_eq!(a, b);
+    }
+}

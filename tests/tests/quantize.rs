@@ -151,6 +151,15 @@ fn int8_bundle_from_a_trained_model() {
         )
         .unwrap();
     assert!(s.frames_processed > 0);
+    // ... and tract runs its encoder on int8 matmuls: every matrix product of
+    // the optimised encoder is an i8 one
+    let ops = signrt_runtime::bench::encoder_ops(&int8).unwrap();
+    let mm: Vec<_> = ops
+        .iter()
+        .filter(|(_, op, _)| op.contains("MatMul"))
+        .collect();
+    assert!(mm.len() >= 5, "{ops:#?}");
+    assert!(mm.iter().all(|(_, _, dt)| dt.contains("I8")), "{ops:#?}");
 
     // (c) size: the small backbone's weights dominate its encoder
     let ratio = outcome.int8_encoder_bytes as f64 / outcome.float_encoder_bytes as f64;

@@ -200,8 +200,14 @@ impl Stats {
         for x in v.iter().filter(|x| x.is_finite()) {
             let b = (((x - self.min) / span) * BINS as f32) as usize;
             self.hist[b.min(BINS - 1)] += 1;
-            let a = ((x.abs() / amax) * BINS as f32) as usize;
-            self.abs_hist[a.min(BINS - 1)] += 1;
+            // exact zeros (half of a post-ReLU tensor) are representable in every
+            // scheme: left out of the |x| histogram, where their spike in bin 0
+            // would be smeared over the first quantisation level and push the
+            // KL search towards tiny thresholds
+            if *x != 0.0 {
+                let a = ((x.abs() / amax) * BINS as f32) as usize;
+                self.abs_hist[a.min(BINS - 1)] += 1;
+            }
         }
     }
 

@@ -386,6 +386,26 @@ mod tests {
         assert!(t > 128 && t < BINS / 2, "{t}");
     }
 
+    /// A post-ReLU tensor: half exact zeros, the rest uniform on [0, 1]. The
+    /// zeros must not drag the entropy threshold down.
+    #[test]
+    fn entropy_ignores_the_relu_zero_spike() {
+        let mut s = Stats::new();
+        let v: Vec<f32> = (0..100_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    0.0
+                } else {
+                    i as f32 / 100_000.0
+                }
+            })
+            .collect();
+        s.observe_range(&v);
+        s.observe_hist(&v);
+        let r = s.range(Method::Entropy);
+        assert!(r.max > 0.9 && r.min == 0.0, "{r:?}");
+    }
+
     #[test]
     fn percentile_and_minmax_ranges() {
         let mut s = Stats::new();

@@ -99,8 +99,9 @@ fi
 if "$QEMU" "$ARM_BIN" info --help 2>/dev/null | grep -q -- '--ops'; then
   say "aarch64: $QEMU $ARM_BIN info --ops --bundle $BUNDLE"
   "$QEMU" "$ARM_BIN" info --ops --bundle "$BUNDLE" > "$TMP/ops.txt" || die "the aarch64 signrt info --ops failed"
-  int_ops=$(sed -n '/^encoder ops/,$p' "$TMP/ops.txt" | grep -c -E '(^|[ ,(])Q?[IU](8|32)([ ,(]|$)' || true)
-  say "  encoder ops with integer outputs: $int_ops"
+  # lines "  OP  DATUM_TYPES  NODE"; count the non-constant ops that output 8-bit integers (e.g. OptMatMul I8)
+  int_ops=$(sed -n '/^encoder ops/,$p' "$TMP/ops.txt" | awk '$1 != "Const" && $2 ~ /(^|,)Q?[IU]8/' | wc -l)
+  say "  encoder ops computing in 8-bit integers: $int_ops ($(sed -n '/^encoder ops/,$p' "$TMP/ops.txt" | awk '$1 != "Const" && $2 ~ /(^|,)Q?[IU]8/ {print $1}' | sort | uniq -c | awk '{printf "%s%s x%s", s, $2, $1; s=", "}'))"
   if [ "$EXPECT_QUANT" = int8 ] && [ "$int_ops" -eq 0 ]; then
     sed -n '/^encoder ops/,$p' "$TMP/ops.txt" >&2
     die "the bundle says int8 but tract on aarch64 runs no integer ops in the encoder"

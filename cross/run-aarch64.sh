@@ -33,14 +33,14 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 BUNDLE=${1:-models/demo}
+[ -f "$BUNDLE/manifest.json" ] ||
+  die "no bundle at $BUNDLE ($BUNDLE/manifest.json missing): the default model models/demo is not in this checkout; pass a bundle: cross/run-aarch64.sh BUNDLE SAMPLE.y4m"
 if [ $# -ge 2 ]; then
   SAMPLE=$2
 else
   SAMPLE=$(find models/samples -maxdepth 1 -name '*.y4m' 2>/dev/null | LC_ALL=C sort | head -n1 || true)
   [ -n "$SAMPLE" ] || die "no sample clip: models/samples/*.y4m does not exist (the bundled default model and its samples are not in this checkout?); pass BUNDLE SAMPLE.y4m explicitly"
 fi
-[ -f "$BUNDLE/manifest.json" ] ||
-  die "no bundle at $BUNDLE ($BUNDLE/manifest.json missing): the default model models/demo is not in this checkout; pass a bundle: cross/run-aarch64.sh BUNDLE SAMPLE.y4m"
 [ -f "$SAMPLE" ] || die "sample $SAMPLE does not exist"
 
 # --- prerequisites ----------------------------------------------------------------------------------

@@ -197,16 +197,30 @@ fn reference_wer(reference: &str, hyp: &str) -> f64 {
     signrt_runtime::wer::align_counts(&r, &h, signrt_runtime::wer::EditCosts::SCLITE).wer()
 }
 
-fn run_cmd(
+/// `signrt run`'s arguments.
+struct RunArgs {
     bundle: Option<PathBuf>,
-    source: &str,
+    source: String,
     format: Format,
     budget: Option<String>,
     fps: f32,
     size: (u32, u32),
     beam: usize,
     reference: Option<String>,
-) -> Result<()> {
+}
+
+fn run_cmd(a: RunArgs) -> Result<()> {
+    let RunArgs {
+        bundle,
+        source,
+        format,
+        budget,
+        fps,
+        size,
+        beam,
+        reference,
+    } = a;
+    let source = source.as_str();
     let reference = match reference {
         Some(r) => Some(r),
         None => sidecar_reference(Path::new(source))?,
@@ -306,16 +320,16 @@ fn run(cli: Cli) -> Result<()> {
             width,
             height,
             reference,
-        } => run_cmd(
+        } => run_cmd(RunArgs {
             bundle,
-            &source,
+            source,
             format,
-            memory_budget,
+            budget: memory_budget,
             fps,
-            (width, height),
+            size: (width, height),
             beam,
             reference,
-        ),
+        }),
         Cmd::Bench {
             bundle,
             iters,

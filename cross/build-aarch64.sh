@@ -9,7 +9,7 @@
 #   SIGNRT_CROSS_PROFILE     release (default) or debug
 #   SIGNRT_CROSS_GLIBC       oldest glibc to support (default 2.31); `host` links with plain
 #                            aarch64-linux-gnu-gcc against Debian 12's glibc 2.36 instead;
-#                            `static` links glibc statically (crt-static, gcc): runs on any aarch64
+#                            `static` (experimental, not verified) links glibc statically: any aarch64
 #                            Linux, needs no glibc at all (default target dir target/aarch64-cross-static)
 #   SIGNRT_CROSS_FEATURES    cargo features of signrt-runtime (default: its defaults, with `v4l2`);
 #                            `none` builds with --no-default-features (no V4L2 camera)
@@ -156,8 +156,9 @@ say "$("$RUSTC" --version) / $("$CARGO" --version)"
 t0=$SECONDS
 if [ "$GLIBC" = host ] || [ "$GLIBC" = static ]; then
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-  # Static: glibc's libc.a from libc6-dev-arm64-cross, libgcc_eh.a from the cross gcc.
-  [ "$GLIBC" = static ] && export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+  # Static (NOT verified to the end, see cross/README.md): glibc's libc.a from libc6-dev-arm64-cross;
+  # non-PIE, because a static-pie link overflows the small GOT glibc's libm.a is built for.
+  [ "$GLIBC" = static ] && export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
   cmd=("$CARGO" "${config_args[@]}" build --locked -p signrt-runtime --bin signrt --target "$TARGET" "${profile_flag[@]}" "${feature_args[@]}")
 else
   # cargo-zigbuild runs `cargo` from CARGO or PATH: make it Debian's.

@@ -252,7 +252,10 @@ fn samples_cmd(
         ids.iter()
             .map(|id| {
                 ds.samples.iter().find(|s| &s.id == id).with_context(|| {
-                    format!("{}: split `{split}` has no video `{id}`", data_dir.display())
+                    format!(
+                        "{}: split `{split}` has no video `{id}`",
+                        data_dir.display()
+                    )
                 })
             })
             .collect::<anyhow::Result<_>>()?
@@ -289,7 +292,12 @@ fn samples_cmd(
         let path = out.join(format!("{}.y4m", s.id));
         signrt_runtime::fsutil::write_atomic(&path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("{}\t{} frames\t{}", path.display(), s.frames.len(), s.glosses.join(" "));
+        println!(
+            "{}\t{} frames\t{}",
+            path.display(),
+            s.frames.len(),
+            s.glosses.join(" ")
+        );
         refs.push_str(&format!("{}\t{}\n", s.id, s.glosses.join(" ")));
     }
     let rp = out.join("references.tsv");

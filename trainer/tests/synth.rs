@@ -299,3 +299,72 @@ fn bad_arguments_are_clear_errors() {
         "user data"
     );
 }
+
+/// `signrt-train samples` writes chosen videos as Y4M clips (every frame, in
+/// order, close to the JPEG frames) with their reference glosses, and names an
+/// unknown id.
+#[test]
+fn samples_writes_y4m_clips_with_references() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = d.path().join("corpus");
+    write_corpus(&small(10, 3), &corpus, false).unwrap();
+    let ds = signrt_trainer::data::load_split(
+        &corpus,
+        signrt_trainer::data::Format::Seed,
+        "train",
+        &Default::default(),
+    )
+    .unwrap();
+    let pick = &ds.samples[1];
+    let out = d.path().join("clips");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+        .args(["samples", "--data"])
+        .arg(&corpus)
+        .args(["--split", "train", "--ids", &pick.id, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("references.tsv")).unwrap(),
+        format!("{}\t{}\n", pick.id, pick.glosses.join(" "))
+    );
+    let f = std::fs::File::open(out.join(format!("{}.y4m", pick.id))).unwrap();
+    let mut r = signrt_runtime::y4m::Y4mReader::new(std::io::BufReader::new(f), "clip").unwrap();
+    let (mut rgb, mut frame) = (
+        Vec::new(),
+        signrt_runtime::source::Frame {
+            width: 0,
+            height: 0,
+            rgb: Vec::new(),
+        },
+    );
+    let mut n = 0;
+    while r.next_rgb(&mut rgb).unwrap() {
+        signrt_runtime::source::decode_rgb(&pick.frames[n], &mut frame).unwrap();
+        assert_eq!(rgb.len(), frame.rgb.len());
+        // YUV 4:4:4 round trip: within a few levels of the JPEG's pixels
+        let worst = rgb
+            .iter()
+            .zip(&frame.rgb)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 4, "frame {n}: off by {worst}");
+        n += 1;
+    }
+    assert_eq!(n, pick.frames.len());
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+        .args(["samples", "--data"])
+        .arg(&corpus)
+        .args(["--split", "train", "--ids", "no_such_video", "--out"])
+        .arg(d.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("no_such_video"));
+}

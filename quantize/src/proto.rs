@@ -166,21 +166,8 @@ pub fn run_plan(
         .collect()
 }
 
-/// One line per node of the optimized tract model: name, op, output types.
+/// One line per node of the optimized tract model: name, op, output types
+/// (the runtime's listing, which `signrt info --ops` prints too).
 pub fn op_listing(model: &TypedModel) -> Vec<(String, String, String)> {
-    model
-        .eval_order()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|id| {
-            let n = model.node(id);
-            let dts = n
-                .outputs
-                .iter()
-                .map(|o| format!("{:?}", o.fact.datum_type))
-                .collect::<Vec<_>>()
-                .join(",");
-            (n.name.clone(), n.op().name().to_string(), dts)
-        })
-        .collect()
+    signrt_runtime::bench::op_listing(model)
 }

@@ -268,8 +268,16 @@ pub fn encoder_ops(
         .map_err(err)?
         .into_optimized()
         .map_err(err)?;
-    let order = model.eval_order().map_err(err)?;
-    Ok(order
+    model.eval_order().map_err(err)?;
+    Ok(op_listing(&model))
+}
+
+/// One line per node of a (typically optimised) tract model, in evaluation
+/// order: (node name, op name, output datum types).
+pub fn op_listing(model: &tract_onnx::prelude::TypedModel) -> Vec<(String, String, String)> {
+    model
+        .eval_order()
+        .unwrap_or_default()
         .into_iter()
         .map(|id| {
             let n = model.node(id);
@@ -281,7 +289,7 @@ pub fn encoder_ops(
                 .join(",");
             (n.name.clone(), n.op().name().to_string(), dts)
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,34 +8,10 @@ use signrt_runtime::bundle::Bundle;
 use signrt_runtime::pipeline::{Pipeline, RunOptions};
 use signrt_runtime::source::{decode_rgb, list_frames, FolderSource, Frame, Y4mSource};
 use signrt_runtime::y4m::Y4mWriter;
-use signrt_trainer::config::Config;
 use signrt_trainer::data;
 use signrt_trainer::export::{write_bundle, StreamGeometry};
 use signrt_trainer::synth::{write_corpus, SynthConfig};
 use signrt_trainer::train::{self, TrainOptions};
-
-fn tiny() -> Config {
-    let mut c = Config::default();
-    c.model.backbone = "small".into();
-    c.model.feature_dim = 8;
-    c.model.grid = 2;
-    c.model.hidden_dim = 4;
-    c.model.lstm_hidden = 8;
-    c.model.lstm_layers = 1;
-    c.model.input_size = 32;
-    c.model.max_frames = 200;
-    c.model.text_dim = 8;
-    c.model.dropout = 0.0;
-    c.training.batch_size = 2;
-    c.training.num_epochs = 50;
-    c.training.max_steps = 8;
-    c.training.eval_every = 8;
-    c.training.learning_rates.visual_encoder = 3e-3;
-    c.training.learning_rates.temporal_lstm = 3e-3;
-    c.training.learning_rates.ctc_projection = 3e-3;
-    c.hardware.num_workers = 2;
-    c
-}
 
 #[test]
 fn run_matches_eval_from_folder_and_y4m() {
@@ -54,7 +30,7 @@ fn run_matches_eval_from_folder_and_y4m() {
     )
     .unwrap();
     let run = d.path().join("run");
-    let cfg = tiny();
+    let cfg = signrt_tests::tiny_config();
     train::train(&TrainOptions {
         config: cfg.clone(),
         data: corpus.clone(),

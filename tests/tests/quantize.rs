@@ -11,34 +11,10 @@ use signrt_quantize::{quantize_bundle, Form, Mode, Options, QuantizeError};
 use signrt_runtime::bundle::Bundle;
 use signrt_runtime::pipeline::{Pipeline, RunOptions};
 use signrt_runtime::source::FolderSource;
-use signrt_trainer::config::Config;
 use signrt_trainer::export::{write_bundle, StreamGeometry};
 use signrt_trainer::synth::{write_corpus, SynthConfig};
 use signrt_trainer::train::{self, TrainOptions};
 use std::path::Path;
-
-fn tiny() -> Config {
-    let mut c = Config::default();
-    c.model.backbone = "small".into();
-    c.model.feature_dim = 8;
-    c.model.grid = 2;
-    c.model.hidden_dim = 4;
-    c.model.lstm_hidden = 8;
-    c.model.lstm_layers = 1;
-    c.model.input_size = 32;
-    c.model.max_frames = 200;
-    c.model.text_dim = 8;
-    c.model.dropout = 0.0;
-    c.training.batch_size = 2;
-    c.training.num_epochs = 50;
-    c.training.max_steps = 8;
-    c.training.eval_every = 8;
-    c.training.learning_rates.visual_encoder = 3e-3;
-    c.training.learning_rates.temporal_lstm = 3e-3;
-    c.training.learning_rates.ctc_projection = 3e-3;
-    c.hardware.num_workers = 2;
-    c
-}
 
 /// corpus + float bundle (tiny model, sharp random CTC head as in e2e.rs, so
 /// the glosses depend on the features instead of being all blank).
@@ -58,7 +34,7 @@ fn float_bundle(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     .unwrap();
     let run = d.join("run");
     train::train(&TrainOptions {
-        config: tiny(),
+        config: signrt_tests::tiny_config(),
         data: corpus.clone(),
         out: run.clone(),
         resume: false,

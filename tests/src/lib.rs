@@ -2,6 +2,9 @@
 //! library holds helpers they share.
 
 use signrt_trainer::config::Config;
+use signrt_trainer::model::FourStage;
+use signrt_trainer::train::{self, TrainOptions};
+use std::path::Path;
 
 /// A tiny small-backbone config (32×32 input, 2×2 grid, a few channels) that
 /// trains 8 steps in seconds: for tests that need a real exported model, not a
@@ -27,4 +30,38 @@ pub fn tiny_config() -> Config {
     c.training.learning_rates.ctc_projection = 3e-3;
     c.hardware.num_workers = 2;
     c
+}
+
+/// Trains [`tiny_config`] on `corpus` into `run` and loads it. A few steps
+/// leave CTC emitting only blanks, and empty == empty would prove little, so
+/// the CTC head is replaced by a sharp random one: decisions then depend on the
+/// features and are clear of ties (a bundle exported from it gets the same).
+pub fn tiny_model_with_sharp_head(
+    corpus: &Path,
+    run: &Path,
+) -> (FourStage, Config, signrt_runtime::Vocab) {
+    train::train(&TrainOptions {
+        config: tiny_config(),
+        data: corpus.to_path_buf(),
+        out: run.to_path_buf(),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        progress: false,
+    })
+    .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (model, vm, cfg, vocab) = train::load_model(&run.join("last.safetensors"), &dev).unwrap();
+    {
+        let data = vm.data().lock().unwrap();
+        let w = &data["ctc.weight"];
+        let sharp: Vec<f32> = signrt_runtime::toy::toy_weights(w.elem_count(), 77)
+            .iter()
+            .map(|v| v * 20.0)
+            .collect();
+        w.set(&candle_core::Tensor::from_vec(sharp, w.dims(), &dev).unwrap())
+            .unwrap();
+        let b = &data["ctc.bias"];
+        b.set(&b.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    (model, cfg, vocab)
 }

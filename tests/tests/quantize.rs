@@ -13,7 +13,7 @@ use signrt_runtime::pipeline::{Pipeline, RunOptions};
 use signrt_runtime::source::FolderSource;
 use signrt_trainer::export::{write_bundle, StreamGeometry};
 use signrt_trainer::synth::{write_corpus, SynthConfig};
-use signrt_trainer::train::{self, TrainOptions};
+
 use std::path::Path;
 
 /// corpus + float bundle (tiny model, sharp random CTC head as in e2e.rs, so
@@ -33,29 +33,7 @@ fn float_bundle(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     )
     .unwrap();
     let run = d.join("run");
-    train::train(&TrainOptions {
-        config: signrt_tests::tiny_config(),
-        data: corpus.clone(),
-        out: run.clone(),
-        resume: false,
-        device: candle_core::Device::Cpu,
-        progress: false,
-    })
-    .unwrap();
-    let dev = candle_core::Device::Cpu;
-    let (model, vm, cfg, vocab) = train::load_model(&run.join("last.safetensors"), &dev).unwrap();
-    {
-        let data = vm.data().lock().unwrap();
-        let w = &data["ctc.weight"];
-        let sharp: Vec<f32> = signrt_runtime::toy::toy_weights(w.elem_count(), 77)
-            .iter()
-            .map(|v| v * 20.0)
-            .collect();
-        w.set(&candle_core::Tensor::from_vec(sharp, w.dims(), &dev).unwrap())
-            .unwrap();
-        let b = &data["ctc.bias"];
-        b.set(&b.as_tensor().zeros_like().unwrap()).unwrap();
-    }
+    let (model, cfg, vocab) = signrt_tests::tiny_model_with_sharp_head(&corpus, &run);
     let bundle = d.join("float");
     write_bundle(
         &model,

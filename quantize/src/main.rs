@@ -94,6 +94,9 @@ struct QuantArgs {
     /// Split of --eval.
     #[arg(long, default_value = "test")]
     split: String,
+    /// CTC beam width for the --eval runs (1 = greedy; `signrt run --beam`).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -193,7 +196,7 @@ fn quantize(q: QuantArgs) -> Result<()> {
     };
     let wer = match &q.eval {
         Some(e) => Some(
-            WerPair::measure(&float, &int8, e, &q.split)
+            WerPair::measure(&float, &int8, e, &q.split, q.beam.max(1))
                 .with_context(|| format!("WER on {} split `{}`", e.display(), q.split))?,
         ),
         None => None,

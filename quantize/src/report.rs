@@ -92,7 +92,12 @@ fn output_names(m: &pb::ModelProto) -> Vec<String> {
 
 /// Streams every video of `split` through the runtime's pipeline (what `signrt
 /// run` does) and scores the glosses against the references (sclite weights).
-pub fn wer(bundle: &Bundle, data: &Path, split: &str) -> Result<ErrorCounts, QuantizeError> {
+pub fn wer(
+    bundle: &Bundle,
+    data: &Path,
+    split: &str,
+    beam: usize,
+) -> Result<ErrorCounts, QuantizeError> {
     let clips = read_split(data, split)?;
     let mut total = ErrorCounts::default();
     let opts = RunOptions {
@@ -100,7 +105,7 @@ pub fn wer(bundle: &Bundle, data: &Path, split: &str) -> Result<ErrorCounts, Qua
         memory_budget: None,
     };
     for c in &clips {
-        let mut pipe = Pipeline::new(bundle, None)?;
+        let mut pipe = Pipeline::with_beam(bundle, None, beam)?;
         let mut src = FolderSource::open(&c.folder, opts.fps)?;
         let s = pipe.run(&mut src, &opts, |_| {})?;
         let hyp: Vec<&str> = s.glosses.split_whitespace().collect();
@@ -129,6 +134,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct WerPair {
     pub split: String,
+    /// CTC beam width of the runs (1 = greedy, as `signrt run` by default).
+    pub beam: usize,
     pub float: ErrorCounts,
     pub int8: ErrorCounts,
     pub float_wer: f64,
@@ -143,11 +150,13 @@ impl WerPair {
         int8: &Bundle,
         data: &Path,
         split: &str,
+        beam: usize,
     ) -> Result<Self, QuantizeError> {
-        let f = wer(float, data, split)?;
-        let q = wer(int8, data, split)?;
+        let f = wer(float, data, split, beam)?;
+        let q = wer(int8, data, split, beam)?;
         Ok(Self {
             split: split.into(),
+            beam,
             float_wer: f.wer(),
             int8_wer: q.wer(),
             delta_points: 100.0 * (q.wer() - f.wer()),
@@ -186,8 +195,9 @@ impl Report {
         }
         if let Some(w) = &self.wer {
             println!(
-                "WER on `{}`: float {:.2} % (S {} D {} I {} / N {}), int8 {:.2} % (S {} D {} I {} / N {}), delta {:+.2} points",
+                "WER on `{}` (beam {}): float {:.2} % (S {} D {} I {} / N {}), int8 {:.2} % (S {} D {} I {} / N {}), delta {:+.2} points",
                 w.split,
+                w.beam,
                 100.0 * w.float_wer,
                 w.float.sub,
                 w.float.del,

@@ -120,7 +120,7 @@ fn quantised_bundle_opens_streams_and_records_its_mode() {
         .unwrap();
     assert_eq!(s.frames_processed, 10);
     // the report's WER runs over a split for both bundles
-    let w = WerPair::measure(&float, &b, &cal, "test").unwrap();
+    let w = WerPair::measure(&float, &b, &cal, "test", 1).unwrap();
     assert_eq!(w.float.n_ref, 4);
     // int8-weights mode
     let out2 = d.path().join("w");

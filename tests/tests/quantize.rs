@@ -124,7 +124,7 @@ fn int8_bundle_from_a_trained_model() {
     );
 
     // (d) WER on the signer-independent test split, through the streaming pipeline
-    let w = WerPair::measure(&float, &int8, &corpus, "test").unwrap();
+    let w = WerPair::measure(&float, &int8, &corpus, "test", 1).unwrap();
     eprintln!(
         "test WER: float {:.2} %, int8 {:.2} %, delta {:+.2} points (N = {})",
         100.0 * w.float_wer,

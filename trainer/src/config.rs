@@ -203,6 +203,22 @@ pub struct TrainingSection {
     /// Global gradient-norm clip (the seed's max_norm 1.0).
     pub grad_clip: f64,
     pub schedule: Schedule,
+    /// For this many first steps L_cls trains on flat-start labels (each
+    /// clip's selected frames cut into equal runs, one per gloss) instead of
+    /// the model's CTC alignment, which is all blank until CTC has learned
+    /// something (0 = always the alignment). See `model::FrameLabels`.
+    pub flat_start_steps: u64,
+    /// Where L_cls's frame labels come from: `alignment` (derived: flat start,
+    /// then the model's CTC alignment; real data has no frame labels) or
+    /// `spans` (the dataset's own gloss spans, which the synthetic corpus
+    /// has; clips without them fall back to the alignment).
+    pub frame_labels: String,
+    /// L_ctc is left out of the total for this many first steps (0 = never).
+    /// While CTC sits on its all-blank plateau its gradient dominates the
+    /// shared encoder and LSTM and holds back L_cls, which is what makes the
+    /// features discriminative (measured: L_cls alone 2.4 → 1.4 in 150 steps,
+    /// with CTC still 2.0).
+    pub ctc_warmup_steps: u64,
     /// Evaluate on dev every this many steps (0 = at the end of each epoch).
     pub eval_every: u64,
     /// Beam width for dev evaluation (1 = greedy).
@@ -229,6 +245,9 @@ impl Default for TrainingSection {
                 factor: 0.5,
                 min_scale: 0.01,
             },
+            flat_start_steps: 0,
+            frame_labels: "alignment".into(),
+            ctc_warmup_steps: 0,
             eval_every: 0,
             eval_beam: 1,
             augment: AugmentSection::default(),
@@ -369,6 +388,12 @@ impl Config {
             return bad(
                 "training.weighting",
                 format!("`{}`: expected fixed or gradnorm", t.weighting),
+            );
+        }
+        if !["alignment", "spans"].contains(&t.frame_labels.as_str()) {
+            return bad(
+                "training.frame_labels",
+                format!("`{}`: expected alignment or spans", t.frame_labels),
             );
         }
         let lr = &t.learning_rates;

@@ -36,6 +36,9 @@ pub struct ClipSpec {
     pub targets: Vec<u32>,
     /// The gloss sentence, space-separated.
     pub sentence: String,
+    /// Per source frame: the gloss id shown, or 0 (blank) between glosses,
+    /// when the dataset has frame labels (the synthetic corpus's spans).
+    pub frame_labels: Option<Vec<u32>>,
 }
 
 /// Loader settings.
@@ -66,6 +69,8 @@ pub struct Batch {
     pub sources: Vec<Vec<usize>>,
     pub targets: Vec<Vec<u32>>,
     pub sentences: Vec<String>,
+    /// For each clip with frame labels, the label of each loaded frame.
+    pub frame_labels: Vec<Option<Vec<i64>>>,
 }
 
 impl Batch {
@@ -172,6 +177,7 @@ pub fn load_batch(
         sources: Vec::new(),
         targets: Vec::new(),
         sentences: Vec::new(),
+        frame_labels: Vec::new(),
     };
     for &ci in members {
         let c = &clips[ci];
@@ -179,6 +185,11 @@ pub fn load_batch(
         b.ids.push(c.id.clone());
         b.lengths.push(idx.len());
         b.frames.extend_from_slice(&data);
+        b.frame_labels.push(c.frame_labels.as_ref().map(|l| {
+            idx.iter()
+                .map(|&i| l.get(i).map_or(-1, |&g| i64::from(g)))
+                .collect()
+        }));
         b.sources.push(idx);
         b.targets.push(c.targets.clone());
         b.sentences.push(c.sentence.clone());
@@ -263,6 +274,7 @@ mod tests {
             frames,
             targets: vec![1, 2],
             sentence: "A B".into(),
+            frame_labels: None,
         }
     }
 

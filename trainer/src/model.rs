@@ -36,6 +36,33 @@ pub struct FourStage {
     pub grid: usize,
 }
 
+/// Where L_cls's frame labels come from (the data has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameLabels<'a> {
+    /// The Viterbi (forced) CTC alignment of the current model.
+    Alignment,
+    /// A flat start: the K selected frames cut into equal consecutive runs,
+    /// one per target gloss, in order (no blanks). Early in training the
+    /// model's own alignment is nearly all blank, so L_cls on it teaches the
+    /// classifier to say blank and holds CTC on its all-blank plateau; equal
+    /// runs are wrong at the edges but right in the middle of most glosses,
+    /// which is enough to make the visual features discriminative.
+    Uniform,
+    /// The dataset's own labels, per loaded frame of each clip (−1 = none);
+    /// a clip with None falls back to the alignment.
+    Given(&'a [Option<Vec<i64>>]),
+}
+
+/// Flat-start labels: frame j of k gets target[⌊j·n/k⌋]. With no target,
+/// every frame is unlabelled (−1).
+pub fn uniform_labels(k: usize, target: &[u32]) -> Vec<i64> {
+    let n = target.len();
+    if n == 0 {
+        return vec![-1; k];
+    }
+    (0..k).map(|j| i64::from(target[j * n / k])).collect()
+}
+
 /// One batch's outputs.
 pub struct Forward {
     /// F (B,Tmax,D,G,G), zero-padded.
@@ -141,7 +168,8 @@ impl FourStage {
         Tensor::stack(&rows, 0)
     }
 
-    /// The whole model on a batch, with the four losses.
+    /// The whole model on a batch, with the four losses; frame pseudo-labels
+    /// from the CTC forced alignment.
     pub fn forward(
         &self,
         frames: &Tensor,
@@ -149,6 +177,26 @@ impl FourStage {
         targets: &[Vec<u32>],
         sentences: &[String],
         train: bool,
+    ) -> Result<Forward> {
+        self.forward_with(
+            frames,
+            lengths,
+            targets,
+            sentences,
+            train,
+            FrameLabels::Alignment,
+        )
+    }
+
+    /// [`Self::forward`] with a choice of where L_cls's frame labels come from.
+    pub fn forward_with(
+        &self,
+        frames: &Tensor,
+        lengths: &[usize],
+        targets: &[Vec<u32>],
+        sentences: &[String],
+        train: bool,
+        labels: FrameLabels<'_>,
     ) -> Result<Forward> {
         let features = self.features(frames, lengths, train)?;
         let al = self
@@ -170,11 +218,26 @@ impl FourStage {
             .iter()
             .zip(targets)
             .zip(&kf.selected_lengths)
-            .map(|((rows, tgt), &k)| {
-                let flat: Vec<f32> = rows[..k].iter().flatten().copied().collect();
-                let mut lab: Vec<i64> = match forced_align(&flat, k, v, tgt) {
-                    Ok(a) => a.into_iter().map(i64::from).collect(),
-                    Err(_) => vec![-1; k], // target longer than the clip allows
+            .enumerate()
+            .map(|(bi, ((rows, tgt), &k))| {
+                let given = match labels {
+                    FrameLabels::Given(g) => g.get(bi).and_then(|x| x.as_ref()),
+                    _ => None,
+                };
+                let mut lab: Vec<i64> = match (labels, given) {
+                    // the selected keyframes' own labels
+                    (_, Some(g)) => kf.indices[bi]
+                        .iter()
+                        .map(|&i| g.get(i).copied().unwrap_or(-1))
+                        .collect(),
+                    (FrameLabels::Uniform, None) => uniform_labels(k, tgt),
+                    _ => {
+                        let flat: Vec<f32> = rows[..k].iter().flatten().copied().collect();
+                        match forced_align(&flat, k, v, tgt) {
+                            Ok(a) => a.into_iter().map(i64::from).collect(),
+                            Err(_) => vec![-1; k], // target longer than the clip allows
+                        }
+                    }
                 };
                 lab.resize(kmax, -1);
                 lab

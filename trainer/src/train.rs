@@ -15,7 +15,7 @@ use crate::data::{self, Format, LoadOptions};
 use crate::loader::{self, Batch, ClipSpec, LoaderOptions};
 use crate::loss::{LossWeights, Weighting};
 use crate::metrics::{align_counts, EditCosts, ErrorCounts};
-use crate::model::{FourStage, GROUPS};
+use crate::model::{FourStage, FrameLabels, GROUPS};
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams, ParamGroup, ScheduleState};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -82,11 +82,31 @@ pub fn clips(
         out.push(ClipSpec {
             id: s.id.clone(),
             frames: s.frames.clone(),
+            frame_labels: s
+                .spans
+                .as_ref()
+                .and_then(|sp| span_labels(sp, s.frames.len(), vocab)),
             targets,
             sentence: s.glosses.join(" "),
         });
     }
     Ok((out, ds.samples))
+}
+
+/// Per-frame labels from gloss spans (1-based inclusive frame numbers, as
+/// `<split>_gloss_spans.csv` writes them): the span's gloss id inside a span,
+/// 0 (blank) between spans. None if a gloss is not in the vocabulary or a
+/// span does not fit the clip.
+pub fn span_labels(spans: &[data::Span], frames: usize, vocab: &Vocab) -> Option<Vec<u32>> {
+    let mut out = vec![0u32; frames];
+    for s in spans {
+        let g = vocab.id(&s.gloss)? as u32;
+        if s.start == 0 || s.start > s.end || s.end > frames {
+            return None;
+        }
+        out[s.start - 1..s.end].fill(g);
+    }
+    Some(out)
 }
 
 pub fn loader_options(cfg: &Config, augment: bool) -> LoaderOptions {
@@ -413,6 +433,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         cfg.training.max_minutes > 0.0
             && started.elapsed().as_secs_f64() >= 60.0 * cfg.training.max_minutes
     };
+    let mut steps_here = 0u64;
     let mut last_losses = [0f64; 4];
     let mut last_total = 0f64;
     let pb = if opts.progress {
@@ -463,11 +484,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let t0 = std::time::Instant::now();
             let b = batch?;
             let x = batch_tensor(&b, cfg, dev)?;
-            let out = model.forward(&x, &b.lengths, &b.targets, &b.sentences, true)?;
+            let labels = if cfg.training.frame_labels == "spans" {
+                FrameLabels::Given(&b.frame_labels)
+            } else if step < cfg.training.flat_start_steps {
+                FrameLabels::Uniform
+            } else {
+                FrameLabels::Alignment
+            };
+            let out = model.forward_with(&x, &b.lengths, &b.targets, &b.sentences, true, labels)?;
             let [la, lg, lc, lt] = &out.losses;
             let vals =
                 [la, lg, lc, lt].map(|t| t.to_scalar::<f32>().map(f64::from).unwrap_or(f64::NAN));
-            if weighting.is_adaptive() {
+            let warming = step < cfg.training.ctc_warmup_steps;
+            let lt_off;
+            let lt = if warming {
+                lt_off = (lt * 0.0)?;
+                &lt_off
+            } else {
+                lt
+            };
+            if weighting.is_adaptive() && !warming {
                 weighting.update([la, lg, lc, lt], &shared)?;
             }
             let total = weighting.total([la, lg, lc, lt])?;
@@ -485,8 +521,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
                     "weights": weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": sched.scale(step), "frames_per_s": fps})
             )?;
+            steps_here += 1;
+            let eta = eta_secs(
+                started.elapsed().as_secs_f64(),
+                steps_here,
+                pb.length().unwrap_or(step).saturating_sub(step),
+                cfg.training.max_minutes,
+            );
             pb.set_message(format!(
-                "ep {epoch} loss {last_total:.3} align {:.3} gru {:.3} cls {:.3} ctc {:.3} {fps:.0} f/s",
+                "ETA {} ep {epoch} loss {last_total:.3} align {:.3} gru {:.3} cls {:.3} ctc {:.3} {fps:.0} f/s",
+                fmt_duration(eta),
                 vals[0], vals[1], vals[2], vals[3]
             ));
             pb.set_position(step);
@@ -570,4 +614,81 @@ pub fn load_model(ckpt: &Path, dev: &Device) -> Result<(FourStage, VarMap, Confi
     let model = FourStage::new(&ck.meta.config, vocab.len(), &vm, dev)?;
     restore(&vm, &ck.model)?;
     Ok((model, vm, ck.meta.config, vocab))
+}
+
+/// Seconds left: the mean step time of this run times the steps left, capped
+/// by what the time budget (`max_minutes`, 0 = none) leaves.
+pub fn eta_secs(elapsed: f64, steps_done: u64, steps_left: u64, max_minutes: f64) -> f64 {
+    let by_steps = if steps_done == 0 {
+        f64::INFINITY
+    } else {
+        elapsed / steps_done as f64 * steps_left as f64
+    };
+    if max_minutes > 0.0 {
+        by_steps.min((60.0 * max_minutes - elapsed).max(0.0))
+    } else {
+        by_steps
+    }
+}
+
+/// `1h02m`, `3m05s`, `42s`, or `?` when unknown.
+pub fn fmt_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod eta_tests {
+    use super::{eta_secs, fmt_duration};
+
+    #[test]
+    fn eta_is_mean_step_time_times_steps_left_capped_by_the_budget() {
+        // 10 steps in 50 s, 30 left: 150 s
+        assert_eq!(eta_secs(50.0, 10, 30, 0.0), 150.0);
+        // a 3-minute budget leaves 130 s
+        assert_eq!(eta_secs(50.0, 10, 30, 3.0), 130.0);
+        // budget already spent
+        assert_eq!(eta_secs(200.0, 10, 30, 3.0), 0.0);
+        assert!(eta_secs(5.0, 0, 30, 0.0).is_infinite());
+        assert_eq!(fmt_duration(f64::INFINITY), "?");
+        assert_eq!(fmt_duration(42.4), "42s");
+        assert_eq!(fmt_duration(185.0), "3m05s");
+        assert_eq!(fmt_duration(3720.0), "1h02m");
+    }
+}
+
+#[cfg(test)]
+mod span_label_tests {
+    use super::span_labels;
+    use crate::data::Span;
+    use signrt_runtime::Vocab;
+
+    fn span(g: &str, start: usize, end: usize) -> Span {
+        Span {
+            gloss: g.into(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn spans_become_per_frame_gloss_ids_with_blank_between() {
+        let v = Vocab::from_glosses(["RAIN", "SUN"]);
+        let (rain, sun) = (v.id("RAIN").unwrap() as u32, v.id("SUN").unwrap() as u32);
+        // frames 2-3 RAIN, 5-6 SUN (1-based, inclusive) of 7
+        let l = span_labels(&[span("RAIN", 2, 3), span("SUN", 5, 6)], 7, &v).unwrap();
+        assert_eq!(l, vec![0, rain, rain, 0, sun, sun, 0]);
+        // an unknown gloss, a span past the clip, a 0 start or an inverted span: no labels
+        assert_eq!(span_labels(&[span("SNOW", 1, 2)], 7, &v), None);
+        assert_eq!(span_labels(&[span("SUN", 6, 8)], 7, &v), None);
+        assert_eq!(span_labels(&[span("SUN", 0, 2)], 7, &v), None);
+        assert_eq!(span_labels(&[span("SUN", 3, 2)], 7, &v), None);
+    }
 }

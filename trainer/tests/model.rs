@@ -107,3 +107,41 @@ fn each_loss_reaches_the_parameters_it_should() {
         assert!(lab[k..].iter().all(|&l| l == -1));
     }
 }
+
+/// Flat-start labels against their definition, checked by brute force over
+/// every small (k, n): the k frames are n consecutive runs, in target order,
+/// of lengths that differ by at most one (or, with fewer frames than glosses,
+/// a subsequence of the target, in order, with no frame unlabelled).
+#[test]
+fn flat_start_labels_cut_the_frames_into_equal_runs_in_order() {
+    use signrt_trainer::model::uniform_labels;
+    for n in 1..=6usize {
+        let target: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
+        for k in 1..=20usize {
+            let lab = uniform_labels(k, &target);
+            assert_eq!(lab.len(), k);
+            // runs of equal labels
+            let mut runs: Vec<(i64, usize)> = Vec::new();
+            for &l in &lab {
+                match runs.last_mut() {
+                    Some((v, c)) if *v == l => *c += 1,
+                    _ => runs.push((l, 1)),
+                }
+            }
+            let order: Vec<i64> = runs.iter().map(|r| r.0).collect();
+            let mut expect: Vec<i64> = target.iter().map(|&t| i64::from(t)).collect();
+            if k >= n {
+                assert_eq!(order, expect, "k={k} n={n}");
+                let lens: Vec<usize> = runs.iter().map(|r| r.1).collect();
+                let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+                assert!(hi - lo <= 1, "k={k} n={n}: run lengths {lens:?}");
+            } else {
+                // a strictly increasing subsequence of the target
+                expect.retain(|e| order.contains(e));
+                assert_eq!(order, expect, "k={k} n={n}");
+                assert_eq!(order.len(), k);
+            }
+        }
+    }
+    assert_eq!(uniform_labels(3, &[]), vec![-1, -1, -1]);
+}

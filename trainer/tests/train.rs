@@ -88,3 +88,78 @@ fn resume_gives_the_same_next_steps() {
     assert!(d.path().join("full/last.safetensors").is_file());
     assert!(d.path().join("full/best.safetensors").is_file());
 }
+
+/// The whole model, trained with every loss and labels derived from its own
+/// CTC alignment (no frame labels), fits a handful of videos: every training
+/// video decodes to exactly its glosses. A model, loss or optimiser that
+/// does not learn fails here.
+#[test]
+#[ignore = "about 8 minutes in the test profile on 2 cores: `cargo test -p signrt-trainer --test train -- --ignored`"]
+fn the_model_overfits_eight_videos() {
+    use signrt_trainer::data::Format;
+    use signrt_trainer::train::{clips, evaluate, load_model};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("corpus");
+    write_corpus(
+        &SynthConfig {
+            videos: 10,
+            glosses: 5,
+            signers: 3,
+            size: 32,
+            seed: 3,
+        },
+        &data,
+        false,
+    )
+    .unwrap();
+    let mut c = tiny();
+    c.model.feature_dim = 16;
+    c.model.lstm_hidden = 32;
+    c.model.max_frames = 200;
+    c.training.batch_size = 8;
+    c.training.num_epochs = 10_000;
+    c.training.max_steps = OVERFIT_STEPS;
+    c.training.eval_every = OVERFIT_STEPS;
+    c.training.schedule = signrt_trainer::optim::Schedule::Constant;
+    for lr in [
+        &mut c.training.learning_rates.visual_encoder,
+        &mut c.training.learning_rates.temporal_lstm,
+        &mut c.training.learning_rates.ctc_projection,
+        &mut c.training.learning_rates.conv_gru,
+    ] {
+        *lr = 3e-3;
+    }
+    c.training.augment.crop_min = 1.0;
+    c.training.augment.color_jitter = 0.0;
+    c.training.augment.rotation_deg = 0.0;
+    c.training.augment.temporal_rescale = 0.0;
+    let out = d.path().join("run");
+    let opts = TrainOptions {
+        config: c,
+        data: data.clone(),
+        out: out.clone(),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        progress: false,
+    };
+    train(&opts).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (model, _, cfg, vocab) = load_model(&out.join("last.safetensors"), &dev).unwrap();
+    let (cl, samples) = clips(&data, Format::Seed, "train", &vocab).unwrap();
+    assert!(cl.len() >= 6);
+    let (report, hyps) = evaluate(&model, &cfg, &vocab, &cl, &samples, 1, &dev).unwrap();
+    let wrong: Vec<String> = hyps
+        .iter()
+        .filter(|h| h.hyp != h.reference)
+        .map(|h| format!("{}: {:?} vs {:?}", h.id, h.hyp, h.reference))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "train WER {:.1} % after {OVERFIT_STEPS} steps: {wrong:#?}",
+        100.0 * report.wer
+    );
+}
+
+/// Steps for [`the_model_overfits_eight_videos`] (passed at 300 in 460 s;
+/// the step at which train WER first reaches 0 is not measured yet).
+const OVERFIT_STEPS: u64 = 300;

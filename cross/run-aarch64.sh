@@ -14,6 +14,7 @@
 #   SIGNRT_CROSS_BIN         the aarch64 binary to run (overrides the two above)
 #   SIGNRT_HOST_BIN          the host signrt to compare with (default: built here, `cargo build -p
 #                            signrt-runtime --bin signrt`, the workspace's dev profile, target/debug)
+#   SIGNRT_CROSS_BEAM          CTC beam width of the runs (default 5, as the README's command)
 #   SIGNRT_CROSS_EXPECT_QUANT  the quantisation mode the bundle must report (default int8; `none` for
 #                            a float bundle, e.g. the toy bundle while developing)
 set -euo pipefail
@@ -27,6 +28,8 @@ default_dir=$ROOT/target/aarch64-cross
 CROSS_DIR=${SIGNRT_CROSS_TARGET_DIR:-$default_dir}
 ARM_BIN=${SIGNRT_CROSS_BIN:-$CROSS_DIR/$TARGET/$PROFILE/signrt}
 EXPECT_QUANT=${SIGNRT_CROSS_EXPECT_QUANT:-int8}
+# CTC beam width of both runs: the README's `signrt run --beam 5`, with which the samples are checked
+BEAM=${SIGNRT_CROSS_BEAM:-5}
 QEMU=qemu-aarch64-static
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -68,9 +71,9 @@ fi
 [ -x "$HOST_BIN" ] || die "host signrt $HOST_BIN not found"
 
 export RUST_LOG=${RUST_LOG:-warn}
-say "x86-64:  $HOST_BIN run --bundle $BUNDLE --source $SAMPLE --format jsonl"
+say "x86-64:  $HOST_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
-"$HOST_BIN" run --bundle "$BUNDLE" --source "$SAMPLE" --format jsonl > "$TMP/host.jsonl" ||
+"$HOST_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/host.jsonl" ||
   die "the host signrt failed on $BUNDLE / $SAMPLE"
 say "  took $((SECONDS - t0)) s"
 
@@ -78,9 +81,9 @@ say "  took $((SECONDS - t0)) s"
 say "aarch64: $QEMU $ARM_BIN info --bundle $BUNDLE"
 "$QEMU" "$ARM_BIN" info --bundle "$BUNDLE" > "$TMP/info.txt" || { cat "$TMP/info.txt" >&2; die "the aarch64 signrt info failed"; }
 sed 's/^/    /' "$TMP/info.txt" >&2
-say "aarch64: $QEMU $ARM_BIN run --bundle $BUNDLE --source $SAMPLE --format jsonl"
+say "aarch64: $QEMU $ARM_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
-"$QEMU" "$ARM_BIN" run --bundle "$BUNDLE" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
+"$QEMU" "$ARM_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
   die "the aarch64 signrt failed under qemu on $BUNDLE / $SAMPLE"
 say "  took $((SECONDS - t0)) s"
 

@@ -30,3 +30,22 @@ pub mod synth;
 pub mod temporal;
 pub mod train;
 pub mod visual;
+
+/// Training allocates and frees activations of tens of MB every step. glibc
+/// serves blocks that large with mmap and unmaps them at free, so every step
+/// faulted its memory in afresh (a fifth of a step in `perf`; training ran
+/// ~30 % faster without it). Serves everything from the heap and keeps freed
+/// memory for the next step instead. Call it before training starts; other
+/// allocators and platforms are left alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator parameters, under glibc's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// No-op where the allocator is not glibc's.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_freed_memory() {}

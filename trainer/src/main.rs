@@ -306,26 +306,8 @@ fn samples_cmd(
     Ok(())
 }
 
-/// Training allocates and frees activations of tens of MB every step. glibc
-/// serves blocks that large with mmap and unmaps them at free, so every step
-/// faulted its memory in afresh (a fifth of a step in `perf`; training ran
-/// ~30 % faster without it). Serve everything from the heap and keep freed
-/// memory for the next step instead.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    // SAFETY: mallopt only changes allocator parameters; it is called before
-    // any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
-
 fn main() {
-    keep_freed_memory();
+    signrt_trainer::keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.cmd {

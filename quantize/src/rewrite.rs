@@ -174,6 +174,28 @@ impl Rw<'_> {
         (s, z)
     }
 
+    /// Records `name` as produced in f32 under its own name.
+    fn set_f(&mut self, name: &str) {
+        self.vals.insert(
+            name.into(),
+            Val {
+                f: Some(name.into()),
+                q: None,
+            },
+        );
+    }
+
+    /// Records `name` as produced in int8 only, as tensor `out` with `p`.
+    fn set_q(&mut self, name: String, out: String, p: QParams) {
+        self.vals.insert(
+            name,
+            Val {
+                f: None,
+                q: Some((out, p)),
+            },
+        );
+    }
+
     /// The int8 form of `name`, quantising its float form if needed.
     fn need_q(&mut self, name: &str) -> Result<(String, QParams), String> {
         let v = self.vals.get(name).cloned().unwrap_or_default();
@@ -252,13 +274,7 @@ pub fn quantize_encoder(
     };
     for i in &g.input {
         if !inits.contains_key(i.name.as_str()) {
-            rw.vals.insert(
-                i.name.clone(),
-                Val {
-                    f: Some(i.name.clone()),
-                    q: None,
-                },
-            );
+            rw.set_f(&i.name);
         }
     }
     let mut weights = Vec::new();
@@ -366,13 +382,7 @@ pub fn quantize_encoder(
             if let Some(r) = relu {
                 skip.insert(r);
             }
-            rw.vals.insert(
-                out_t,
-                Val {
-                    f: None,
-                    q: Some((qout, yp)),
-                },
-            );
+            rw.set_q(out_t, qout, yp);
             continue;
         }
         let x0_quantized = n
@@ -390,13 +400,7 @@ pub fn quantize_encoder(
                 &[&out],
                 n.attribute.clone(),
             ));
-            rw.vals.insert(
-                n.output[0].clone(),
-                Val {
-                    f: None,
-                    q: Some((out, xp)),
-                },
-            );
+            rw.set_q(n.output[0].clone(), out, xp);
             continue;
         }
         if op == "MatMul" && n.input.len() == 2 {
@@ -445,13 +449,7 @@ pub fn quantize_encoder(
                     &[&out],
                     vec![],
                 ));
-                rw.vals.insert(
-                    n.output[0].clone(),
-                    Val {
-                        f: None,
-                        q: Some((out, yp)),
-                    },
-                );
+                rw.set_q(n.output[0].clone(), out, yp);
                 continue;
             }
         }
@@ -468,13 +466,7 @@ pub fn quantize_encoder(
             }
         }
         for o in &n.output {
-            rw.vals.insert(
-                o.clone(),
-                Val {
-                    f: Some(o.clone()),
-                    q: None,
-                },
-            );
+            rw.set_f(o);
         }
         rw.nodes.push(nn);
     }

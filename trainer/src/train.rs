@@ -429,11 +429,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         cfg.training.max_steps
     };
     let started = std::time::Instant::now();
+    let first_step = step;
     let time_up = || {
         cfg.training.max_minutes > 0.0
             && started.elapsed().as_secs_f64() >= 60.0 * cfg.training.max_minutes
     };
-    let mut steps_here = 0u64;
     let mut last_losses = [0f64; 4];
     let mut last_total = 0f64;
     let pb = if opts.progress {
@@ -521,10 +521,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
                     "weights": weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": sched.scale(step), "frames_per_s": fps})
             )?;
-            steps_here += 1;
             let eta = eta_secs(
                 started.elapsed().as_secs_f64(),
-                steps_here,
+                step - first_step,
                 pb.length().unwrap_or(step).saturating_sub(step),
                 cfg.training.max_minutes,
             );

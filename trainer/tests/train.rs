@@ -27,6 +27,24 @@ fn tiny() -> Config {
     c
 }
 
+/// A 10-video, 5-gloss, 32×32 synthetic corpus in `dir/corpus`.
+fn ten_video_corpus(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let data = dir.join("corpus");
+    write_corpus(
+        &SynthConfig {
+            videos: 10,
+            glosses: 5,
+            signers: 3,
+            size: 32,
+            seed,
+        },
+        &data,
+        false,
+    )
+    .unwrap();
+    data
+}
+
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -40,19 +58,7 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn resume_gives_the_same_next_steps() {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("corpus");
-    write_corpus(
-        &SynthConfig {
-            videos: 10,
-            glosses: 5,
-            signers: 3,
-            size: 32,
-            seed: 1,
-        },
-        &data,
-        false,
-    )
-    .unwrap();
+    let data = ten_video_corpus(d.path(), 1);
     let opts = |out: &str, steps: u64, resume: bool| {
         let mut c = tiny();
         c.training.max_steps = steps;
@@ -99,19 +105,7 @@ fn the_model_overfits_eight_videos() {
     use signrt_trainer::train::{clips, evaluate, load_model};
     signrt_trainer::keep_freed_memory();
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("corpus");
-    write_corpus(
-        &SynthConfig {
-            videos: 10,
-            glosses: 5,
-            signers: 3,
-            size: 32,
-            seed: 3,
-        },
-        &data,
-        false,
-    )
-    .unwrap();
+    let data = ten_video_corpus(d.path(), 3);
     let mut c = tiny();
     c.model.feature_dim = 16;
     c.model.lstm_hidden = 32;

@@ -67,7 +67,7 @@ echo "== evaluate the checkpoint (test split, unseen signers, beam 5)"
 echo "== export, quantise, evaluate both bundles in the runtime"
 rm -rf "$work/float" "$work/int8"
 "$bin/signrt-train" export --checkpoint "$work/run/best.safetensors" --out "$work/float" --window 64 --stride 16
-"$bin/signrt-quantize" --bundle "$work/float" --calib "$work/corpus" --samples 32 --out "$work/int8" \
+"$bin/signrt-quantize" --bundle "$work/float" --calib "$work/corpus" --samples 32 --method percentile --out "$work/int8" \
   --eval "$work/corpus" --split test --beam 5 | tee "$work/quantize-report.txt"
 
 echo "== install into models/"
@@ -122,7 +122,7 @@ steps_done=$(grep -c '"kind":"step"' "$work/run/metrics.jsonl" || true)
   echo "## Float and int8 bundles, runtime evaluation (same split)"
   echo
   echo '```'
-  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 32 --out $work/int8 --eval $work/corpus --split test --beam 5"
+  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 32 --method percentile --out $work/int8 --eval $work/corpus --split test --beam 5"
   cat "$work/quantize-report.txt"
   echo '```'
 } > models/demo/EVAL.md.tmp

@@ -63,7 +63,11 @@ pub struct ThreadReport {
     pub threads: usize,
     pub preprocess: Stat,
     pub encoder: Stat,
-    /// Scorer + selection + temporal graph over one full window.
+    /// The scorer over the `stride` frames that arrive between two windows
+    /// (ConvGRU steps continuing from the carried state).
+    pub scorer: Stat,
+    /// Softmax of the window's logits + top-K selection + temporal graph over
+    /// one full window.
     pub window: Stat,
     pub decode: Stat,
     /// Median end-to-end frames per second over whole streams.
@@ -132,18 +136,32 @@ pub fn run(
         })?;
         let mut feats = Vec::new();
         let encoder = time_n(iters, || Ok(pipe.model.encode(&input, &mut feats)?))?;
-        // one window: scorer, top-K, temporal
+        // the scorer between two windows: stride new frames after the last seen one
         let w = m.stream.window;
+        let stride = m.stream.stride;
         let d = m.model.feature_dim * m.model.grid * m.model.grid;
         let window_feats: Vec<f32> = (0..w * d).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
+        let mut state = vec![0f32; pipe.model.scorer_state_len()];
+        let mut logits = Vec::new();
+        let scorer = time_n(iters.div_ceil(4).max(5), || {
+            logits.clear();
+            pipe.model
+                .score(
+                    &window_feats[..(stride + 1).min(w) * d],
+                    (stride + 1).min(w),
+                    &mut state,
+                    &mut logits,
+                )
+                .map_err(PipelineError::Stream)
+        })?;
+        // one window: softmax of its logits, top-K, temporal
         let mut scores = Vec::new();
         let mut lp = Vec::new();
         let kf = keyframes::keyframe_count(w, m.keyframe_ratio as f64);
         let window = time_n(iters.div_ceil(4).max(5), || {
             scores.clear();
-            pipe.model
-                .score(&window_feats, w, &mut scores)
-                .map_err(PipelineError::Stream)?;
+            scores.extend((1..w).map(|i| ((i * 37) % 11) as f32 / 11.0));
+            keyframes::softmax_in_place(&mut scores);
             let sel = keyframes::select_frames(&scores, m.keyframe_ratio as f64);
             let mut selected = Vec::with_capacity(kf * d);
             for f in sel {
@@ -181,6 +199,7 @@ pub fn run(
             threads: t,
             preprocess,
             encoder,
+            scorer,
             window,
             decode,
             e2e_fps,

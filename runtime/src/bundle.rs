@@ -7,12 +7,16 @@
 //! manifest.json   this file's [`Manifest`]
 //! vocab.txt       the [`Vocab`]: `<blank>` then the glosses, one per line
 //! encoder.onnx    frames (N,3,H,W) -> features (N,C,G,G); runs once per frame
-//! scorer.onnx     features of a window (1,T,C,G,G) -> keyframe scores (1,T-1)
+//! scorer.onnx     features (1,T,C,G,G) + ConvGRU state h0 (1,H,G,G) -> keyframe logits of the
+//!                 T-1 frame differences (1,T-1) + the state after them (1,H,G,G)
 //! temporal.onnx   selected keyframe features (1,K,C*G*G) -> CTC log-probs (1,K,V)
 //! ```
 //!
-//! Top-K keyframe selection (and putting the indices back in time order) runs
-//! in the runtime between the two graphs, with the same code as the trainer.
+//! The scorer's state is an input and an output so that the runtime carries it
+//! across the stream: every frame difference goes through the ConvGRU once.
+//! The softmax over a window's logits, top-K keyframe selection and putting the
+//! indices back in time order run in the runtime between the graphs, with the
+//! same code as the trainer.
 //!
 //! Every file the manifest names is listed in `files` with its size and sha256;
 //! [`Bundle::open`] refuses a bundle whose files are missing, truncated, changed,
@@ -28,7 +32,7 @@ use std::path::{Path, PathBuf};
 /// The `format` value of every manifest.
 pub const FORMAT: &str = "signrt-bundle";
 /// The manifest version this runtime reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -84,6 +88,8 @@ pub struct ModelInfo {
     pub grid: usize,
     /// Vocabulary size including the blank.
     pub vocab_size: usize,
+    /// Channels H of the keyframe scorer's ConvGRU state (1,H,G,G).
+    pub scorer_hidden: usize,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -255,6 +261,12 @@ impl Manifest {
         if !(self.stream.fps > 0.0 && self.stream.fps.is_finite()) {
             return Err(bad("stream.fps", "must be positive".into()));
         }
+        if self.model.scorer_hidden == 0 {
+            return Err(bad(
+                "model.scorer_hidden",
+                "must be positive (channels of the scorer's state)".into(),
+            ));
+        }
         if !(self.keyframe_ratio > 0.0 && self.keyframe_ratio <= 1.0) {
             return Err(bad(
                 "keyframe_ratio",
@@ -396,6 +408,7 @@ mod tests {
                 feature_dim: 8,
                 grid: 4,
                 vocab_size,
+                scorer_hidden: 3,
                 extra: BTreeMap::new(),
             },
             input: InputSpec {
@@ -468,12 +481,15 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(
             &p,
-            text.replace("\"format_version\": 1", "\"format_version\": 7"),
+            text.replace(
+                &format!("\"format_version\": {FORMAT_VERSION}"),
+                "\"format_version\": 7",
+            ),
         )
         .unwrap();
         let e = Bundle::open(d.path()).unwrap_err().to_string();
         assert!(
-            e.contains("version 7") && e.contains("reads version 1"),
+            e.contains("version 7") && e.contains(&format!("reads version {FORMAT_VERSION}")),
             "{e}"
         );
         // syntax error names line and column

@@ -69,6 +69,7 @@ pub struct TractModel {
     grid: usize,
     feature_len: usize,
     vocab_size: usize,
+    scorer_hidden: usize,
 }
 
 impl TractModel {
@@ -81,7 +82,7 @@ impl TractModel {
         let encoder = load(&bundle.path_of(&m.encoder), Some(enc_fact))?;
         let scorer = load(&bundle.path_of(&m.scorer), None)?;
         let temporal = load(&bundle.path_of(&m.temporal), None)?;
-        let me = Self {
+        let mut me = Self {
             encoder,
             scorer,
             temporal,
@@ -91,6 +92,7 @@ impl TractModel {
             grid: g,
             feature_len: c * g * g,
             vocab_size: m.model.vocab_size,
+            scorer_hidden: m.model.scorer_hidden,
         };
         // one dry run checks the encoder's output against the manifest
         let zeros = vec![0f32; 3 * h * w];
@@ -102,7 +104,58 @@ impl TractModel {
                 message: format!("output shape {shape:?}, manifest says [1, {c}, {g}, {g}]"),
             });
         }
+        // and the scorer's state against the manifest's scorer_hidden
+        let mut state = vec![0f32; me.scorer_state_len()];
+        let mut logits = Vec::new();
+        let two = vec![0f32; 2 * me.feature_len];
+        me.score_graph(&two, 2, &mut state, &mut logits)
+            .map_err(|message| EngineError::Mismatch {
+                path: bundle.path_of(&m.scorer),
+                message,
+            })?;
+        if logits.len() != 1 {
+            return Err(EngineError::Mismatch {
+                path: bundle.path_of(&m.scorer),
+                message: format!("{} logits for 2 frames, expected 1", logits.len()),
+            });
+        }
         Ok(me)
+    }
+
+    /// Runs the scorer graph: features (1,t,C,G,G) and state h0 (1,H,G,G) ->
+    /// logits (1,t-1) appended to `logits`, state after them into `state`.
+    fn score_graph(
+        &mut self,
+        feats: &[f32],
+        t: usize,
+        state: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        let (c, g, h) = (self.channels, self.grid, self.scorer_hidden);
+        let err = |e: TractError| format!("scorer: {e:#}");
+        let x = Tensor::from_shape(&[1, t, c, g, g], feats).map_err(err)?;
+        let h0 = Tensor::from_shape(&[1, h, g, g], state).map_err(err)?;
+        let res = self.scorer.run(tvec!(x.into(), h0.into())).map_err(err)?;
+        if res.len() != 2 {
+            return Err(format!(
+                "scorer: {} outputs, expected 2 (logits, h_last)",
+                res.len()
+            ));
+        }
+        let l = res[0].to_plain_array_view::<f32>().map_err(err)?;
+        logits.extend(l.iter().copied());
+        let hl = res[1].to_plain_array_view::<f32>().map_err(err)?;
+        if hl.len() != state.len() {
+            return Err(format!(
+                "scorer: state of {} values, the manifest's scorer_hidden {h} means {}",
+                hl.len(),
+                state.len()
+            ));
+        }
+        for (s, v) in state.iter_mut().zip(hl.iter()) {
+            *s = *v;
+        }
+        Ok(())
     }
 
     /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
@@ -128,11 +181,18 @@ impl Model for TractModel {
         self.vocab_size
     }
 
-    fn score(&mut self, feats: &[f32], t: usize, scores: &mut Vec<f32>) -> Result<(), String> {
-        let (c, g) = (self.channels, self.grid);
-        run1(&self.scorer, "scorer", &[1, t, c, g, g], feats, scores)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn scorer_state_len(&self) -> usize {
+        self.scorer_hidden * self.grid * self.grid
+    }
+
+    fn score(
+        &mut self,
+        feats: &[f32],
+        t: usize,
+        state: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        self.score_graph(feats, t, state, logits)
     }
 
     fn temporal(
@@ -191,12 +251,17 @@ mod tests {
                 }
             }
         }
-        // scorer: softmax of mean |diff|
+        // scorer: logits = mean |diff|, the state counts the differences
         let dl = c * g * g;
         let t = 4;
         let feats = toy_weights(t * dl, 5);
         let mut scores = Vec::new();
-        m.score(&feats, t, &mut scores).unwrap();
+        let mut state = vec![0.5f32; m.scorer_state_len()];
+        m.score(&feats, t, &mut state, &mut scores).unwrap();
+        assert!(
+            state.iter().all(|&s| s == 0.5 + (t - 1) as f32),
+            "{state:?}"
+        );
         let raw: Vec<f32> = (0..t - 1)
             .map(|i| {
                 (0..dl)
@@ -205,9 +270,9 @@ mod tests {
                     / dl as f32
             })
             .collect();
-        let z: f32 = raw.iter().map(|r| r.exp()).sum();
+        assert_eq!(scores.len(), t - 1);
         for (a, r) in scores.iter().zip(&raw) {
-            assert!((a - r.exp() / z).abs() < 1e-5);
+            assert!((a - r).abs() < 1e-5, "{a} vs {r}");
         }
         // temporal: log-softmax of a linear map
         let v = spec.glosses + 1;

@@ -36,6 +36,23 @@ pub fn top_k_in_time_order(scores: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Softmax over a window's difference logits, in place (max-subtracted, so
+/// large logits do not overflow): the scores the selection and score scaling use.
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return;
+    }
+    let mut sum = 0f32;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= sum;
+    }
+}
+
 /// Selected *frame* indices for a clip whose difference scores are `scores`
 /// (length frames−1): difference i maps to frame i+1. A one-frame clip selects frame 0.
 pub fn select_frames(scores: &[f32], ratio: f64) -> Vec<usize> {
@@ -52,6 +69,24 @@ pub fn select_frames(scores: &[f32], ratio: f64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_against_the_definition() {
+        let logits = [0.5f32, -1.0, 2.0, 0.0, 90.0];
+        let mut v = logits;
+        softmax_in_place(&mut v);
+        // f64 definition, on logits small enough not to overflow after a shift by 88
+        let z: f64 = logits.iter().map(|&l| (l as f64 - 88.0).exp()).sum();
+        for (p, &l) in v.iter().zip(&logits) {
+            let want = (l as f64 - 88.0).exp() / z;
+            assert!((*p as f64 - want).abs() < 1e-6, "{p} vs {want}");
+        }
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // order kept, so the selection is the logits' own top-K
+        assert_eq!(top_k_in_time_order(&v, 2), top_k_in_time_order(&logits, 2));
+        let mut empty: [f32; 0] = [];
+        softmax_in_place(&mut empty);
+    }
 
     #[test]
     fn counts() {

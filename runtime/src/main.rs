@@ -50,8 +50,9 @@ enum Cmd {
         /// rate requested from a camera.
         #[arg(long, default_value_t = 25.0)]
         fps: f32,
-        /// CTC beam width (1 = greedy).
-        #[arg(long, default_value_t = 1)]
+        /// CTC beam width (1 = greedy). Beam search is the default: the
+        /// default model's test WER is 51 % with beam 5 and 70 % greedy.
+        #[arg(long, default_value_t = 5)]
         beam: usize,
         /// Capture size requested from a camera.
         #[arg(long, default_value_t = 640)]
@@ -462,10 +463,11 @@ fn bench_cmd(
         r.bundle, r.quantization, w, h
     );
     println!(
-        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>13}",
+        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>13}",
         "threads",
         "preprocess ms",
         "encoder ms/frame",
+        "scorer ms/stride",
         "window ms",
         "decode ms",
         "e2e fps",
@@ -475,10 +477,11 @@ fn bench_cmd(
         let f =
             |s: &signrt_runtime::bench::Stat| format!("{:.3} (p99 {:.3})", s.median_ms, s.p99_ms);
         println!(
-            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>13.3}",
+            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>13.3}",
             t.threads,
             f(&t.preprocess),
             f(&t.encoder),
+            f(&t.scorer),
             f(&t.window),
             f(&t.decode),
             t.e2e_fps,

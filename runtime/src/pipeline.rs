@@ -12,7 +12,7 @@ use crate::engine::{EngineError, TractModel};
 use crate::memory;
 use crate::preprocess::Resampler;
 use crate::source::{Frame, FrameSource, SourceError};
-use crate::stream::{Emitted, Stream, StreamConfig, WindowReport};
+use crate::stream::{Emitted, Model, Stream, StreamConfig, WindowReport};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -113,7 +113,7 @@ impl Pipeline {
             score_scaling: m.score_scaling,
             beam: beam.max(1),
         };
-        let stream = Stream::new(cfg, d, m.model.vocab_size);
+        let stream = Stream::new(cfg, d, m.model.vocab_size, model.scorer_state_len());
         let mut me = Self {
             model,
             stream,
@@ -129,7 +129,7 @@ impl Pipeline {
         let before = memory::heap_now();
         let input = me.input.clone();
         me.model.encode(&input, &mut me.features)?;
-        let mut warm = Stream::new(cfg, d, m.model.vocab_size);
+        let mut warm = Stream::new(cfg, d, m.model.vocab_size, me.model.scorer_state_len());
         let zeros = vec![0.0f32; d];
         let mut sink = Vec::new();
         let mut rep = None;

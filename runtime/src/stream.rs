@@ -4,7 +4,11 @@
 //!
 //! Every frame goes through the encoder exactly once; its features go into a
 //! ring that holds the last `window` frames. Every `stride` frames the scorer
-//! and temporal graphs run over the ring. Each window *commits* only its central
+//! runs over the frames that arrived since its last run, carrying its ConvGRU
+//! state across the stream (so every frame difference goes through the ConvGRU
+//! exactly once, as the trainer runs it over a whole clip); the window's keyframe
+//! scores are the softmax of its cached logits; the temporal graph runs over
+//! the window's keyframes. Each window *commits* only its central
 //! `stride` frames (the first window also its start, the last one its end), so
 //! every frame's posterior comes from the window in which it had the most
 //! context, and the committed keyframes form one time-ordered stream that is
@@ -21,8 +25,18 @@ pub trait Model {
     fn feature_len(&self) -> usize;
     /// Vocabulary size V (blank at 0).
     fn vocab_size(&self) -> usize;
-    /// Keyframe scores (length t−1) for t frames of features (t·feature_len values).
-    fn score(&mut self, feats: &[f32], t: usize, scores: &mut Vec<f32>) -> Result<(), String>;
+    /// Length of the keyframe scorer's recurrent state (all zeros at a stream's start).
+    fn scorer_state_len(&self) -> usize;
+    /// Runs the scorer over t ≥ 2 frames of features (t·feature_len values)
+    /// from `state`: appends the t−1 logits of their frame differences to
+    /// `logits` and leaves the state after the last difference in `state`.
+    fn score(
+        &mut self,
+        feats: &[f32],
+        t: usize,
+        state: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String>;
     /// CTC log-probabilities (k·V values) for k selected frames (k·feature_len values).
     fn temporal(
         &mut self,
@@ -168,8 +182,18 @@ pub struct Stream {
     committed: u64,
     /// End frame (exclusive) of the last window run.
     last_run_end: u64,
+    /// Window features; also the scorer's input (up to `window` + 1 frames).
     window_feats: Vec<f32>,
     selected: Vec<f32>,
+    /// The scorer's recurrent state after frame `scored` − 1.
+    scorer_state: Vec<f32>,
+    /// Features of frame `scored` − 1, where the scorer continues from.
+    scorer_prev: Vec<f32>,
+    /// Frames the scorer has seen.
+    scored: u64,
+    /// Ring of the last `window` frames' difference logits (frame f at f % window).
+    logits: Vec<f32>,
+    new_logits: Vec<f32>,
     scores: Vec<f32>,
     log_probs: Vec<f32>,
     greedy: GreedyState,
@@ -178,7 +202,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(cfg: StreamConfig, feature_len: usize, vocab_size: usize) -> Self {
+    pub fn new(
+        cfg: StreamConfig,
+        feature_len: usize,
+        vocab_size: usize,
+        scorer_state_len: usize,
+    ) -> Self {
         let w = cfg.window.max(2);
         let k = keyframes::keyframe_count(w, cfg.keyframe_ratio).max(1);
         Self {
@@ -193,8 +222,13 @@ impl Stream {
             seen: 0,
             committed: 0,
             last_run_end: 0,
-            window_feats: vec![0.0; w * feature_len],
+            window_feats: vec![0.0; (w + 1) * feature_len],
             selected: vec![0.0; k * feature_len],
+            scorer_state: vec![0.0; scorer_state_len],
+            scorer_prev: vec![0.0; feature_len],
+            scored: 0,
+            logits: vec![0.0; w],
+            new_logits: Vec::with_capacity(w),
             scores: Vec::with_capacity(w),
             log_probs: Vec::with_capacity(k * vocab_size),
             greedy: GreedyState::default(),
@@ -215,6 +249,10 @@ impl Stream {
         4 * (self.ring.len()
             + self.window_feats.len()
             + self.selected.len()
+            + self.scorer_state.len()
+            + self.scorer_prev.len()
+            + self.logits.len()
+            + self.new_logits.capacity()
             + self.scores.capacity()
             + self.log_probs.capacity())
     }
@@ -273,6 +311,58 @@ impl Stream {
         Ok(report)
     }
 
+    /// Brings the scorer up to frame `end` (exclusive): runs it over the frames
+    /// it has not seen, continuing from the last one it saw and its state.
+    fn update_logits<M: Model>(&mut self, model: &mut M, end: u64) -> Result<(), String> {
+        if end <= self.scored {
+            return Ok(());
+        }
+        let w = self.cfg.window as u64;
+        let d = self.d;
+        if end - self.scored > w {
+            return Err(format!(
+                "scorer is {} frames behind, more than the window of {w}",
+                end - self.scored
+            ));
+        }
+        let mut t = 0;
+        if self.scored > 0 {
+            self.window_feats[..d].copy_from_slice(&self.scorer_prev);
+            t = 1;
+        }
+        for f in self.scored..end {
+            let slot = (f % w) as usize;
+            self.window_feats[t * d..(t + 1) * d]
+                .copy_from_slice(&self.ring[slot * d..(slot + 1) * d]);
+            t += 1;
+        }
+        if t >= 2 {
+            self.new_logits.clear();
+            model.score(
+                &self.window_feats[..t * d],
+                t,
+                &mut self.scorer_state,
+                &mut self.new_logits,
+            )?;
+            if self.new_logits.len() != t - 1 {
+                return Err(format!(
+                    "scorer gave {} logits for {} frames",
+                    self.new_logits.len(),
+                    t
+                ));
+            }
+            // logit i is the difference that arrives at frame first + i
+            let first = self.scored.max(1);
+            for (i, &l) in self.new_logits.iter().enumerate() {
+                self.logits[((first + i as u64) % w) as usize] = l;
+            }
+        }
+        self.scorer_prev
+            .copy_from_slice(&self.window_feats[(t - 1) * d..t * d]);
+        self.scored = end;
+        Ok(())
+    }
+
     fn run_window<M: Model>(
         &mut self,
         model: &mut M,
@@ -283,22 +373,18 @@ impl Stream {
     ) -> Result<WindowReport, String> {
         let w = self.cfg.window as u64;
         let d = self.d;
+        self.update_logits(model, start + n as u64)?;
         for i in 0..n {
             let slot = ((start + i as u64) % w) as usize;
             self.window_feats[i * d..(i + 1) * d]
                 .copy_from_slice(&self.ring[slot * d..(slot + 1) * d]);
         }
-        let feats = &self.window_feats[..n * d];
         self.scores.clear();
         let frames: Vec<usize> = if n >= 2 {
-            model.score(feats, n, &mut self.scores)?;
-            if self.scores.len() != n - 1 {
-                return Err(format!(
-                    "scorer gave {} scores for {} frames",
-                    self.scores.len(),
-                    n
-                ));
-            }
+            // the window's differences arrive at frames start+1 .. start+n-1
+            self.scores
+                .extend((start + 1..start + n as u64).map(|f| self.logits[(f % w) as usize]));
+            keyframes::softmax_in_place(&mut self.scores);
             keyframes::select_frames(&self.scores, self.cfg.keyframe_ratio)
         } else {
             vec![0]
@@ -363,6 +449,8 @@ mod tests {
     struct Oracle {
         v: usize,
         calls: usize,
+        /// Frame differences the scorer was run over, in all.
+        diffs_scored: usize,
     }
 
     impl Model for Oracle {
@@ -372,10 +460,23 @@ mod tests {
         fn vocab_size(&self) -> usize {
             self.v
         }
-        fn score(&mut self, f: &[f32], t: usize, s: &mut Vec<f32>) -> Result<(), String> {
+        fn scorer_state_len(&self) -> usize {
+            1
+        }
+        fn score(
+            &mut self,
+            f: &[f32],
+            t: usize,
+            state: &mut [f32],
+            s: &mut Vec<f32>,
+        ) -> Result<(), String> {
+            // the state counts the differences seen, so the logit is a global
+            // tie-break (later differences score a little higher)
             for i in 0..t - 1 {
-                s.push(1.0 + (f[(i + 1) * 2] - f[i * 2]).abs() + 0.001 * i as f32);
+                s.push(1.0 + (f[(i + 1) * 2] - f[i * 2]).abs() + 0.001 * state[0]);
+                state[0] += 1.0;
             }
+            self.diffs_scored += t - 1;
             Ok(())
         }
         fn temporal(&mut self, sel: &[f32], k: usize, lp: &mut Vec<f32>) -> Result<(), String> {
@@ -402,7 +503,11 @@ mod tests {
     }
 
     fn run(labels: &[u32], window: usize, stride: usize, ratio: f64) -> (Vec<Emitted>, u64) {
-        let mut m = Oracle { v: 6, calls: 0 };
+        let mut m = Oracle {
+            v: 6,
+            calls: 0,
+            diffs_scored: 0,
+        };
         let cfg = StreamConfig {
             window,
             stride,
@@ -410,7 +515,7 @@ mod tests {
             score_scaling: false,
             beam: 1,
         };
-        let mut s = Stream::new(cfg, 2, 6);
+        let mut s = Stream::new(cfg, 2, 6, 1);
         let mut out = Vec::new();
         for &l in labels {
             let mut rep = None;
@@ -467,7 +572,11 @@ mod tests {
             (0, 3),
         ]);
         for (window, stride) in [(8, 4), (16, 4), (64, 8)] {
-            let mut m = Oracle { v: 6, calls: 0 };
+            let mut m = Oracle {
+                v: 6,
+                calls: 0,
+                diffs_scored: 0,
+            };
             let cfg = StreamConfig {
                 window,
                 stride,
@@ -475,7 +584,7 @@ mod tests {
                 score_scaling: false,
                 beam: 4,
             };
-            let mut s = Stream::new(cfg, 2, 6);
+            let mut s = Stream::new(cfg, 2, 6, 1);
             let mut out = Vec::new();
             for &l in &labels {
                 s.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
@@ -496,6 +605,39 @@ mod tests {
         let (out, runs) = run(&labels, 32, 8, 1.0);
         assert_eq!(runs, 1);
         assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// Every frame difference goes through the scorer exactly once, however the
+    /// windows overlap, and its state is carried from call to call.
+    #[test]
+    fn the_scorer_sees_each_difference_once() {
+        for (window, stride, frames) in [(8, 4, 50), (16, 16, 70), (5, 1, 23), (32, 8, 20)] {
+            let mut m = Oracle {
+                v: 6,
+                calls: 0,
+                diffs_scored: 0,
+            };
+            let cfg = StreamConfig {
+                window,
+                stride,
+                keyframe_ratio: 0.5,
+                score_scaling: false,
+                beam: 1,
+            };
+            let mut s = Stream::new(cfg, 2, 6, 1);
+            let mut out = Vec::new();
+            for i in 0..frames {
+                let l = (i / 5 % 3) as f32;
+                s.push(&mut m, &[l, l], &mut out, &mut None).unwrap();
+            }
+            s.flush(&mut m, &mut out).unwrap();
+            assert_eq!(
+                m.diffs_scored,
+                frames - 1,
+                "window {window} stride {stride}"
+            );
+            assert_eq!(s.scorer_state[0], (frames - 1) as f32);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! runtime use it where they need a bundle but not a trained model.
 //!
 //! encoder:  (1,3,H,W) -> Conv1x1(3->C) -> AveragePool(H/G) -> (1,C,G,G)
-//! scorer:   (1,T,C,G,G) -> |F[1:] - F[:-1]| -> mean over C,G,G -> softmax over time
+//! scorer:   (1,T,C,G,G) -> |F[1:] - F[:-1]| -> mean over C,G,G = logits; state (1,1,G,G) += T-1
 //! temporal: (1,K,D) -> MatMul(D,V) + b -> LogSoftmax
 
 use crate::bundle::{InputSpec, Manifest, ModelInfo, StreamSpec, FORMAT, FORMAT_VERSION};
@@ -83,29 +83,33 @@ pub fn write_toy_bundle(dir: &Path, spec: ToySpec) -> Result<Manifest, crate::Bu
     e.output("features", &[Dim::from("N"), c.into(), g.into(), g.into()]);
     write_model(&e.into_model("signrt toy"), &dir.join("encoder.onnx")).map_err(io)?;
 
-    // scorer
+    // scorer: logits = mean |F[t+1] - F[t]|; its one-channel state counts the
+    // frame differences seen (h_last = h0 + T-1), so a test can see it carried
     let mut sc = GraphBuilder::new("scorer");
     let f = sc.input(
         "features",
         &[1.into(), Dim::from("T"), c.into(), g.into(), g.into()],
     );
+    let h0 = sc.input("h0", &[1.into(), 1.into(), g.into(), g.into()]);
     let diff = sc.time_differences(&f);
     let abs = sc.op("Abs", &[&diff], vec![]);
-    let mean = sc.op(
+    sc.node(
         "ReduceMean",
         &[&abs],
+        &["logits"],
         vec![
             ("axes", Attr::Ints(vec![2, 3, 4])),
             ("keepdims", Attr::Int(0)),
         ],
     );
-    sc.node(
-        "Softmax",
-        &[&mean],
-        &["scores"],
-        vec![("axis", Attr::Int(1))],
-    );
-    sc.output("scores", &[1.into(), Dim::from("Tm1")]);
+    let zero = sc.constant("c.zero", &[1], &[0.0]);
+    let one = sc.constant("c.one", &[1], &[1.0]);
+    let z = sc.op("Mul", &["logits", &zero], vec![]);
+    let ones = sc.op("Add", &[&z, &one], vec![]);
+    let n = sc.op("ReduceSum", &[&ones], vec![("keepdims", Attr::Int(0))]);
+    sc.node("Add", &[&h0, &n], &["h_last"], vec![]);
+    sc.output("logits", &[1.into(), Dim::from("Tm1")]);
+    sc.output("h_last", &[1.into(), 1.into(), g.into(), g.into()]);
     write_model(&sc.into_model("signrt toy"), &dir.join("scorer.onnx")).map_err(io)?;
 
     // temporal
@@ -134,6 +138,7 @@ pub fn write_toy_bundle(dir: &Path, spec: ToySpec) -> Result<Manifest, crate::Bu
             feature_dim: spec.channels,
             grid: spec.grid,
             vocab_size: vocab.len(),
+            scorer_hidden: 1,
             extra: BTreeMap::new(),
         },
         input: InputSpec {

@@ -114,9 +114,28 @@ fn parity(backbone: &str, size: usize) {
         e1 <= 1e-4,
         "{backbone}: encoder max abs error {e1} (max |feature| {scale})"
     );
-    // stage 2: scores, then the shared top-K
+    // stage 2: logits from a zero state over the clip, their softmax against
+    // candle's scores, then the shared top-K
+    let mut state = vec![0f32; tract.scorer_state_len()];
     let mut scores = Vec::new();
-    tract.score(&feats, t, &mut scores).unwrap();
+    tract.score(&feats, t, &mut state, &mut scores).unwrap();
+    // the runtime's incremental use: frames 0..5, then 4..t from the carried
+    // state, gives the same logits and the same final state
+    let dl = feats.len() / t;
+    let mut state2 = vec![0f32; tract.scorer_state_len()];
+    let mut split = Vec::new();
+    tract
+        .score(&feats[..5 * dl], 5, &mut state2, &mut split)
+        .unwrap();
+    tract
+        .score(&feats[4 * dl..], t - 4, &mut state2, &mut split)
+        .unwrap();
+    let e_split = max_err(&split, &scores).max(max_err(&state2, &state));
+    assert!(
+        e_split <= 1e-5,
+        "{backbone}: incremental scorer differs by {e_split}"
+    );
+    signrt_runtime::keyframes::softmax_in_place(&mut scores);
     let want = out.keyframes.scores.i(0).unwrap().to_vec1::<f32>().unwrap();
     let e2 = max_err(&scores, &want);
     assert!(e2 <= 1e-4, "{backbone}: scorer max abs error {e2}");

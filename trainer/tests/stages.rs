@@ -86,7 +86,8 @@ fn conv_gru_matches_the_exported_scan_in_tract() -> Result<()> {
     };
     let mut gb = GraphBuilder::new("gru");
     let x = gb.input("x", &dims(&[1, s as i64, c as i64, g as i64, g as i64]));
-    let ys = conv_gru_scan(&mut gb, "gru", &x, &onnx, c, g);
+    let h0 = gb.constant("h0", &[1, 4, g as i64, g as i64], &vec![0.0; 4 * g * g]);
+    let (_, ys) = conv_gru_scan(&mut gb, "gru", &x, &h0, &onnx, c, g);
     gb.node("Identity", &[&ys], &["y"], vec![]);
     gb.output("y", &dims(&[1, s as i64, 4, g as i64, g as i64]));
     let theirs = run_tract(gb, &[1, s, c, g, g], &vec1(&m));

@@ -105,17 +105,19 @@ pub struct ConvGru {
 }
 
 /// Unrolls a ConvGRU over axis 1 of `x` (1, T, C, G, G) with ONNX `Scan`
-/// (tract has no `Loop`): h0 = 0,
+/// (tract has no `Loop`) from the state `h0` (1, hidden, G, G):
 /// r = σ(conv_r[x,h]), z = σ(conv_z[x,h]), n = tanh(conv_n[x, r⊙h]),
-/// h' = (1−z)⊙h + z⊙n. Returns the hidden states (1, T, hidden, G, G).
+/// h' = (1−z)⊙h + z⊙n. Returns the last state (1, hidden, G, G) and the hidden
+/// states (1, T, hidden, G, G).
 pub fn conv_gru_scan(
     g: &mut GraphBuilder,
     name: &str,
     x: &str,
+    h0: &str,
     gru: &ConvGru,
     channels: usize,
     grid: usize,
-) -> String {
+) -> (String, String) {
     let (c, hd, gg) = (channels as i64, gru.hidden as i64, grid as i64);
     let mut body = GraphBuilder::new(&format!("{name}.body"));
     let h_in = body.input("h_in", &[1.into(), hd.into(), gg.into(), gg.into()]);
@@ -160,16 +162,11 @@ pub fn conv_gru_scan(
     body.node("Identity", &["h_out"], &["y_t"], vec![]);
     body.output("h_out", &[1.into(), hd.into(), gg.into(), gg.into()]);
     body.output("y_t", &[1.into(), hd.into(), gg.into(), gg.into()]);
-    let h0 = g.constant(
-        &format!("{name}.h0"),
-        &[1, hd, gg, gg],
-        &vec![0.0; (hd * gg * gg) as usize],
-    );
     let last = g.fresh(&format!("{name}.h_last"));
     let ys = g.fresh(&format!("{name}.states"));
     g.node(
         "Scan",
-        &[&h0, x],
+        &[h0, x],
         &[&last, &ys],
         vec![
             ("body", Attr::Graph(body.graph)),
@@ -178,7 +175,7 @@ pub fn conv_gru_scan(
             ("scan_output_axes", Attr::Ints(vec![1])),
         ],
     );
-    ys
+    (last, ys)
 }
 
 /// One direction of one PyTorch LSTM layer: weight_ih (4H, in),
@@ -330,7 +327,12 @@ mod tests {
         };
         let mut g = GraphBuilder::new("gru");
         let x = g.input("x", &dims(&[1, t as i64, c as i64, gsz as i64, gsz as i64]));
-        let ys = conv_gru_scan(&mut g, "gru", &x, &gru, c, gsz);
+        let h0 = g.constant(
+            "h0",
+            &[1, hd as i64, gsz as i64, gsz as i64],
+            &vec![0.0; hd * gsz * gsz],
+        );
+        let (_, ys) = conv_gru_scan(&mut g, "gru", &x, &h0, &gru, c, gsz);
         g.node("Identity", &[&ys], &["y"], vec![]);
         g.output(
             "y",

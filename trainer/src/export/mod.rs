@@ -163,15 +163,21 @@ impl ForwardCb for candle_nn::Conv2d {
     }
 }
 
-/// The scorer graph: features (1,T,D,G,G) -> scores (1,T-1).
+/// The scorer graph: features (1,T,D,G,G) and the ConvGRU state h0 (1,H,G,G)
+/// -> the logits of the T-1 frame differences (1,T-1) and the state after them
+/// (1,H,G,G). The softmax over a window's logits runs in the runtime, which
+/// carries the state across the stream (every difference goes through the
+/// ConvGRU once); from h0 = 0 over a whole clip it is the trainer's scorer.
 pub fn scorer_graph(model: &FourStage) -> Result<GraphBuilder> {
     let k = &model.keyframe;
     let (d, gg) = (model.feature_dim as i64, model.grid as i64);
+    let hd = k.gru.hidden as i64;
     let mut g = GraphBuilder::new("signrt_scorer");
     let f = g.input(
         "features",
         &[1.into(), Dim::from("T"), d.into(), gg.into(), gg.into()],
     );
+    let h0 = g.input("h0", &[1.into(), hd.into(), gg.into(), gg.into()]);
     let m = g.time_differences(&f);
     let conv = |c: &candle_nn::Conv2d| -> Result<(Array, Vec<f32>)> {
         Ok((
@@ -185,7 +191,8 @@ pub fn scorer_graph(model: &FourStage) -> Result<GraphBuilder> {
         new: conv(&k.gru.new)?,
         hidden: k.gru.hidden,
     };
-    let hs = layers::conv_gru_scan(&mut g, "gru", &m, &gru, model.feature_dim, model.grid);
+    let (last, hs) =
+        layers::conv_gru_scan(&mut g, "gru", &m, &h0, &gru, model.feature_dim, model.grid);
     let pooled = g.op(
         "ReduceMean",
         &[&hs],
@@ -200,9 +207,10 @@ pub fn scorer_graph(model: &FourStage) -> Result<GraphBuilder> {
         .unwrap_or_else(|| vec![0.0]);
     let logit = layers::linear(&mut g, "score", &pooled, &w, &b);
     let axes = g.constant_i64("c.axis2", &[1], &[2]);
-    let sq = g.op("Squeeze", &[&logit, &axes], vec![]);
-    g.node("Softmax", &[&sq], &["scores"], vec![("axis", Attr::Int(1))]);
-    g.output("scores", &[1.into(), Dim::from("Tm1")]);
+    g.node("Squeeze", &[&logit, &axes], &["logits"], vec![]);
+    g.node("Identity", &[&last], &["h_last"], vec![]);
+    g.output("logits", &[1.into(), Dim::from("Tm1")]);
+    g.output("h_last", &[1.into(), hd.into(), gg.into(), gg.into()]);
     Ok(g)
 }
 
@@ -296,6 +304,7 @@ pub fn write_bundle(
             feature_dim: model.feature_dim,
             grid: model.grid,
             vocab_size: vocab.len(),
+            scorer_hidden: model.keyframe.gru.hidden,
             extra,
         },
         input: InputSpec {

@@ -20,6 +20,9 @@ pub struct Resampler {
     rows: Taps,
     /// Horizontal pass output: src_h rows of dst_w RGB f32.
     tmp: Vec<f32>,
+    /// One source row as three f32 planes (R, G, B), so each output is a plain
+    /// dot product over contiguous values.
+    rowf: Vec<f32>,
     scale: [f32; 3],
     bias: [f32; 3],
 }
@@ -93,6 +96,7 @@ impl Resampler {
             cols: taps(src_w, dst_w),
             rows: taps(src_h, dst_h),
             tmp: vec![0f32; src_h * dst_w * 3],
+            rowf: vec![0f32; 3 * src_w],
             scale,
             bias,
         }
@@ -115,22 +119,39 @@ impl Resampler {
             return false;
         }
         let (sw, dw, dh) = (self.src_w, self.dst_w, self.dst_h);
-        // horizontal pass: src_h x dst_w x 3
+        // horizontal pass: src_h x dst_w x 3. Each source value is converted
+        // once; each output sums w[k]·x[k] in k order from 0, exactly as a
+        // per-pixel loop would (Rust does no fast-math, so the result is the
+        // same bits; `tests::fast_path_equals_the_direct_loop` checks it).
         for y in 0..self.src_h {
             let row = &rgb[y * sw * 3..(y + 1) * sw * 3];
+            let (pr, rest) = self.rowf.split_at_mut(sw);
+            let (pg, pb) = rest.split_at_mut(sw);
+            for (((px, r), g), b) in row
+                .chunks_exact(3)
+                .zip(pr.iter_mut())
+                .zip(pg.iter_mut())
+                .zip(pb.iter_mut())
+            {
+                *r = px[0] as f32;
+                *g = px[1] as f32;
+                *b = px[2] as f32;
+            }
             let trow = &mut self.tmp[y * dw * 3..(y + 1) * dw * 3];
-            for ox in 0..dw {
+            for (ox, t) in trow.chunks_exact_mut(3).enumerate() {
                 let s0 = self.cols.start[ox];
-                let ws = &self.cols.weights
-                    [ox * self.cols.stride..ox * self.cols.stride + self.cols.len[ox]];
-                let mut acc = [0f32; 3];
-                for (k, w) in ws.iter().enumerate() {
-                    let p = &row[(s0 + k) * 3..(s0 + k) * 3 + 3];
-                    acc[0] += w * p[0] as f32;
-                    acc[1] += w * p[1] as f32;
-                    acc[2] += w * p[2] as f32;
-                }
-                trow[ox * 3..ox * 3 + 3].copy_from_slice(&acc);
+                let n = self.cols.len[ox];
+                let ws = &self.cols.weights[ox * self.cols.stride..ox * self.cols.stride + n];
+                let dot = |plane: &[f32]| {
+                    let mut acc = 0f32;
+                    for (w, x) in ws.iter().zip(&plane[s0..s0 + n]) {
+                        acc += w * x;
+                    }
+                    acc
+                };
+                t[0] = dot(pr);
+                t[1] = dot(pg);
+                t[2] = dot(pb);
             }
         }
         // vertical pass + normalise into CHW
@@ -218,6 +239,73 @@ mod tests {
         let mut out = vec![0f32; r.out_len()];
         assert!(r.run(&flat, &mut out));
         assert!(out.iter().all(|v| (v - 77.0).abs() < 1e-3));
+    }
+
+    /// The direct per-pixel loop (the implementation before the planar fast
+    /// path), as the oracle: the fast path must give the same bits.
+    fn direct(r: &Resampler, rgb: &[u8]) -> Vec<f32> {
+        let (sw, dw, dh) = (r.src_w, r.dst_w, r.dst_h);
+        let mut tmp = vec![0f32; r.src_h * dw * 3];
+        for y in 0..r.src_h {
+            for ox in 0..dw {
+                let s0 = r.cols.start[ox];
+                for k in 0..r.cols.len[ox] {
+                    let w = r.cols.weights[ox * r.cols.stride + k];
+                    for c in 0..3 {
+                        tmp[(y * dw + ox) * 3 + c] += w * rgb[(y * sw + s0 + k) * 3 + c] as f32;
+                    }
+                }
+            }
+        }
+        let plane = dh * dw;
+        let mut out = vec![0f32; 3 * plane];
+        for oy in 0..dh {
+            for ox in 0..dw {
+                let mut acc = [0f32; 3];
+                for k in 0..r.rows.len[oy] {
+                    let w = r.rows.weights[oy * r.rows.stride + k];
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a += w * tmp[((r.rows.start[oy] + k) * dw + ox) * 3 + c];
+                    }
+                }
+                for c in 0..3 {
+                    let v = acc[c].round().clamp(0.0, 255.0);
+                    out[c * plane + oy * dw + ox] = v * r.scale[c] + r.bias[c];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_path_equals_the_direct_loop() {
+        for (src, dst, seed) in [
+            ((640, 480), (64, 64), 1u32),
+            ((320, 240), (112, 112), 2),
+            ((20, 10), (32, 24), 3),
+            ((7, 7), (7, 7), 4),
+            ((33, 17), (5, 9), 5),
+        ] {
+            let mut x = seed.wrapping_mul(2_654_435_761);
+            let rgb: Vec<u8> = (0..src.0 * src.1 * 3)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 24) as u8
+                })
+                .collect();
+            let mut r = Resampler::new(src, dst, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+            let mut out = vec![0f32; r.out_len()];
+            assert!(r.run(&rgb, &mut out));
+            let want = direct(&r, &rgb);
+            assert!(
+                out.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{src:?} -> {dst:?}"
+            );
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl TractModel {
         let mut state = vec![0f32; me.scorer_state_len()];
         let mut logits = Vec::new();
         let two = vec![0f32; 2 * me.feature_len];
-        me.score_graph(&two, 2, &mut state, &mut logits)
+        me.score(&two, 2, &mut state, &mut logits)
             .map_err(|message| EngineError::Mismatch {
                 path: bundle.path_of(&m.scorer),
                 message,
@@ -122,9 +122,36 @@ impl TractModel {
         Ok(me)
     }
 
-    /// Runs the scorer graph: features (1,t,C,G,G) and state h0 (1,H,G,G) ->
-    /// logits (1,t-1) appended to `logits`, state after them into `state`.
-    fn score_graph(
+    /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
+    /// feature_len values into `out`.
+    pub fn encode(&mut self, frame: &[f32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        run1(
+            &self.encoder,
+            "encoder",
+            &[1, 3, self.height, self.width],
+            frame,
+            out,
+        )?;
+        Ok(())
+    }
+}
+
+impl Model for TractModel {
+    fn feature_len(&self) -> usize {
+        self.feature_len
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn scorer_state_len(&self) -> usize {
+        self.scorer_hidden * self.grid * self.grid
+    }
+
+    /// The scorer graph: features (1,t,C,G,G) and state h0 (1,H,G,G) ->
+    /// logits (1,t-1) appended to `logits`, the state after them into `state`.
+    fn score(
         &mut self,
         feats: &[f32],
         t: usize,
@@ -156,43 +183,6 @@ impl TractModel {
             *s = *v;
         }
         Ok(())
-    }
-
-    /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
-    /// feature_len values into `out`.
-    pub fn encode(&mut self, frame: &[f32], out: &mut Vec<f32>) -> Result<(), EngineError> {
-        run1(
-            &self.encoder,
-            "encoder",
-            &[1, 3, self.height, self.width],
-            frame,
-            out,
-        )?;
-        Ok(())
-    }
-}
-
-impl Model for TractModel {
-    fn feature_len(&self) -> usize {
-        self.feature_len
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-
-    fn scorer_state_len(&self) -> usize {
-        self.scorer_hidden * self.grid * self.grid
-    }
-
-    fn score(
-        &mut self,
-        feats: &[f32],
-        t: usize,
-        state: &mut [f32],
-        logits: &mut Vec<f32>,
-    ) -> Result<(), String> {
-        self.score_graph(feats, t, state, logits)
     }
 
     fn temporal(

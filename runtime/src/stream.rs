@@ -502,7 +502,15 @@ mod tests {
             .collect()
     }
 
-    fn run(labels: &[u32], window: usize, stride: usize, ratio: f64) -> (Vec<Emitted>, u64) {
+    /// Streams `labels` through the [`Oracle`] and flushes: the glosses, the
+    /// stream and the model, for their counters.
+    fn stream_labels(
+        labels: &[u32],
+        window: usize,
+        stride: usize,
+        ratio: f64,
+        beam: usize,
+    ) -> (Vec<Emitted>, Stream, Oracle) {
         let mut m = Oracle {
             v: 6,
             calls: 0,
@@ -513,24 +521,26 @@ mod tests {
             stride,
             keyframe_ratio: ratio,
             score_scaling: false,
-            beam: 1,
+            beam,
         };
         let mut s = Stream::new(cfg, 2, 6, 1);
         let mut out = Vec::new();
         for &l in labels {
-            let mut rep = None;
-            s.push(&mut m, &[l as f32, l as f32], &mut out, &mut rep)
+            s.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
                 .unwrap();
         }
         s.flush(&mut m, &mut out).unwrap();
+        (out, s, m)
+    }
+
+    fn run(labels: &[u32], window: usize, stride: usize, ratio: f64) -> (Vec<Emitted>, u64) {
+        let (out, s, _) = stream_labels(labels, window, stride, ratio, 1);
         (out, s.windows_run)
     }
 
-    #[test]
-    fn every_gloss_once_across_windows() {
-        // blanks between glosses, glosses of 6 frames: with ratio 1.0 every
-        // frame is a keyframe and the stream must equal the collapsed labels.
-        let labels = labels_for(&[
+    /// Glosses 1..=5 of 6 frames, blanks between some of them.
+    fn five_glosses() -> Vec<u32> {
+        labels_for(&[
             (0, 3),
             (1, 6),
             (0, 2),
@@ -541,7 +551,14 @@ mod tests {
             (0, 2),
             (5, 6),
             (0, 3),
-        ]);
+        ])
+    }
+
+    #[test]
+    fn every_gloss_once_across_windows() {
+        // blanks between glosses, glosses of 6 frames: with ratio 1.0 every
+        // frame is a keyframe and the stream must equal the collapsed labels.
+        let labels = five_glosses();
         for (window, stride) in [(8, 4), (16, 4), (12, 12), (64, 8), (5, 1)] {
             let (out, runs) = run(&labels, window, stride, 1.0);
             let ids: Vec<u32> = out.iter().map(|e| e.id).collect();
@@ -559,38 +576,9 @@ mod tests {
 
     #[test]
     fn beam_streaming_emits_every_gloss_once() {
-        let labels = labels_for(&[
-            (0, 3),
-            (1, 6),
-            (0, 2),
-            (2, 6),
-            (0, 2),
-            (3, 6),
-            (4, 6),
-            (0, 2),
-            (5, 6),
-            (0, 3),
-        ]);
+        let labels = five_glosses();
         for (window, stride) in [(8, 4), (16, 4), (64, 8)] {
-            let mut m = Oracle {
-                v: 6,
-                calls: 0,
-                diffs_scored: 0,
-            };
-            let cfg = StreamConfig {
-                window,
-                stride,
-                keyframe_ratio: 1.0,
-                score_scaling: false,
-                beam: 4,
-            };
-            let mut s = Stream::new(cfg, 2, 6, 1);
-            let mut out = Vec::new();
-            for &l in &labels {
-                s.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
-                    .unwrap();
-            }
-            s.flush(&mut m, &mut out).unwrap();
+            let (out, _, _) = stream_labels(&labels, window, stride, 1.0, 4);
             assert_eq!(
                 out.iter().map(|e| e.id).collect::<Vec<_>>(),
                 vec![1, 2, 3, 4, 5],
@@ -612,25 +600,8 @@ mod tests {
     #[test]
     fn the_scorer_sees_each_difference_once() {
         for (window, stride, frames) in [(8, 4, 50), (16, 16, 70), (5, 1, 23), (32, 8, 20)] {
-            let mut m = Oracle {
-                v: 6,
-                calls: 0,
-                diffs_scored: 0,
-            };
-            let cfg = StreamConfig {
-                window,
-                stride,
-                keyframe_ratio: 0.5,
-                score_scaling: false,
-                beam: 1,
-            };
-            let mut s = Stream::new(cfg, 2, 6, 1);
-            let mut out = Vec::new();
-            for i in 0..frames {
-                let l = (i / 5 % 3) as f32;
-                s.push(&mut m, &[l, l], &mut out, &mut None).unwrap();
-            }
-            s.flush(&mut m, &mut out).unwrap();
+            let labels: Vec<u32> = (0..frames).map(|i| (i / 5 % 3) as u32).collect();
+            let (_, s, m) = stream_labels(&labels, window, stride, 0.5, 1);
             assert_eq!(
                 m.diffs_scored,
                 frames - 1,

@@ -3,13 +3,17 @@
 //! Candle's CPU `conv2d` is fast forward, but its backward goes through
 //! `conv_transpose2d`, whose CPU kernel is a direct loop of short dot products
 //! (one per output pixel and kernel tap): on the small backbone it took most of
-//! a training step. Here the patches are gathered with `narrow`/`reshape`
-//! (whose backward is a copy) and multiplied with the weights by `matmul`
-//! (whose backward is two more matmuls), so every gradient runs on gemm.
+//! a training step. Here the patches are gathered into a matrix (im2col) and
+//! multiplied with the weights by `matmul` (whose backward is two more
+//! matmuls), so every gradient runs on gemm. On the CPU the gather is one
+//! custom op whose backward scatters the patch gradients back (col2im); it
+//! replaced a gather built from `narrow`/`reshape`/`stack`, whose backward
+//! went through a chain of strided copies (kept for other devices).
 //! Same weights and layout as `candle_nn::Conv2d` (O, C, kh, kw), so
 //! checkpoints and the ONNX export are unchanged; checked against candle's own
 //! convolution, values and gradients, in the tests below.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{Module, Result, Tensor};
 
 /// x (N,C,H,W), w (O,C,kh,kw) -> (N,O,Ho,Wo), with zero padding `pad` and `stride`.
@@ -38,20 +42,24 @@ pub fn conv2d(
         w.reshape((o, c))?
             .broadcast_matmul(&x.reshape((n, c, h * wd))?)?
     } else {
-        // pad, plus s-1 spare rows/columns so every strided window is a
-        // `narrow` of length s*ho that reshapes into (ho, s)
-        let xp = x
-            .pad_with_zeros(2, pad, pad + s - 1)?
-            .pad_with_zeros(3, pad, pad + s - 1)?;
-        let mut taps = Vec::with_capacity(kh * kw);
-        for ky in 0..kh {
-            let rows = strided(&xp, 2, ky, ho, s)?; // (n,c,ho,Wp)
-            for kx in 0..kw {
-                taps.push(strided(&rows, 3, kx, wo, s)?); // (n,c,ho,wo)
-            }
-        }
-        // (n, c, kh*kw, ho, wo) -> (n, c*kh*kw, ho*wo): the weight's order
-        let patches = Tensor::stack(&taps, 2)?.reshape((n, c * kh * kw, ho * wo))?;
+        let geo = Geometry {
+            n,
+            c,
+            h,
+            w: wd,
+            kh,
+            kw,
+            stride: s,
+            pad,
+            ho,
+            wo,
+        };
+        let patches = if x.device().is_cpu() {
+            // one pass gathers every patch; its backward scatters them back
+            x.contiguous()?.apply_op1(Im2Col(geo))?
+        } else {
+            gather_patches(x, geo)?
+        };
         w.reshape((o, c * kh * kw))?.broadcast_matmul(&patches)?
     };
     let out = out.reshape((n, o, ho, wo))?;
@@ -71,6 +79,166 @@ fn strided(x: &Tensor, dim: usize, start: usize, len: usize, s: usize) -> Result
     shape[dim] = len;
     shape.insert(dim + 1, s);
     t.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// The shape of one convolution's patch matrix.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn input_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn patch_len(&self) -> usize {
+        self.c * self.kh * self.kw * self.ho * self.wo
+    }
+    /// Calls `f(patch index, input index)` for every patch entry that reads
+    /// the input (entries over the zero padding are skipped), for one sample.
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+        let Geometry {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho,
+            wo,
+            ..
+        } = *self;
+        let mut p = 0;
+        for ci in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for oy in 0..ho {
+                        let y = (oy * stride + ky) as isize - pad as isize;
+                        if y < 0 || y >= h as isize {
+                            p += wo;
+                            continue;
+                        }
+                        let row = (ci * h + y as usize) * w;
+                        for ox in 0..wo {
+                            let xx = (ox * stride + kx) as isize - pad as isize;
+                            if xx >= 0 && xx < w as isize {
+                                f(p, row + xx as usize);
+                            }
+                            p += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The conv2d patches (im2col): x (N,C,H,W) -> (N, C·kh·kw, Ho·Wo), in the
+/// weight's (C, kh, kw) order; the backward is [`Col2Im`].
+struct Im2Col(Geometry);
+
+/// The adjoint of [`Im2Col`]: patch gradients summed back onto the input.
+struct Col2Im(Geometry);
+
+fn contiguous_slice<'a, T>(d: &'a [T], l: &candle_core::Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&d[a..b]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+fn im2col<T: Copy + Default + Send + Sync>(x: &[T], g: Geometry) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); g.n * g.patch_len()];
+    out.par_chunks_mut(g.patch_len().max(1))
+        .zip(x.par_chunks(g.input_len().max(1)))
+        .for_each(|(o, xi)| g.for_each(|p, i| o[p] = xi[i]));
+    out
+}
+
+fn col2im<T: Copy + Default + Send + Sync + std::ops::AddAssign>(p: &[T], g: Geometry) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); g.n * g.input_len()];
+    out.par_chunks_mut(g.input_len().max(1))
+        .zip(p.par_chunks(g.patch_len().max(1)))
+        .for_each(|(o, pi)| g.for_each(|q, i| o[i] += pi[q]));
+    out
+}
+
+impl candle_core::CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let g = self.0;
+        let out = match s {
+            S::F32(d) => S::F32(im2col(contiguous_slice(d, l, "im2col")?, g)),
+            S::F64(d) => S::F64(im2col(contiguous_slice(d, l, "im2col")?, g)),
+            _ => candle_core::bail!("im2col: f32 or f64 only, got {:?}", s.dtype()),
+        };
+        Ok((out, (g.n, g.c * g.kh * g.kw, g.ho * g.wo).into()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+impl candle_core::CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let g = self.0;
+        let out = match s {
+            S::F32(d) => S::F32(col2im(contiguous_slice(d, l, "col2im")?, g)),
+            S::F64(d) => S::F64(col2im(contiguous_slice(d, l, "col2im")?, g)),
+            _ => candle_core::bail!("col2im: f32 or f64 only, got {:?}", s.dtype()),
+        };
+        Ok((out, (g.n, g.c, g.h, g.w).into()))
+    }
+}
+
+/// [`Im2Col`] from tensor ops (`narrow`/`reshape`/`stack`, whose backward
+/// candle derives), for devices without our CPU kernel.
+fn gather_patches(x: &Tensor, g: Geometry) -> Result<Tensor> {
+    let s = g.stride;
+    // pad, plus s-1 spare rows/columns so every strided window is a
+    // `narrow` of length s*ho that reshapes into (ho, s)
+    let xp = x
+        .pad_with_zeros(2, g.pad, g.pad + s - 1)?
+        .pad_with_zeros(3, g.pad, g.pad + s - 1)?;
+    let mut taps = Vec::with_capacity(g.kh * g.kw);
+    for ky in 0..g.kh {
+        let rows = strided(&xp, 2, ky, g.ho, s)?; // (n,c,ho,Wp)
+        for kx in 0..g.kw {
+            taps.push(strided(&rows, 3, kx, g.wo, s)?); // (n,c,ho,wo)
+        }
+    }
+    // (n, c, kh*kw, ho, wo) -> (n, c*kh*kw, ho*wo): the weight's order
+    Tensor::stack(&taps, 2)?.reshape((g.n, g.c * g.kh * g.kw, g.ho * g.wo))
 }
 
 /// A `candle_nn::Conv2d` run through [`conv2d`].
@@ -168,6 +336,44 @@ mod tests {
                 assert!(
                     max_diff(a, c) < 1e-4,
                     "k{k} s{stride} p{pad}: gradient differs"
+                );
+            }
+        }
+        // the CPU kernel against the tensor-op gather (a second implementation), values and
+        // gradients, on non-square inputs and odd sizes, in f32 and f64
+        for (k, stride, pad, h, w) in [(3, 2, 1, 9, 6), (3, 1, 1, 5, 7), (2, 3, 0, 8, 11)] {
+            for dt in [candle_core::DType::F32, candle_core::DType::F64] {
+                let x = Var::from_tensor(&rand(&[2, 3, h, w], 7).to_dtype(dt).unwrap()).unwrap();
+                let ho = (h + 2 * pad - k) / stride + 1;
+                let wo = (w + 2 * pad - k) / stride + 1;
+                let geo = Geometry {
+                    n: 2,
+                    c: 3,
+                    h,
+                    w,
+                    kh: k,
+                    kw: k,
+                    stride,
+                    pad,
+                    ho,
+                    wo,
+                };
+                let up = rand(&[2, 3 * k * k, ho * wo], 8).to_dtype(dt).unwrap();
+                let a = x.apply_op1(Im2Col(geo)).unwrap();
+                let b = gather_patches(&x, geo).unwrap();
+                assert_eq!(a.dims(), b.dims());
+                let f64_of = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+                assert_eq!(
+                    max_diff(&f64_of(&a), &f64_of(&b)),
+                    0.0,
+                    "k{k} s{stride} {dt:?}"
+                );
+                let ga = (&a * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = (&b * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+                assert!(
+                    max_diff(&f64_of(ga), &f64_of(gb)) < 1e-5,
+                    "k{k} s{stride} {dt:?}: col2im differs"
                 );
             }
         }

@@ -12,6 +12,7 @@
 
 pub mod align;
 pub mod augment;
+pub mod batchnorm;
 pub mod checkpoint;
 pub mod config;
 pub mod conv;

@@ -17,7 +17,7 @@
 
 use crate::pool::{adaptive_avg_pool, max_pool_3x3_s2};
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder, VarMap};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +95,7 @@ pub struct ConvBn {
 
 impl ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn
-            .forward_t(&crate::conv::forward(&self.conv, x)?, train)
+        crate::batchnorm::forward_t(&self.bn, &crate::conv::forward(&self.conv, x)?, train)
     }
 }
 

@@ -491,7 +491,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             } else {
                 FrameLabels::Alignment
             };
+            let t_fwd = std::time::Instant::now();
             let out = model.forward_with(&x, &b.lengths, &b.targets, &b.sentences, true, labels)?;
+            let fwd_ms = t_fwd.elapsed().as_secs_f64() * 1e3;
             let [la, lg, lc, lt] = &out.losses;
             let vals =
                 [la, lg, lc, lt].map(|t| t.to_scalar::<f32>().map(f64::from).unwrap_or(f64::NAN));
@@ -507,9 +509,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 weighting.update([la, lg, lc, lt], &shared)?;
             }
             let total = weighting.total([la, lg, lc, lt])?;
+            let t_bwd = std::time::Instant::now();
             let mut grads = total.backward()?;
+            let bwd_ms = t_bwd.elapsed().as_secs_f64() * 1e3;
+            let t_opt = std::time::Instant::now();
             let gnorm = clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?;
             opt.step(&grads, sched.scale(step))?;
+            log::debug!(
+                "step {step}: {} frames, forward {fwd_ms:.0} ms, backward {bwd_ms:.0} ms, optimiser {:.0} ms",
+                b.total_frames(),
+                t_opt.elapsed().as_secs_f64() * 1e3
+            );
             step += 1;
             last_losses = vals;
             last_total = total.to_scalar::<f32>()? as f64;

@@ -78,7 +78,63 @@ impl ConvGru {
     }
 
     /// All steps over axis 1 of `m` (B,S,C,G,G) from h0 = 0: (B,S,H,G,G).
+    ///
+    /// The same function as [`Self::step`] in a loop, computed faster: a gate
+    /// convolution over concat[x, h] is the sum of one over x and one over h
+    /// (a convolution is linear in its input channels), so the x halves of the
+    /// three gates run as one convolution over every step at once, and the
+    /// loop convolves only the state (reset and update together). Checked
+    /// against the loop of [`Self::step`], values and gradients, in the tests.
     pub fn forward(&self, m: &Tensor) -> Result<Tensor> {
+        let (b, s, c, g1, g2) = m.dims5()?;
+        let hd = self.hidden;
+        let mut h = Tensor::zeros((b, hd, g1, g2), m.dtype(), m.device())?;
+        if s == 0 {
+            return Tensor::zeros((b, 0, hd, g1, g2), m.dtype(), m.device());
+        }
+        let gates = [&self.reset, &self.update, &self.new];
+        let wx: Vec<Tensor> = gates
+            .iter()
+            .map(|g| g.weight().narrow(1, 0, c))
+            .collect::<Result<_>>()?;
+        let wh: Vec<Tensor> = gates
+            .iter()
+            .map(|g| g.weight().narrow(1, c, hd))
+            .collect::<Result<_>>()?;
+        let bias: Vec<Tensor> = gates
+            .iter()
+            .map(|g| match g.bias() {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(hd, m.dtype(), m.device()),
+            })
+            .collect::<Result<_>>()?;
+        // x halves of reset, update and new, for every step: (B,S,3H,G,G)
+        let xs = crate::conv::conv2d(
+            &m.reshape((b * s, c, g1, g2))?,
+            &Tensor::cat(&wx, 0)?,
+            Some(&Tensor::cat(&bias, 0)?),
+            1,
+            1,
+        )?
+        .reshape((b, s, 3 * hd, g1, g2))?;
+        let w_rz = Tensor::cat(&[&wh[0], &wh[1]], 0)?; // (2H,H,3,3)
+        let mut out = Vec::with_capacity(s);
+        for t in 0..s {
+            let xt = xs.i((.., t))?; // (B,3H,G,G)
+            let hrz = crate::conv::conv2d(&h, &w_rz, None, 1, 1)?;
+            let r = candle_nn::ops::sigmoid(&(xt.narrow(1, 0, hd)? + hrz.narrow(1, 0, hd)?)?)?;
+            let z = candle_nn::ops::sigmoid(&(xt.narrow(1, hd, hd)? + hrz.narrow(1, hd, hd)?)?)?;
+            let hn = crate::conv::conv2d(&(r * &h)?, &wh[2], None, 1, 1)?;
+            let n = (xt.narrow(1, 2 * hd, hd)? + hn)?.tanh()?;
+            h = (&h + (z * (n - &h)?)?)?;
+            out.push(h.clone());
+        }
+        Tensor::stack(&out, 1)
+    }
+
+    /// [`Self::forward`] as the loop of [`Self::step`] over concat[x, h]: the
+    /// reference it is tested against.
+    pub fn forward_by_steps(&self, m: &Tensor) -> Result<Tensor> {
         let (b, s, _c, g1, g2) = m.dims5()?;
         let mut h = Tensor::zeros((b, self.hidden, g1, g2), m.dtype(), m.device())?;
         let mut out = Vec::with_capacity(s);

@@ -98,6 +98,49 @@ fn conv_gru_matches_the_exported_scan_in_tract() -> Result<()> {
     Ok(())
 }
 
+/// The ConvGRU's fast forward (x halves of the gates over all steps at once)
+/// against the plain loop over concat[x, h]: values and every gradient.
+#[test]
+fn conv_gru_fast_forward_matches_the_step_loop() -> Result<()> {
+    let (vm, k) = selector(Selection::Learned, false);
+    // reinit leaves biases at 0: give them values, so the bias path is checked too
+    for (i, gate) in ["reset", "update", "new"].iter().enumerate() {
+        let v = vm.data().lock().unwrap()[&format!("keyframe.gru.{gate}.bias")].clone();
+        v.set(&rand_tensor(&[4], 30 + i as u64))?;
+    }
+    let (b, s, c, g) = (2, 7, 3, 4);
+    let m = Var::from_tensor(&rand_tensor(&[b, s, c, g, g], 21))?;
+    let r = rand_tensor(&[b, s, 4, g, g], 22);
+    let fast = k.gru.forward(m.as_tensor())?;
+    let slow = k.gru.forward_by_steps(m.as_tensor())?;
+    let diff = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 1e-5, "values differ by {diff}");
+    let gf = (fast * &r)?.sum_all()?.backward()?;
+    let gs = (slow * &r)?.sum_all()?.backward()?;
+    let mut vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.contains(".gru."))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    assert_eq!(vars.len(), 6, "three gates, weight and bias each");
+    vars.push(("input".into(), m));
+    for (name, v) in &vars {
+        let a = gf.get(v.as_tensor()).expect("fast: gradient");
+        let bb = gs.get(v.as_tensor()).expect("loop: gradient");
+        let d = (a - bb)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = bb.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(scale > 0.0, "{name}: zero gradient");
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{name}: gradients differ by {d} (scale {scale})"
+        );
+    }
+    Ok(())
+}
+
 fn temporal(layers: usize) -> (VarMap, TemporalModel) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);

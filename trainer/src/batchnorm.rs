@@ -42,9 +42,7 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     };
     let y = x.contiguous()?.apply_op3(w, b, op)?;
     let (mean, var) = {
-        let s = stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?;
+        let s = stats.lock().map_err(poisoned)?;
         (s.mean.clone(), s.var.clone())
     };
     // running statistics, as candle_nn::BatchNorm::forward_train updates them
@@ -60,6 +58,10 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     Var::from_tensor(rm)?.set(&new_rm)?;
     Var::from_tensor(rv)?.set(&new_rv)?;
     Ok(y)
+}
+
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("batch-norm statistics lock poisoned".into())
 }
 
 /// The batch statistics of one forward (biased variance), for the running
@@ -154,11 +156,7 @@ impl CustomOp3 for BnTrain {
                     }
                 }
             });
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))? =
-            Stats { mean, var };
+        *self.stats.lock().map_err(poisoned)? = Stats { mean, var };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -170,11 +168,7 @@ impl CustomOp3 for BnTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
-            .clone();
+        let stats = self.stats.lock().map_err(poisoned)?.clone();
         let op = BnGrad {
             n: self.n,
             c: self.c,
@@ -256,6 +250,7 @@ impl CustomOp2 for BnGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::Device;
     use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
     use rand::{Rng, SeedableRng};
@@ -267,19 +262,6 @@ mod tests {
             .map(|_| rng.random_range(-1.0f32..1.0) * scale + shift)
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     fn bn(c: usize, seed: u64) -> (VarMap, BatchNorm) {

@@ -7,6 +7,9 @@
 # V4L2. The scripts' default, for users, is the release profile.
 # Nothing is skipped: any failure (toolchain install, build, missing default model, a gloss that
 # differs from the x86-64 run) fails CI with the reason.
+#
+# `cross/ci.sh --build-only` stops after the build (.ci/run starts it beside the tests; the later
+# full run then finds the binary built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,11 @@ step() {
 
 # The host signrt to compare with: the test suite's own build of the same sources (so CI does not
 # build the runtime a second time, possibly with another feature set).
+if [ "${1:-}" = --build-only ]; then
+  step "build signrt for aarch64 ($SIGNRT_CROSS_PROFILE, deps opt-level ${SIGNRT_CROSS_DEPS_OPT:-default}, glibc <= 2.31)" cross/build-aarch64.sh
+  exit 0
+fi
+
 if [ -z "${SIGNRT_HOST_BIN:-}" ] && [ -x target/debug/signrt ]; then
   export SIGNRT_HOST_BIN=$PWD/target/debug/signrt
 fi

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
+use crate::cpu_op::{f32_slice, poisoned};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{BatchNorm, ModuleT};
 use rayon::prelude::*;
@@ -42,7 +42,7 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     };
     let y = x.contiguous()?.apply_op3(w, b, op)?;
     let (mean, var) = {
-        let s = stats.lock().map_err(poisoned)?;
+        let s = stats.lock().map_err(poisoned("batch-norm"))?;
         (s.mean.clone(), s.var.clone())
     };
     // running statistics, as candle_nn::BatchNorm::forward_train updates them
@@ -60,10 +60,6 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     Ok(y)
 }
 
-fn poisoned<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("batch-norm statistics lock poisoned".into())
-}
-
 /// The batch statistics of one forward (biased variance), for the running
 /// statistics and the backward.
 #[derive(Debug, Default, Clone)]
@@ -79,16 +75,6 @@ struct BnTrain {
     inner: usize,
     eps: f64,
     stats: Arc<Mutex<Stats>>,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("batch-norm: {what} must be f32, got {:?}", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("batch-norm: {what} must be contiguous"),
-    }
 }
 
 /// Per-channel sums over (N, inner) of f(value index) for x laid out (N,C,inner).
@@ -121,8 +107,11 @@ impl CustomOp3 for BnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, inner) = (self.n, self.c, self.inner);
-        let x = slice(s1, l1, "input")?;
-        let (g, b) = (slice(s2, l2, "weight")?, slice(s3, l3, "bias")?);
+        let x = f32_slice("batch-norm", s1, l1, "input")?;
+        let (g, b) = (
+            f32_slice("batch-norm", s2, l2, "weight")?,
+            f32_slice("batch-norm", s3, l3, "bias")?,
+        );
         if x.len() != n * c * inner || g.len() != c || b.len() != c {
             candle_core::bail!("batch-norm: input or parameters do not match {c} channels");
         }
@@ -156,7 +145,7 @@ impl CustomOp3 for BnTrain {
                     }
                 }
             });
-        *self.stats.lock().map_err(poisoned)? = Stats { mean, var };
+        *self.stats.lock().map_err(poisoned("batch-norm"))? = Stats { mean, var };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -168,7 +157,7 @@ impl CustomOp3 for BnTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self.stats.lock().map_err(poisoned)?.clone();
+        let stats = self.stats.lock().map_err(poisoned("batch-norm"))?.clone();
         let op = BnGrad {
             n: self.n,
             c: self.c,
@@ -209,8 +198,8 @@ impl CustomOp2 for BnGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, inner) = (self.n, self.c, self.inner);
-        let dy = slice(s1, l1, "gradient")?;
-        let x = slice(s2, l2, "input")?;
+        let dy = f32_slice("batch-norm", s1, l1, "gradient")?;
+        let x = f32_slice("batch-norm", s2, l2, "input")?;
         let len = n * c * inner;
         if dy.len() != len || x.len() != len {
             candle_core::bail!("batch-norm backward: gradient and input sizes differ");
@@ -250,7 +239,7 @@ impl CustomOp2 for BnGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_diff;
+    use crate::test_util::{grads_of, max_diff};
     use candle_core::Device;
     use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
     use rand::{Rng, SeedableRng};
@@ -291,18 +280,8 @@ mod tests {
             let ours = forward_t(&bn1, &x, true).unwrap();
             let theirs = bn2.forward_train(&x).unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-5, "{shape:?}: values");
-            let g1 = (&ours * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&theirs * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads_of(&ours, &up);
+            let g2 = grads_of(&theirs, &up);
             assert!(
                 max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-4,
                 "{shape:?}: input gradient"

@@ -73,6 +73,10 @@ pub struct ModelSection {
     pub selection: String,
     /// Scale selected features by their normalised scores so the CTC gradient reaches the scorer.
     pub score_scaling: bool,
+    /// Whether the scorer's losses (L_gru, and the CTC gradient through the
+    /// score scaling) reach the visual encoder through the motion input M.
+    /// `false` trains the ConvGRU and the score head only.
+    pub scorer_trains_encoder: bool,
     pub dropout: f64,
     /// Square input side in pixels.
     pub input_size: usize,
@@ -98,6 +102,7 @@ impl Default for ModelSection {
             keyframe_ratio: 0.7,
             selection: "learned".into(),
             score_scaling: true,
+            scorer_trains_encoder: true,
             dropout: 0.2,
             input_size: 224,
             max_frames: 200,
@@ -202,6 +207,10 @@ pub struct TrainingSection {
     pub weight_decay: f64,
     /// Global gradient-norm clip (the seed's max_norm 1.0).
     pub grad_clip: f64,
+    /// Clip each module's gradient (the learning-rate groups) to `grad_clip`
+    /// on its own instead of the global norm of all of them (the seed's
+    /// `clip_grad_norm_`).
+    pub grad_clip_per_module: bool,
     pub schedule: Schedule,
     /// For this many first steps L_cls trains on flat-start labels (each
     /// clip's selected frames cut into equal runs, one per gloss) instead of
@@ -240,6 +249,7 @@ impl Default for TrainingSection {
             gradnorm_alpha: 0.12,
             weight_decay: 0.01,
             grad_clip: 1.0,
+            grad_clip_per_module: false,
             schedule: Schedule::Plateau {
                 patience: 3,
                 factor: 0.5,

@@ -253,7 +253,7 @@ pub fn forward(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_diff;
+    use crate::test_util::{grads_of, max_diff};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -307,18 +307,8 @@ mod tests {
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "k{k} s{stride} p{pad}");
             assert!(max_diff(&ours, &theirs) < 1e-5, "k{k} s{stride} p{pad}");
-            let g1 = (&ours * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&theirs * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads_of(&ours, &up);
+            let g2 = grads_of(&theirs, &up);
             for v in [&x, &wt, &b] {
                 let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(
@@ -356,8 +346,8 @@ mod tests {
                     0.0,
                     "k{k} s{stride} {dt:?}"
                 );
-                let ga = (&a * &up).unwrap().sum_all().unwrap().backward().unwrap();
-                let gb = (&b * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let ga = grads_of(&a, &up);
+                let gb = grads_of(&b, &up);
                 let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
                 assert!(
                     max_diff(&f64_of(ga), &f64_of(gb)) < 1e-5,

@@ -41,6 +41,8 @@ pub struct KeyframeConfig {
     pub hidden: usize,
     pub ratio: f64,
     pub score_scaling: bool,
+    /// Compute M from detached features: the scorer's gradients stop at the ConvGRU.
+    pub detach_input: bool,
     pub selection: Selection,
 }
 
@@ -190,6 +192,11 @@ impl KeyframeSelector {
         if t < 2 {
             return Tensor::zeros((b, 0), f.dtype(), f.device());
         }
+        let f = if self.cfg.detach_input {
+            f.detach()
+        } else {
+            f.clone()
+        };
         let m = (f.i((.., 1..))? - f.i((.., ..t - 1))?)?;
         let h = self.gru.forward(&m)?; // (B,S,H,G,G)
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // (B,S,H)

@@ -16,6 +16,7 @@ pub mod batchnorm;
 pub mod checkpoint;
 pub mod config;
 pub mod conv;
+mod cpu_op;
 pub mod ctc;
 pub mod data;
 pub mod export;
@@ -23,6 +24,7 @@ pub mod init;
 pub mod keyframe;
 pub mod loader;
 pub mod loss;
+pub mod lstm;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -54,7 +56,13 @@ pub fn keep_freed_memory() {}
 /// Helpers shared by the unit tests of several modules.
 #[cfg(test)]
 pub(crate) mod test_util {
+    use candle_core::backprop::GradStore;
     use candle_core::Tensor;
+
+    /// The gradients of Σ(y·up): a loss with a random upstream gradient.
+    pub fn grads_of(y: &Tensor, up: &Tensor) -> GradStore {
+        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
 
     /// The largest absolute elementwise difference of two tensors.
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -116,6 +116,7 @@ impl FourStage {
                 hidden: m.hidden_dim,
                 ratio: m.keyframe_ratio,
                 score_scaling: m.score_scaling,
+                detach_input: !m.scorer_trains_encoder,
                 selection,
             },
             vb.pp("keyframe"),

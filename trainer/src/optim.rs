@@ -100,6 +100,15 @@ impl AdamW {
             .collect()
     }
 
+    /// The variables of each group (one per module), in group order.
+    pub fn group_vars(&self) -> Vec<Vec<Var>> {
+        let mut out = vec![Vec::new(); self.lrs.len()];
+        for s in &self.slots {
+            out[s.group].push(s.var.clone());
+        }
+        out
+    }
+
     /// Every variable the optimiser updates.
     pub fn vars(&self) -> Vec<Var> {
         self.slots.iter().map(|s| s.var.clone()).collect()
@@ -188,6 +197,23 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
         }
     }
     Ok(norm)
+}
+
+/// [`clip_grad_norm`] applied to each group of variables on its own (each
+/// module's gradient clipped to `max_norm`), so a module whose gradient
+/// explodes cannot scale every other module's update to nothing. Returns the
+/// global norm before clipping, as [`clip_grad_norm`] does.
+pub fn clip_grad_norm_per_group(
+    grads: &mut GradStore,
+    groups: &[Vec<Var>],
+    max_norm: f64,
+) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in groups {
+        let n = clip_grad_norm(grads, g, max_norm)?;
+        sq += n * n;
+    }
+    Ok(sq.sqrt())
 }
 
 /// Learning-rate schedule, as a multiplier of the base rates.
@@ -396,6 +422,33 @@ mod tests {
             grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?,
             vec![4.0]
         );
+        Ok(())
+    }
+
+    /// Per group: an exploding group is clipped to the limit on its own and
+    /// the other keeps its gradient; the returned norm is the global one.
+    #[test]
+    fn clipping_per_group_leaves_the_other_groups_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![3e6f32, 4e6], 2, &dev)?;
+        let b = Var::from_vec(vec![0.2f32], 1, &dev)?;
+        // gradients: 2a = (6e6, 8e6), norm 1e7; 2b = (0.4)
+        let loss = (a.as_tensor().sqr()?.sum_all()? + b.as_tensor().sqr()?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let groups = [vec![a.clone()], vec![b.clone()]];
+        let n = clip_grad_norm_per_group(&mut grads, &groups, 1.0)?;
+        assert!((n - (1e14f64 + 0.16).sqrt()).abs() / n < 1e-6, "{n}");
+        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
+        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?;
+        assert!(
+            (ga[0] - 0.6).abs() < 1e-5 && (ga[1] - 0.8).abs() < 1e-5,
+            "{ga:?}"
+        );
+        assert!((gb[0] - 0.4).abs() < 1e-7, "untouched: {gb:?}");
+        // the global clip of the same gradients leaves b almost nothing
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0)?;
+        assert!(grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?[0] < 1e-6);
         Ok(())
     }
 

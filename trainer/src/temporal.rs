@@ -61,22 +61,7 @@ impl LstmDir {
             .matmul(&self.w_ih.t()?)?
             .broadcast_add(&bias)?
             .reshape((b, t, h4))?;
-        let w_hh_t = self.w_hh.t()?;
-        let mut h = Tensor::zeros((b, self.hidden), x.dtype(), x.device())?;
-        let mut c = h.clone();
-        let mut out = Vec::with_capacity(t);
-        for s in 0..t {
-            let gates = (xp.i((.., s))? + h.matmul(&w_hh_t)?)?;
-            let ch = gates.chunk(4, 1)?;
-            let i = candle_nn::ops::sigmoid(&ch[0])?;
-            let f = candle_nn::ops::sigmoid(&ch[1])?;
-            let g = ch[2].tanh()?;
-            let o = candle_nn::ops::sigmoid(&ch[3])?;
-            c = ((f * &c)? + (i * g)?)?;
-            h = (o * c.tanh()?)?;
-            out.push(h.clone());
-        }
-        Tensor::stack(&out, 1)
+        crate::lstm::recurrence(&xp, &self.w_hh)
     }
 }
 

@@ -16,7 +16,9 @@ use crate::loader::{self, Batch, ClipSpec, LoaderOptions};
 use crate::loss::{LossWeights, Weighting};
 use crate::metrics::{align_counts, EditCosts, ErrorCounts};
 use crate::model::{FourStage, FrameLabels, GROUPS};
-use crate::optim::{clip_grad_norm, AdamW, AdamWParams, ParamGroup, ScheduleState};
+use crate::optim::{
+    clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, ParamGroup, ScheduleState,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -155,6 +157,10 @@ pub struct EvalReport {
     /// spans (synthetic data only; None without spans).
     pub frame_accuracy: Option<f64>,
     pub blank_ratio: f64,
+    /// WER of the frame classifier's own greedy decode (argmax per selected
+    /// frame, repeats merged, blanks dropped): what stage 3 alone would say,
+    /// against which the CTC head's WER is read.
+    pub classifier_wer: f64,
     pub clips: usize,
 }
 
@@ -177,6 +183,7 @@ pub fn evaluate(
         .collect();
     let mut hyps = Vec::new();
     let mut counts = ErrorCounts::default();
+    let mut cls_counts = ErrorCounts::default();
     let (mut sims, mut ratio, mut ent, mut nk) = (Vec::new(), 0f64, 0f64, 0usize);
     let (mut fa_ok, mut fa_n, mut blanks, mut frames) = (0usize, 0usize, 0usize, 0usize);
     let v = vocab.len();
@@ -187,6 +194,7 @@ pub fn evaluate(
         sims.extend(out.similarity.iter().map(|&s| s as f64));
         let lp: Vec<Vec<Vec<f32>>> = out.ctc_log_probs.to_vec3()?;
         let fl: Vec<Vec<u32>> = out.frame_logits.argmax(candle_core::D::Minus1)?.to_vec2()?;
+        let frame_logits: Vec<Vec<Vec<f32>>> = out.frame_logits.to_vec3()?;
         for (i, id) in b.ids.iter().enumerate() {
             let k = out.keyframes.selected_lengths[i];
             let flat: Vec<f32> = lp[i][..k].iter().flatten().copied().collect();
@@ -204,6 +212,16 @@ pub fn evaluate(
             let sample = samples.iter().find(|s| &s.id == id);
             let reference: Vec<String> = sample.map(|s| s.glosses.clone()).unwrap_or_default();
             counts.add(&align_counts(&reference, &hyp, EditCosts::SCLITE));
+            // the classifier's logits decoded as CTC's greedy decoder does (argmax is
+            // the same on logits and log-probabilities)
+            let flat: Vec<f32> = frame_logits[i][..k].iter().flatten().copied().collect();
+            let cls_hyp: Vec<String> = signrt_runtime::decode::greedy(&flat, v)
+                .map_err(|e| anyhow::anyhow!("{id}: decoding the frame classifier: {e}"))?
+                .ids
+                .iter()
+                .filter_map(|&g| vocab.gloss(g as usize).map(String::from))
+                .collect();
+            cls_counts.add(&align_counts(&reference, &cls_hyp, EditCosts::SCLITE));
             ratio += k as f64 / b.lengths[i].max(1) as f64;
             ent += out.keyframes.entropy[i] as f64;
             nk += 1;
@@ -249,6 +267,7 @@ pub fn evaluate(
             selection_entropy: ent / nk.max(1) as f64,
             frame_accuracy: (fa_n > 0).then(|| fa_ok as f64 / fa_n as f64),
             blank_ratio: blanks as f64 / frames.max(1) as f64,
+            classifier_wer: cls_counts.wer(),
             clips: nk,
         },
         hyps,
@@ -513,7 +532,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let mut grads = total.backward()?;
             let bwd_ms = t_bwd.elapsed().as_secs_f64() * 1e3;
             let t_opt = std::time::Instant::now();
-            let gnorm = clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?;
+            let gnorm = if cfg.training.grad_clip_per_module {
+                clip_grad_norm_per_group(&mut grads, &opt.group_vars(), cfg.training.grad_clip)?
+            } else {
+                clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?
+            };
             opt.step(&grads, sched.scale(step))?;
             log::debug!(
                 "step {step}: {} frames, forward {fwd_ms:.0} ms, backward {bwd_ms:.0} ms, optimiser {:.0} ms",

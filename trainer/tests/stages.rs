@@ -54,6 +54,10 @@ fn run_tract(g: GraphBuilder, shape: &[usize], x: &[f32]) -> Vec<f32> {
 }
 
 fn selector(sel: Selection, scaling: bool) -> (VarMap, KeyframeSelector) {
+    selector_with(sel, scaling, false)
+}
+
+fn selector_with(sel: Selection, scaling: bool, detach: bool) -> (VarMap, KeyframeSelector) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let k = KeyframeSelector::new(
@@ -62,6 +66,7 @@ fn selector(sel: Selection, scaling: bool) -> (VarMap, KeyframeSelector) {
             hidden: 4,
             ratio: 0.7,
             score_scaling: scaling,
+            detach_input: detach,
             selection: sel,
         },
         vb.pp("keyframe"),
@@ -335,6 +340,32 @@ fn gradient_paths_into_the_scorer() -> Result<()> {
             grad_norm(&g, &w) > 0.0 && grad_norm(&g, &gru_w) > 0.0,
             "L_gru trains the scorer"
         );
+    }
+    Ok(())
+}
+
+/// `model.scorer_trains_encoder = false`: L_gru still trains the scorer but
+/// sends nothing into the features; with it on, it does. Downstream losses
+/// reach the features either way (through the selected frames).
+#[test]
+fn a_detached_scorer_leaves_the_features_to_the_other_losses() -> Result<()> {
+    let f0 = rand_tensor(&[2, 8, 3, 2, 2], 15);
+    let lens = [8usize, 6];
+    for detach in [false, true] {
+        let f = Var::from_tensor(&f0)?;
+        let (vm, k) = selector_with(Selection::Learned, true, detach);
+        let out = k.forward(f.as_tensor(), &lens)?;
+        let w = vm.data().lock().unwrap()["keyframe.gru.new.weight"].clone();
+        let g = out.loss_gru.backward()?;
+        assert!(grad_norm(&g, &w) > 0.0, "L_gru trains the ConvGRU");
+        let into_features = grad_norm(&g, &f);
+        if detach {
+            assert_eq!(into_features, 0.0, "detached: L_gru must not reach F");
+        } else {
+            assert!(into_features > 0.0, "attached: L_gru reaches F through M");
+        }
+        let g = out.selected.sqr()?.sum_all()?.backward()?;
+        assert!(grad_norm(&g, &f) > 0.0, "downstream losses reach F");
     }
     Ok(())
 }

@@ -37,10 +37,16 @@ pub fn conv2d(
     }
     let ho = (h + 2 * pad - kh) / s + 1;
     let wo = (wd + 2 * pad - kw) / s + 1;
-    let out = if kh == 1 && kw == 1 && s == 1 && pad == 0 {
-        // a 1x1 convolution is a matmul already
-        w.reshape((o, c))?
-            .broadcast_matmul(&x.reshape((n, c, h * wd))?)?
+    // The patches of the whole batch are one matrix (C·kh·kw, N·Ho·Wo), so the
+    // weight multiplies it once: its gradient is then one product summed over
+    // N·Ho·Wo inside gemm. (A weight broadcast to the batch for a batched
+    // matmul made its backward materialise N copies of the weight gradient
+    // and sum them in a strided reduction: a sixth of a training step.)
+    let patches = if kh == 1 && kw == 1 && s == 1 && pad == 0 {
+        // a 1x1 convolution's patches are the input itself
+        x.reshape((n, c, h * wd))?
+            .transpose(0, 1)?
+            .reshape((c, n * h * wd))?
     } else {
         let geo = Geometry {
             n,
@@ -54,15 +60,21 @@ pub fn conv2d(
             ho,
             wo,
         };
-        let patches = if x.device().is_cpu() {
+        if x.device().is_cpu() {
             // one pass gathers every patch; its backward scatters them back
             x.contiguous()?.apply_op1(Im2Col(geo))?
         } else {
             gather_patches(x, geo)?
-        };
-        w.reshape((o, c * kh * kw))?.broadcast_matmul(&patches)?
+                .transpose(0, 1)?
+                .reshape((c * kh * kw, n * ho * wo))?
+        }
     };
-    let out = out.reshape((n, o, ho, wo))?;
+    let out = w
+        .reshape((o, c * kh * kw))?
+        .matmul(&patches)? // (O, N·Ho·Wo)
+        .reshape((o, n, ho * wo))?
+        .transpose(0, 1)?
+        .reshape((n, o, ho, wo))?;
     match bias {
         Some(b) => out.broadcast_add(&b.reshape((1, o, 1, 1))?),
         None => Ok(out),
@@ -100,14 +112,19 @@ impl Geometry {
     fn input_len(&self) -> usize {
         self.c * self.h * self.w
     }
-    fn patch_len(&self) -> usize {
-        self.c * self.kh * self.kw * self.ho * self.wo
+    /// Output positions of one sample.
+    fn positions(&self) -> usize {
+        self.ho * self.wo
     }
-    /// Calls `f(patch index, input index)` for every patch entry that reads
-    /// the input (entries over the zero padding are skipped), for one sample.
-    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+    /// Rows of the patch matrix: (C, kh, kw) in the weight's order.
+    fn rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Calls `f(position, input offset in the channel's plane)` for every
+    /// position of patch row `r` (channel, ky, kx) that reads the input;
+    /// positions over the zero padding are skipped.
+    fn for_row(&self, r: usize, mut f: impl FnMut(usize, usize)) {
         let Geometry {
-            c,
             h,
             w,
             kh,
@@ -118,33 +135,25 @@ impl Geometry {
             wo,
             ..
         } = *self;
-        let mut p = 0;
-        for ci in 0..c {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    for oy in 0..ho {
-                        let y = (oy * stride + ky) as isize - pad as isize;
-                        if y < 0 || y >= h as isize {
-                            p += wo;
-                            continue;
-                        }
-                        let row = (ci * h + y as usize) * w;
-                        for ox in 0..wo {
-                            let xx = (ox * stride + kx) as isize - pad as isize;
-                            if xx >= 0 && xx < w as isize {
-                                f(p, row + xx as usize);
-                            }
-                            p += 1;
-                        }
-                    }
+        let (ky, kx) = ((r / kw) % kh, r % kw);
+        for oy in 0..ho {
+            let y = (oy * stride + ky) as isize - pad as isize;
+            if y < 0 || y >= h as isize {
+                continue;
+            }
+            for ox in 0..wo {
+                let xx = (ox * stride + kx) as isize - pad as isize;
+                if xx >= 0 && xx < w as isize {
+                    f(oy * wo + ox, y as usize * w + xx as usize);
                 }
             }
         }
     }
 }
 
-/// The conv2d patches (im2col): x (N,C,H,W) -> (N, C·kh·kw, Ho·Wo), in the
-/// weight's (C, kh, kw) order; the backward is [`Col2Im`].
+/// The conv2d patches (im2col) of a batch: x (N,C,H,W) -> (C·kh·kw, N·Ho·Wo),
+/// rows in the weight's (C, kh, kw) order, columns sample by sample; the
+/// backward is [`Col2Im`].
 struct Im2Col(Geometry);
 
 /// The adjoint of [`Im2Col`]: patch gradients summed back onto the input.
@@ -159,19 +168,36 @@ fn contiguous_slice<'a, T>(d: &'a [T], l: &candle_core::Layout, op: &str) -> Res
 
 fn im2col<T: Copy + Default + Send + Sync>(x: &[T], g: Geometry) -> Vec<T> {
     use rayon::prelude::*;
-    let mut out = vec![T::default(); g.n * g.patch_len()];
-    out.par_chunks_mut(g.patch_len().max(1))
-        .zip(x.par_chunks(g.input_len().max(1)))
-        .for_each(|(o, xi)| g.for_each(|p, i| o[p] = xi[i]));
+    let (plane, cols) = (g.h * g.w, g.positions());
+    let mut out = vec![T::default(); g.rows() * g.n * cols];
+    // one patch row per task: it writes its own N·Ho·Wo entries
+    out.par_chunks_mut((g.n * cols).max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let ci = r / (g.kh * g.kw);
+            for (ni, o) in row.chunks_mut(cols.max(1)).enumerate() {
+                let xi = &x[ni * g.input_len() + ci * plane..][..plane];
+                g.for_row(r, |p, i| o[p] = xi[i]);
+            }
+        });
     out
 }
 
 fn col2im<T: Copy + Default + Send + Sync + std::ops::AddAssign>(p: &[T], g: Geometry) -> Vec<T> {
     use rayon::prelude::*;
+    let (plane, cols) = (g.h * g.w, g.positions());
     let mut out = vec![T::default(); g.n * g.input_len()];
+    // one sample per task: it sums onto its own input
     out.par_chunks_mut(g.input_len().max(1))
-        .zip(p.par_chunks(g.patch_len().max(1)))
-        .for_each(|(o, pi)| g.for_each(|q, i| o[i] += pi[q]));
+        .enumerate()
+        .for_each(|(ni, o)| {
+            for r in 0..g.rows() {
+                let ci = r / (g.kh * g.kw);
+                let pr = &p[(r * g.n + ni) * cols..][..cols];
+                let oc = &mut o[ci * plane..][..plane];
+                g.for_row(r, |q, i| oc[i] += pr[q]);
+            }
+        });
     out
 }
 
@@ -192,7 +218,7 @@ impl candle_core::CustomOp1 for Im2Col {
             S::F64(d) => S::F64(im2col(contiguous_slice(d, l, "im2col")?, g)),
             _ => candle_core::bail!("im2col: f32 or f64 only, got {:?}", s.dtype()),
         };
-        Ok((out, (g.n, g.c * g.kh * g.kw, g.ho * g.wo).into()))
+        Ok((out, (g.rows(), g.n * g.positions()).into()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -336,9 +362,14 @@ mod tests {
                     ho,
                     wo,
                 };
-                let up = rand(&[2, 3 * k * k, ho * wo], 8).to_dtype(dt).unwrap();
+                let up = rand(&[3 * k * k, 2 * ho * wo], 8).to_dtype(dt).unwrap();
                 let a = x.apply_op1(Im2Col(geo)).unwrap();
-                let b = gather_patches(&x, geo).unwrap();
+                let b = gather_patches(&x, geo)
+                    .unwrap()
+                    .transpose(0, 1)
+                    .unwrap()
+                    .reshape((3 * k * k, 2 * ho * wo))
+                    .unwrap();
                 assert_eq!(a.dims(), b.dims());
                 let f64_of = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
                 assert_eq!(

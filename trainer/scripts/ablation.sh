@@ -100,7 +100,9 @@ for r in $rows; do
   line=$(grep -m1 '^test: WER' "$work/$r.eval")
   wer=$(echo "$line" | sed -E 's/^test: WER ([0-9.]+%).*/\1/')
   sdi=$(echo "$line" | sed -E 's/.*\(S ([0-9]+) \+ D ([0-9]+) \+ I ([0-9]+)\).*/\1 \/ \2 \/ \3/')
-  exact=$(grep -o '"sequence_accuracy": *[0-9.]*' "$work/$r.eval" | head -1 | sed -E 's/.*: *//')
+  exact=$(grep -o '"sentences_correct": *[0-9]*' "$work/$r.eval" | head -1 | sed -E 's/.*: *//')
+  total=$(grep -o '"sentences": *[0-9]*' "$work/$r.eval" | head -1 | sed -E 's/.*: *//')
+  exact="$exact of $total"
   echo "| $(describe "$r") | $steps | $wer | $sdi | $exact |" >> "$table"
 done
 mv "$table" "$work/ablation.md"

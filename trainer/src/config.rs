@@ -228,6 +228,12 @@ pub struct TrainingSection {
     /// features discriminative (measured: L_cls alone 2.4 → 1.4 in 150 steps,
     /// with CTC still 2.0).
     pub ctc_warmup_steps: u64,
+    /// When L_ctc joins (after `ctc_warmup_steps > 0` steps), the CTC head
+    /// starts as a copy of the frame classifier (same input, same outputs:
+    /// blank then the glosses) instead of its random initialisation, so CTC
+    /// starts from the classifier's posteriors rather than its all-blank
+    /// plateau.
+    pub ctc_init_from_classifier: bool,
     /// Evaluate on dev every this many steps (0 = at the end of each epoch).
     pub eval_every: u64,
     /// Beam width for dev evaluation (1 = greedy).
@@ -258,6 +264,7 @@ impl Default for TrainingSection {
             flat_start_steps: 0,
             frame_labels: "alignment".into(),
             ctc_warmup_steps: 0,
+            ctc_init_from_classifier: false,
             eval_every: 0,
             eval_beam: 1,
             augment: AugmentSection::default(),

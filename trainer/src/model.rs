@@ -169,6 +169,24 @@ impl FourStage {
         Tensor::stack(&rows, 0)
     }
 
+    /// Overwrites the CTC head (`ctc.weight`, `ctc.bias`) with a copy of the
+    /// frame classifier (`temporal.classifier.*`): both map the BiLSTM's
+    /// output to blank-then-glosses logits, so the copy starts CTC from the
+    /// classifier's posteriors (`training.ctc_init_from_classifier`).
+    pub fn init_ctc_from_classifier(&self, varmap: &VarMap) -> Result<()> {
+        let vars = varmap.data().lock().expect("varmap lock");
+        for (from, to) in [
+            ("temporal.classifier.weight", "ctc.weight"),
+            ("temporal.classifier.bias", "ctc.bias"),
+        ] {
+            let (Some(src), Some(dst)) = (vars.get(from), vars.get(to)) else {
+                candle_core::bail!("init_ctc_from_classifier: no variable {from} or {to}");
+            };
+            dst.set(&src.as_tensor().copy()?)?;
+        }
+        Ok(())
+    }
+
     /// The whole model on a batch, with the four losses; frame pseudo-labels
     /// from the CTC forced alignment.
     pub fn forward(

@@ -510,6 +510,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             } else {
                 FrameLabels::Alignment
             };
+            if cfg.training.ctc_init_from_classifier
+                && cfg.training.ctc_warmup_steps > 0
+                && step == cfg.training.ctc_warmup_steps
+            {
+                model.init_ctc_from_classifier(&vm)?;
+                log::info!("step {step}: the CTC head starts as a copy of the frame classifier");
+            }
             let t_fwd = std::time::Instant::now();
             let out = model.forward_with(&x, &b.lengths, &b.targets, &b.sentences, true, labels)?;
             let fwd_ms = t_fwd.elapsed().as_secs_f64() * 1e3;

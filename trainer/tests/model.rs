@@ -145,3 +145,49 @@ fn flat_start_labels_cut_the_frames_into_equal_runs_in_order() {
     }
     assert_eq!(uniform_labels(3, &[]), vec![-1, -1, -1]);
 }
+
+#[test]
+fn the_ctc_head_can_start_as_a_copy_of_the_frame_classifier() {
+    let cfg = tiny();
+    let vm = VarMap::new();
+    let dev = Device::Cpu;
+    let m = FourStage::new(&cfg, 5, &vm, &dev).unwrap();
+    signrt_trainer::init::reinit(&vm, 4).unwrap();
+    let h = Tensor::from_vec(
+        signrt_runtime::toy::toy_weights(2 * 3 * 10, 9),
+        (2, 3, 10),
+        &dev,
+    )
+    .unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let before = max_diff(
+        &m.ctc.forward(&h).unwrap(),
+        &m.temporal.classify(&h).unwrap(),
+    );
+    assert!(before > 1e-3, "the two heads start different ({before})");
+    m.init_ctc_from_classifier(&vm).unwrap();
+    let after = max_diff(
+        &m.ctc.forward(&h).unwrap(),
+        &m.temporal.classify(&h).unwrap(),
+    );
+    assert_eq!(after, 0.0);
+    // a copy, not a shared tensor: changing the classifier leaves the head
+    let data = vm.data().lock().unwrap();
+    let w = data.get("temporal.classifier.weight").unwrap();
+    w.set(&(w.as_tensor() * 2.0).unwrap()).unwrap();
+    drop(data);
+    let again = max_diff(
+        &m.ctc.forward(&h).unwrap(),
+        &m.temporal.classify(&h).unwrap(),
+    );
+    assert!(again > 1e-3);
+}

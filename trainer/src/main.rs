@@ -77,6 +77,9 @@ enum Cmd {
         hyp_out: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Compute threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -336,7 +339,11 @@ fn main() {
             beam,
             hyp_out,
             device,
-        } => eval_cmd(checkpoint, data, split, beam, hyp_out, device),
+            threads,
+        } => {
+            set_threads(threads.unwrap_or(0));
+            eval_cmd(checkpoint, data, split, beam, hyp_out, device)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -32,7 +32,7 @@ if [ ! -f "$corpus/synth.json" ]; then
   "$bin" synth --out "$corpus" --videos "$videos" --glosses 10 --signers "$signers" --size 64 --seed 0 --force
 fi
 
-base=(--set training.frame_labels=spans --set training.eval_every=200 --set training.schedule.every=700
+base=(--set training.frame_labels=spans --set training.eval_every=400
   --set model.dropout=0.0 --set training.augment.crop_min=1.0 --set training.augment.color_jitter=0.0
   --set training.augment.rotation_deg=0.0 --set training.augment.temporal_rescale=0.0)
 

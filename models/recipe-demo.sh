@@ -2,14 +2,16 @@
 # Regenerates the bundled default model, models/demo/ (int8), its samples
 # (models/samples/) and models/demo/EVAL.md, from nothing but this repository:
 #
-#   synthesise the corpus -> train trainer/configs/cpu-small.toml on the CPU
+#   synthesise the corpus -> train CONFIG (default: models/demo/train-config.toml) on the CPU
 #   -> evaluate (float, beam 5) -> export -> quantise to int8 (calibrated on
 #   train videos) -> evaluate the float and int8 bundles in the runtime.
 #
 # Usage: models/recipe-demo.sh [WORK_DIR]     (default: target/recipe-demo)
 # Environment: STEPS (training steps, default 1230), or MINUTES (a training time budget instead
 # of a step count), THREADS (default: all cores), SKIP_TRAIN=1 (keep WORK_DIR's corpus and run;
-# redo evaluation, export, quantisation, install).
+# redo evaluation, export, quantisation, install), CONFIG (the training config; default
+# models/demo/train-config.toml, the config the shipped model was trained with, so that the
+# recipe reproduces it; CONFIG=trainer/configs/cpu-small.toml trains today's small config).
 # Training is bounded by a step count so that the recipe is reproducible on any machine: the
 # corpus, the initialisation and the batch order are seeded, and dropout and augmentation are
 # off, so the same steps give the same weights (measured: see EVAL.md). 1230 steps took 40 min
@@ -25,7 +27,9 @@ else
   budget=(--max-steps "$steps"); budget_text="a budget of $steps steps"
 fi
 threads=${THREADS:-0}
+config=${CONFIG:-models/demo/train-config.toml}
 mkdir -p "$work"
+cp "$config" "$work/train-config.toml"   # models/demo is replaced below: keep the config read
 
 echo "== build (dev profile: dependencies at opt-level 3)"
 cargo build -q -p signrt-trainer -p signrt-quantize -p signrt-runtime --bins
@@ -50,10 +54,10 @@ else
   echo "== synthesise the corpus ($videos videos, $glosses glosses, $signers signers; split by signer)"
   "$bin/signrt-train" synth --out "$work/corpus" --videos $videos --glosses $glosses --signers $signers --size 64 --seed 0 --force
 
-  echo "== train (cpu-small, $budget_text, ${overrides[*]})"
+  echo "== train ($config, $budget_text, ${overrides[*]})"
   rm -rf "$work/run"
   t0=$SECONDS
-  "$bin/signrt-train" train --config trainer/configs/cpu-small.toml \
+  "$bin/signrt-train" train --config "$work/train-config.toml" \
     --data "$work/corpus" --out "$work/run" "${budget[@]}" --threads "$threads" "${overrides[@]}"
   train_secs=$((SECONDS - t0))
   echo "$train_secs" > "$work/train-secs"
@@ -74,7 +78,7 @@ echo "== install into models/"
 rm -rf models/demo.new
 mkdir -p models/demo.new
 cp "$work/int8"/* models/demo.new/
-cp trainer/configs/cpu-small.toml models/demo.new/train-config.toml
+cp "$work/train-config.toml" models/demo.new/train-config.toml
 rm -rf models/demo && mv models/demo.new models/demo
 # samples: test videos (unseen signers) that the trainer's evaluation got right, kept only if the
 # shipped int8 bundle streamed by `signrt run` gets them right too; EVAL.md says how many qualified
@@ -104,7 +108,7 @@ steps_done=$(grep -c '"kind":"step"' "$work/run/metrics.jsonl" || true)
   echo "Made by \`models/recipe-demo.sh\` ($(date -u +%Y-%m-%d)). The model knows only the synthetic"
   echo "signer's $glosses-gloss vocabulary: these figures say nothing about real signing."
   echo
-  echo "Training: \`trainer/configs/cpu-small.toml\` (copied here as \`train-config.toml\`) with"
+  echo "Training: \`$config\` (copied here as \`train-config.toml\`) with"
   echo "\`${overrides[*]}\`, $steps_done steps"
   echo "($budget_text; wall time $train_secs s) on a 2-core CPU, on the train split of \`signrt-train synth --videos $videos --glosses $glosses --signers $signers --size 64 --seed 0\`."
   echo

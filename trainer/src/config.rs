@@ -552,6 +552,13 @@ mod shipped {
             ("resnet18", 512)
         );
         assert_eq!(gpu.training.weighting, "gradnorm");
+        // models/recipe-demo.sh retrains the shipped model from its recorded config
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/train-config.toml");
+        let demo = Config::load(&demo).unwrap();
+        assert_eq!(
+            (demo.training.batch_size, demo.training.grad_clip_per_module),
+            (4, false)
+        );
     }
 }
 

@@ -7,19 +7,19 @@
 #   train videos) -> evaluate the float and int8 bundles in the runtime.
 #
 # Usage: models/recipe-demo.sh [WORK_DIR]     (default: target/recipe-demo)
-# Environment: STEPS (training steps, default 1230), or MINUTES (a training time budget instead
+# Environment: STEPS (training steps, default 2800), or MINUTES (a training time budget instead
 # of a step count), THREADS (default: all cores), SKIP_TRAIN=1 (keep WORK_DIR's corpus and run;
 # redo evaluation, export, quantisation, install), CONFIG (the training config; default
 # models/demo/train-config.toml, the config the shipped model was trained with, so that the
 # recipe reproduces it; CONFIG=trainer/configs/cpu-small.toml trains today's small config).
 # Training is bounded by a step count so that the recipe is reproducible on any machine: the
 # corpus, the initialisation and the batch order are seeded, and dropout and augmentation are
-# off, so the same steps give the same weights (measured: see EVAL.md). 1230 steps took 40 min
-# on 2 cores here.
+# off, so the same steps give the same weights (measured: see EVAL.md). 2800 steps took 28 min
+# with THREADS=1 here (cpu-small.toml, batch 2), while another training run used the other core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-target/recipe-demo}
-steps=${STEPS:-1230}
+steps=${STEPS:-2800}
 minutes=${MINUTES:-0}
 if [ "$minutes" != 0 ]; then
   budget=(--max-minutes "$minutes"); budget_text="a $minutes-minute training budget"
@@ -71,7 +71,7 @@ echo "== evaluate the checkpoint (test split, unseen signers, beam 5)"
 echo "== export, quantise, evaluate both bundles in the runtime"
 rm -rf "$work/float" "$work/int8"
 "$bin/signrt-train" export --checkpoint "$work/run/best.safetensors" --out "$work/float" --window 64 --stride 16
-"$bin/signrt-quantize" --bundle "$work/float" --calib "$work/corpus" --samples 32 --method percentile --out "$work/int8" \
+"$bin/signrt-quantize" --bundle "$work/float" --calib "$work/corpus" --samples 96 --method percentile --out "$work/int8" \
   --eval "$work/corpus" --split test --beam 5 | tee "$work/quantize-report.txt"
 
 echo "== install into models/"
@@ -126,7 +126,7 @@ steps_done=$(grep -c '"kind":"step"' "$work/run/metrics.jsonl" || true)
   echo "## Float and int8 bundles, runtime evaluation (same split)"
   echo
   echo '```'
-  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 32 --method percentile --out $work/int8 --eval $work/corpus --split test --beam 5"
+  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 96 --method percentile --out $work/int8 --eval $work/corpus --split test --beam 5"
   cat "$work/quantize-report.txt"
   echo '```'
 } > models/demo/EVAL.md.tmp

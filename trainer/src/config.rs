@@ -394,6 +394,14 @@ impl Config {
                 return bad(f, "must be positive".into());
             }
         }
+        if let Schedule::Cosine { steps, min_scale } = self.training.schedule {
+            if steps == 0 || !(0.0..=1.0).contains(&min_scale) {
+                return bad(
+                    "training.schedule",
+                    format!("cosine: steps {steps} must be positive and min_scale {min_scale} in [0, 1]"),
+                );
+            }
+        }
         if m.max_frames < 2 {
             return bad("model.max_frames", "must be at least 2".into());
         }
@@ -610,5 +618,25 @@ mod overrides {
         .unwrap_err()
         .to_string();
         assert!(e.contains("keyframe_ratio"), "{e}");
+        // a whole schedule as an inline table; a bad cosine is refused by field
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &[r#"training.schedule={kind="cosine",steps=2900,min_scale=0.05}"#.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.training.schedule,
+            Schedule::Cosine {
+                steps: 2900,
+                min_scale: 0.05
+            }
+        );
+        let e = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &[r#"training.schedule={kind="cosine",steps=0,min_scale=0.05}"#.into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("training.schedule"), "{e}");
     }
 }

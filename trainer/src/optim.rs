@@ -226,6 +226,14 @@ pub enum Schedule {
         every: u64,
         gamma: f64,
     },
+    /// Cosine decay from 1 to `min_scale` over the first `steps` steps, then
+    /// `min_scale` (SGDR without restarts). A run cut short by `--max-minutes`
+    /// ends before the rate is fully decayed, so set `steps` to what the budget
+    /// allows (`--set training.schedule.steps=N`).
+    Cosine {
+        steps: u64,
+        min_scale: f64,
+    },
     /// Multiply by `factor` when the dev WER has not improved for `patience`
     /// evaluations (`ReduceLROnPlateau(mode="min")`), never below `min_scale`.
     Plateau {
@@ -259,6 +267,10 @@ impl ScheduleState {
         match self.schedule {
             Schedule::Constant => 1.0,
             Schedule::Step { every, gamma } => gamma.powi((step / every.max(1)) as i32),
+            Schedule::Cosine { steps, min_scale } => {
+                let p = (step as f64 / steps.max(1) as f64).min(1.0);
+                min_scale + (1.0 - min_scale) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
             Schedule::Plateau { .. } => self.plateau_scale,
         }
     }
@@ -462,6 +474,16 @@ mod tests {
             (s.scale(0), s.scale(9), s.scale(10), s.scale(25)),
             (1.0, 1.0, 0.5, 0.25)
         );
+        // cosine: 1 at the start, the midpoint halfway, min_scale at and after `steps`
+        let s = ScheduleState::new(Schedule::Cosine {
+            steps: 100,
+            min_scale: 0.1,
+        });
+        assert_eq!(s.scale(0), 1.0);
+        assert!((s.scale(50) - 0.55).abs() < 1e-12);
+        assert!((s.scale(25) - (0.1 + 0.9 * 0.5 * (1.0 + 0.5f64.sqrt()))).abs() < 1e-12);
+        assert!((s.scale(100) - 0.1).abs() < 1e-12 && (s.scale(1000) - 0.1).abs() < 1e-12);
+        assert!((1..100).all(|i| s.scale(i) < s.scale(i - 1)));
         let mut s = ScheduleState::new(Schedule::Plateau {
             patience: 1,
             factor: 0.5,

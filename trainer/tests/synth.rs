@@ -368,3 +368,47 @@ fn samples_writes_y4m_clips_with_references() {
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("no_such_video"));
 }
+
+/// A hand over the face is skin on skin: its shape must still show. (The
+/// fingered shapes once had no outline, and a V and a pointing finger at the
+/// forehead were the face's own pixels: the benchmark's most confused pair.)
+#[test]
+fn handshapes_show_on_skin() {
+    use signrt_trainer::synth::glosses::Handshape;
+    use signrt_trainer::synth::render::{hand, Canvas};
+    let skin = [200.0, 160.0, 130.0];
+    let edge = [140.0, 112.0, 91.0];
+    let draw = |shape: Option<Handshape>| {
+        let mut cv = Canvas::new(64, 64);
+        cv.ellipse(32.0, 32.0, 40.0, 40.0, 0.0, skin); // a face filling the frame
+        if let Some(s) = shape {
+            // the benchmark corpus's hand: palm radius 0.16 of a 0.36·64 px unit
+            hand(&mut cv, 32.0, 34.0, 0.16 * 0.36 * 64.0, s, 0.0, skin, edge);
+        }
+        cv.rgb
+    };
+    let differ = |a: &[u8], b: &[u8]| a.chunks(3).zip(b.chunks(3)).filter(|(p, q)| p != q).count();
+    let face = draw(None);
+    let shapes = [
+        Handshape::Point,
+        Handshape::V,
+        Handshape::Open,
+        Handshape::Fist,
+        Handshape::Flat,
+    ];
+    let imgs: Vec<_> = shapes.iter().map(|&s| draw(Some(s))).collect();
+    for (s, img) in shapes.iter().zip(&imgs) {
+        assert!(differ(&face, img) >= 10, "{s:?} is invisible on skin");
+    }
+    for i in 0..shapes.len() {
+        for j in i + 1..shapes.len() {
+            let d = differ(&imgs[i], &imgs[j]);
+            assert!(
+                d >= 6,
+                "{:?} and {:?} differ in {d} pixels",
+                shapes[i],
+                shapes[j]
+            );
+        }
+    }
+}

@@ -155,16 +155,36 @@ pub fn hand(
     skin: Rgb,
     edge: Rgb,
 ) {
-    let finger = |cv: &mut Canvas, a: f32, len: f32| {
-        let (dx, dy) = (a.sin(), -a.cos());
-        cv.capsule(
-            x + dx * r * 0.6,
-            y + dy * r * 0.6,
-            x + dx * (r + len),
-            y + dy * (r + len),
-            r * 0.28,
-            skin,
-        );
+    // Fingered shapes are drawn twice: grown by `o` in the edge colour, then
+    // in skin. Without the outline a hand over the face (skin on skin) was
+    // the face's own pixels: a V and a pointing finger at the forehead could
+    // not be told apart (ARCHITECTURE.md, "The synthetic signer").
+    let o = r * 0.2;
+    let fingered = |cv: &mut Canvas, grow: f32, c: Rgb| {
+        let finger = |cv: &mut Canvas, a: f32, len: f32| {
+            let (dx, dy) = (a.sin(), -a.cos());
+            cv.capsule(
+                x + dx * r * 0.6,
+                y + dy * r * 0.6,
+                x + dx * (r + len),
+                y + dy * (r + len),
+                r * 0.28 + grow,
+                c,
+            );
+        };
+        cv.ellipse(x, y, r + grow, r + grow, 0.0, c);
+        match shape {
+            Handshape::Point => finger(cv, angle, r * 1.6),
+            Handshape::V => {
+                finger(cv, angle - 0.45, r * 1.5);
+                finger(cv, angle + 0.45, r * 1.5);
+            }
+            _ => {
+                for k in 0..5 {
+                    finger(cv, angle + (k as f32 - 2.0) * 0.42, r * 1.2);
+                }
+            }
+        }
     };
     match shape {
         Handshape::Fist => {
@@ -175,20 +195,9 @@ pub fn hand(
             cv.ellipse(x, y, r * 0.75, r * 1.9, angle, edge);
             cv.ellipse(x, y, r * 0.6, r * 1.7, angle, skin);
         }
-        Handshape::Point => {
-            cv.ellipse(x, y, r, r, 0.0, skin);
-            finger(cv, angle, r * 1.6);
-        }
-        Handshape::V => {
-            cv.ellipse(x, y, r, r, 0.0, skin);
-            finger(cv, angle - 0.45, r * 1.5);
-            finger(cv, angle + 0.45, r * 1.5);
-        }
-        Handshape::Open => {
-            cv.ellipse(x, y, r, r, 0.0, skin);
-            for k in 0..5 {
-                finger(cv, angle + (k as f32 - 2.0) * 0.42, r * 1.2);
-            }
+        Handshape::Point | Handshape::V | Handshape::Open => {
+            fingered(cv, o, edge);
+            fingered(cv, 0.0, skin);
         }
     }
 }

@@ -207,13 +207,12 @@ pub fn clip_grad_norm_per_group(
     grads: &mut GradStore,
     groups: &[Vec<Var>],
     max_norm: f64,
-) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in groups {
-        let n = clip_grad_norm(grads, g, max_norm)?;
-        sq += n * n;
-    }
-    Ok(sq.sqrt())
+) -> Result<(f64, Vec<f64>)> {
+    let norms = groups
+        .iter()
+        .map(|g| clip_grad_norm(grads, g, max_norm))
+        .collect::<Result<Vec<f64>>>()?;
+    Ok((norms.iter().map(|n| n * n).sum::<f64>().sqrt(), norms))
 }
 
 /// Learning-rate schedule, as a multiplier of the base rates.
@@ -448,8 +447,12 @@ mod tests {
         let loss = (a.as_tensor().sqr()?.sum_all()? + b.as_tensor().sqr()?.sum_all()?)?;
         let mut grads = loss.backward()?;
         let groups = [vec![a.clone()], vec![b.clone()]];
-        let n = clip_grad_norm_per_group(&mut grads, &groups, 1.0)?;
+        let (n, per) = clip_grad_norm_per_group(&mut grads, &groups, 1.0)?;
         assert!((n - (1e14f64 + 0.16).sqrt()).abs() / n < 1e-6, "{n}");
+        assert!(
+            (per[0] / 1e7 - 1.0).abs() < 1e-6 && (per[1] - 0.4).abs() < 1e-6,
+            "{per:?}"
+        );
         let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
         let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?;
         assert!(

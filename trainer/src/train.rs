@@ -539,10 +539,24 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let mut grads = total.backward()?;
             let bwd_ms = t_bwd.elapsed().as_secs_f64() * 1e3;
             let t_opt = std::time::Instant::now();
-            let gnorm = if cfg.training.grad_clip_per_module {
-                clip_grad_norm_per_group(&mut grads, &opt.group_vars(), cfg.training.grad_clip)?
+            // per module: each group's norm before clipping, logged by name
+            let (gnorm, group_norms) = if cfg.training.grad_clip_per_module {
+                let (n, per) = clip_grad_norm_per_group(
+                    &mut grads,
+                    &opt.group_vars(),
+                    cfg.training.grad_clip,
+                )?;
+                let named: serde_json::Map<String, serde_json::Value> = GROUPS
+                    .iter()
+                    .zip(per)
+                    .map(|((name, _), v)| (name.to_string(), serde_json::json!(v)))
+                    .collect();
+                (n, Some(named))
             } else {
-                clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?
+                (
+                    clip_grad_norm(&mut grads, &opt.vars(), cfg.training.grad_clip)?,
+                    None,
+                )
             };
             opt.step(&grads, sched.scale(step))?;
             log::debug!(
@@ -554,13 +568,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             last_losses = vals;
             last_total = total.to_scalar::<f32>()? as f64;
             let fps = b.total_frames() as f64 / t0.elapsed().as_secs_f64();
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"kind": "step", "step": step, "epoch": epoch, "loss": last_total,
-                    "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
-                    "weights": weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": sched.scale(step), "frames_per_s": fps})
-            )?;
+            let mut rec = serde_json::json!({"kind": "step", "step": step, "epoch": epoch, "loss": last_total,
+                "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
+                "weights": weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": sched.scale(step), "frames_per_s": fps});
+            if let Some(g) = group_norms {
+                rec["group_norms"] = serde_json::Value::Object(g);
+            }
+            writeln!(metrics, "{rec}")?;
             let eta = eta_secs(
                 started.elapsed().as_secs_f64(),
                 step - first_step,

@@ -77,6 +77,10 @@ pub struct ModelSection {
     /// score scaling) reach the visual encoder through the motion input M.
     /// `false` trains the ConvGRU and the score head only.
     pub scorer_trains_encoder: bool,
+    /// Truncated back-propagation through the ConvGRU's time loop: its state's
+    /// gradient is cut every this many steps (0 = never, as the seed). The
+    /// forward pass, and so the exported model, is the same either way.
+    pub gru_bptt: usize,
     pub dropout: f64,
     /// Square input side in pixels.
     pub input_size: usize,
@@ -103,6 +107,7 @@ impl Default for ModelSection {
             selection: "learned".into(),
             score_scaling: true,
             scorer_trains_encoder: true,
+            gru_bptt: 0,
             dropout: 0.2,
             input_size: 224,
             max_frames: 200,

@@ -44,6 +44,9 @@ pub struct KeyframeConfig {
     /// Compute M from detached features: the scorer's gradients stop at the ConvGRU.
     pub detach_input: bool,
     pub selection: Selection,
+    /// Truncated back-propagation through the ConvGRU's time loop: the state's
+    /// gradient is cut every `gru_bptt` steps (0 = never, the seed's).
+    pub gru_bptt: usize,
 }
 
 /// The ConvGRU's three gate convolutions over concat[x, h].
@@ -52,6 +55,9 @@ pub struct ConvGru {
     pub update: Conv2d,
     pub new: Conv2d,
     pub hidden: usize,
+    /// Cut the state's gradient every `bptt` steps (0 = full back-propagation
+    /// through time). The forward values are the same either way.
+    pub bptt: usize,
 }
 
 impl ConvGru {
@@ -66,7 +72,13 @@ impl ConvGru {
             update: candle_nn::conv2d(c, hidden, 3, cfg, vb.pp("update"))?,
             new: candle_nn::conv2d(c, hidden, 3, cfg, vb.pp("new"))?,
             hidden,
+            bptt: 0,
         })
+    }
+
+    /// Whether the state's gradient is cut before step `t`.
+    fn cut_at(&self, t: usize) -> bool {
+        self.bptt > 0 && t > 0 && t % self.bptt == 0
     }
 
     /// One step: x (B,C,G,G), h (B,H,G,G) -> h'.
@@ -122,6 +134,9 @@ impl ConvGru {
         let w_rz = Tensor::cat(&[&wh[0], &wh[1]], 0)?; // (2H,H,3,3)
         let mut out = Vec::with_capacity(s);
         for t in 0..s {
+            if self.cut_at(t) {
+                h = h.detach();
+            }
             let xt = xs.i((.., t))?; // (B,3H,G,G)
             let hrz = crate::conv::conv2d(&h, &w_rz, None, 1, 1)?;
             let r = candle_nn::ops::sigmoid(&(xt.narrow(1, 0, hd)? + hrz.narrow(1, 0, hd)?)?)?;
@@ -141,6 +156,9 @@ impl ConvGru {
         let mut h = Tensor::zeros((b, self.hidden, g1, g2), m.dtype(), m.device())?;
         let mut out = Vec::with_capacity(s);
         for t in 0..s {
+            if self.cut_at(t) {
+                h = h.detach();
+            }
             h = self.step(&m.i((.., t))?.contiguous()?, &h)?;
             out.push(h.clone());
         }
@@ -180,7 +198,10 @@ pub fn length_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> 
 impl KeyframeSelector {
     pub fn new(cfg: KeyframeConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            gru: ConvGru::new(cfg.in_channels, cfg.hidden, vb.pp("gru"))?,
+            gru: ConvGru {
+                bptt: cfg.gru_bptt,
+                ..ConvGru::new(cfg.in_channels, cfg.hidden, vb.pp("gru"))?
+            },
             score: candle_nn::linear(cfg.hidden, 1, vb.pp("score"))?,
             cfg,
         })

@@ -118,6 +118,7 @@ impl FourStage {
                 score_scaling: m.score_scaling,
                 detach_input: !m.scorer_trains_encoder,
                 selection,
+                gru_bptt: m.gru_bptt,
             },
             vb.pp("keyframe"),
         )?;

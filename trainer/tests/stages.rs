@@ -68,6 +68,7 @@ fn selector_with(sel: Selection, scaling: bool, detach: bool) -> (VarMap, Keyfra
             score_scaling: scaling,
             detach_input: detach,
             selection: sel,
+            gru_bptt: 0,
         },
         vb.pp("keyframe"),
     )
@@ -142,6 +143,46 @@ fn conv_gru_fast_forward_matches_the_step_loop() -> Result<()> {
             d <= 1e-4 * scale.max(1.0),
             "{name}: gradients differ by {d} (scale {scale})"
         );
+    }
+    Ok(())
+}
+
+/// Truncated back-propagation through time: the same values; a loss on the
+/// last step reaches the inputs of its own block only, and the fast forward
+/// still matches the step loop.
+#[test]
+fn conv_gru_truncated_bptt_cuts_the_gradient_at_block_starts() -> Result<()> {
+    let (b, s, c, g) = (1, 7, 3, 4);
+    let m = Var::from_tensor(&rand_tensor(&[b, s, c, g, g], 41))?;
+    let (_vm, mut k) = selector(Selection::Learned, false);
+    let full = k.gru.forward(m.as_tensor())?;
+    k.gru.bptt = 3; // blocks [0,3), [3,6), [6,7)
+    let cut = k.gru.forward(m.as_tensor())?;
+    let slow = k.gru.forward_by_steps(m.as_tensor())?;
+    let d = (&full - &cut)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert_eq!(d, 0.0, "truncation changed the values");
+    // a loss on step 5 (block [3,6)): gradient at inputs 3..=5 only
+    let last = |y: &Tensor| -> Result<Tensor> { y.i((.., 5))?.sum_all() };
+    let per_step = |grads: &candle_core::backprop::GradStore| -> Result<Vec<f32>> {
+        let gm = grads.get(m.as_tensor()).expect("gradient").abs()?;
+        (0..s)
+            .map(|t| gm.i((.., t))?.max_all()?.to_scalar::<f32>())
+            .collect()
+    };
+    let gc = per_step(&last(&cut)?.backward()?)?;
+    let gs = per_step(&last(&slow)?.backward()?)?;
+    let gf = per_step(&last(&full)?.backward()?)?;
+    for t in 0..s {
+        assert_eq!(
+            gc[t] > 0.0,
+            (3..=5).contains(&t),
+            "truncated, step {t}: {gc:?}"
+        );
+        assert!(
+            (gc[t] - gs[t]).abs() <= 1e-5 * gs[t].max(1.0),
+            "fast vs loop at {t}"
+        );
+        assert_eq!(gf[t] > 0.0, t <= 5, "full, step {t}: {gf:?}");
     }
     Ok(())
 }

@@ -546,10 +546,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     &opt.group_vars(),
                     cfg.training.grad_clip,
                 )?;
-                let named: serde_json::Map<String, serde_json::Value> = GROUPS
-                    .iter()
+                // the optimiser's own group names, in the order of its group_vars()
+                let named: serde_json::Map<String, serde_json::Value> = opt
+                    .group_lrs()
+                    .into_iter()
                     .zip(per)
-                    .map(|((name, _), v)| (name.to_string(), serde_json::json!(v)))
+                    .map(|((name, _), v)| (name, serde_json::json!(v)))
                     .collect();
                 (n, Some(named))
             } else {

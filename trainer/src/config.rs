@@ -58,6 +58,9 @@ pub struct ModelSection {
     pub backbone: String,
     /// Optional torchvision-named safetensors to initialise the backbone from.
     pub backbone_weights: Option<PathBuf>,
+    /// Output channels of the small backbone's stride-2 3×3 conv stages, one
+    /// entry per stage (ignored by the ResNets).
+    pub small_channels: Vec<usize>,
     /// Channels of the stage-1 feature map F (B,T,C,G,G). The seed's F has 512.
     /// (The seed's config says 1024 here but never uses it; see ARCHITECTURE.md.)
     pub feature_dim: usize,
@@ -98,6 +101,7 @@ impl Default for ModelSection {
         Self {
             backbone: "resnet18".into(),
             backbone_weights: None,
+            small_channels: crate::visual::SMALL_CHANNELS.to_vec(),
             feature_dim: 512,
             grid: 4,
             hidden_dim: 512,
@@ -373,6 +377,15 @@ impl Config {
                 ),
             );
         }
+        if m.small_channels.is_empty() || m.small_channels.contains(&0) {
+            return bad(
+                "model.small_channels",
+                format!(
+                    "{:?}: expected one positive channel count per stage",
+                    m.small_channels
+                ),
+            );
+        }
         if !["learned", "all", "random"].contains(&m.selection.as_str()) {
             return bad(
                 "model.selection",
@@ -643,5 +656,21 @@ mod overrides {
         .unwrap_err()
         .to_string();
         assert!(e.contains("training.schedule"), "{e}");
+        // the small backbone's channels as an array; an empty or zero stage is refused
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &["model.small_channels=[32,32,64,128]".into()],
+        )
+        .unwrap();
+        assert_eq!(c.model.small_channels, vec![32, 32, 64, 128]);
+        for bad in ["[]", "[16,0,64]"] {
+            let e = Config::load_with_overrides(
+                &dir.join("cpu-small.toml"),
+                &[format!("model.small_channels={bad}")],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("model.small_channels"), "{bad}: {e}");
+        }
     }
 }

@@ -93,6 +93,7 @@ impl FourStage {
                 backbone,
                 feature_dim: m.feature_dim,
                 grid: m.grid,
+                small_channels: m.small_channels.clone(),
             },
             vb.pp("visual"),
         )?;

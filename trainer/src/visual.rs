@@ -50,9 +50,11 @@ pub struct VisualConfig {
     pub backbone: Backbone,
     pub feature_dim: usize,
     pub grid: usize,
+    /// Output channels of the small backbone's stages (see [`SMALL_CHANNELS`]).
+    pub small_channels: Vec<usize>,
 }
 
-/// Channels of the small backbone's four stages.
+/// Default channels of the small backbone's four stages.
 pub const SMALL_CHANNELS: [usize; 4] = [16, 32, 64, 128];
 
 fn conv(
@@ -193,7 +195,7 @@ impl VisualEncoder {
             Backbone::Small => {
                 let mut stages = Vec::new();
                 let mut inp = 3;
-                for (i, &o) in SMALL_CHANNELS.iter().enumerate() {
+                for (i, &o) in cfg.small_channels.iter().enumerate() {
                     let s = b.pp(format!("s{i}"));
                     stages.push(ConvBn {
                         conv: conv(inp, o, 3, 2, 1, false, s.pp("conv"))?,

@@ -60,7 +60,11 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn parity(backbone: &str, size: usize) {
-    let cfg = config(backbone, size);
+    parity_with(config(backbone, size), size)
+}
+
+fn parity_with(cfg: Config, size: usize) {
+    let backbone = cfg.model.backbone.clone();
     let vocab = Vocab::from_glosses(["A", "B", "C", "D"]);
     let vm = VarMap::new();
     let dev = Device::Cpu;
@@ -174,6 +178,14 @@ fn parity(backbone: &str, size: usize) {
 #[test]
 fn small_backbone_bundle_matches_candle() {
     parity("small", 48);
+}
+
+#[test]
+fn small_backbone_with_other_channels_matches_candle() {
+    // model.small_channels: a wider first stage, and three stages instead of four
+    let mut c = config("small", 40);
+    c.model.small_channels = vec![12, 8, 6];
+    parity_with(c, 40);
 }
 
 #[test]

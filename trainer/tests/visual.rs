@@ -10,6 +10,14 @@ use signrt_trainer::visual::{
 use std::collections::HashMap;
 
 fn encoder(backbone: Backbone, d: usize) -> (VarMap, VisualEncoder) {
+    encoder_with(backbone, d, signrt_trainer::visual::SMALL_CHANNELS.to_vec())
+}
+
+fn encoder_with(
+    backbone: Backbone,
+    d: usize,
+    small_channels: Vec<usize>,
+) -> (VarMap, VisualEncoder) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let e = VisualEncoder::new(
@@ -17,6 +25,7 @@ fn encoder(backbone: Backbone, d: usize) -> (VarMap, VisualEncoder) {
             backbone,
             feature_dim: d,
             grid: 4,
+            small_channels,
         },
         vb.pp("visual"),
     )
@@ -59,6 +68,25 @@ fn shapes_and_torchvision_parameter_counts() {
     // an odd input size still pools to the grid
     let x = Tensor::zeros((1, 3, 50, 70), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(e.forward_t(&x, false).unwrap().dims(), &[1, 16, 4, 4]);
+    // the default small backbone, counted by hand: 3×3 convs without bias,
+    // each followed by a BatchNorm (weight and bias)
+    let (vm, _) = encoder(Backbone::Small, 16);
+    let count = |ch: &[usize]| {
+        let mut inp = 3;
+        let mut n = 0;
+        for &o in ch {
+            n += inp * o * 9 + 2 * o;
+            inp = o;
+        }
+        n
+    };
+    assert_eq!(backbone_params(&vm), count(&[16, 32, 64, 128]));
+    // model.small_channels: two stages of 8 and 12 channels
+    let (vm, e) = encoder_with(Backbone::Small, 16, vec![8, 12]);
+    assert_eq!(backbone_params(&vm), 3 * 8 * 9 + 16 + 8 * 12 * 9 + 24);
+    assert_eq!(e.backbone_out_channels(), 12);
+    let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(e.forward_t(&x, true).unwrap().dims(), &[2, 16, 4, 4]);
 }
 
 /// The torchvision ResNet-18 state dict, names and shapes written out here

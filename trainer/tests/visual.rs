@@ -62,7 +62,7 @@ fn shapes_and_torchvision_parameter_counts() {
             assert_eq!(e.backbone_out_channels(), 2048);
         }
     }
-    let (_, e) = encoder(Backbone::Small, 16);
+    let (vm, e) = encoder(Backbone::Small, 16);
     let x = Tensor::zeros((3, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(e.forward_t(&x, true).unwrap().dims(), &[3, 16, 4, 4]);
     // an odd input size still pools to the grid
@@ -70,7 +70,6 @@ fn shapes_and_torchvision_parameter_counts() {
     assert_eq!(e.forward_t(&x, false).unwrap().dims(), &[1, 16, 4, 4]);
     // the default small backbone, counted by hand: 3×3 convs without bias,
     // each followed by a BatchNorm (weight and bias)
-    let (vm, _) = encoder(Backbone::Small, 16);
     let count = |ch: &[usize]| {
         let mut inp = 3;
         let mut n = 0;

@@ -54,7 +54,8 @@ pub struct Checkpoint {
     pub meta: CheckpointMeta,
     /// Model variables by name.
     pub model: HashMap<String, Tensor>,
-    /// Optimizer state (`adamw.*`).
+    /// Training state: the optimizer's (`adamw.*`) and the weights' moving
+    /// average (`ema.*`), if the run keeps one.
     pub optimizer: HashMap<String, Tensor>,
 }
 
@@ -115,7 +116,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     })?;
     let (optimizer, model) = tensors
         .into_iter()
-        .partition(|(k, _)| k.starts_with("adamw."));
+        .partition(|(k, _)| k.starts_with("adamw.") || k.starts_with("ema."));
     Ok(Checkpoint {
         meta,
         model,

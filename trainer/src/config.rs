@@ -220,6 +220,10 @@ pub struct TrainingSection {
     /// on its own instead of the global norm of all of them (the seed's
     /// `clip_grad_norm_`).
     pub grad_clip_per_module: bool,
+    /// Decay of an exponential moving average of the weights (0 = off). When
+    /// on, dev evaluation and `best.safetensors` use the average, not the
+    /// last step's weights; training itself is unchanged. See `optim::Ema`.
+    pub ema_decay: f64,
     pub schedule: Schedule,
     /// For this many first steps L_cls trains on flat-start labels (each
     /// clip's selected frames cut into equal runs, one per gloss) instead of
@@ -265,6 +269,7 @@ impl Default for TrainingSection {
             weight_decay: 0.01,
             grad_clip: 1.0,
             grad_clip_per_module: false,
+            ema_decay: 0.0,
             schedule: Schedule::Plateau {
                 patience: 3,
                 factor: 0.5,
@@ -469,6 +474,12 @@ impl Config {
             return bad(
                 "training.max_minutes",
                 format!("{} must be a finite number >= 0", t.max_minutes),
+            );
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return bad(
+                "training.ema_decay",
+                format!("{} must be in [0, 1) (0 = off)", t.ema_decay),
             );
         }
         if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {

@@ -1,5 +1,6 @@
 //! Optimisation: AdamW with per-module learning rates, global-norm gradient
-//! clipping and learning-rate schedules.
+//! clipping, learning-rate schedules and an exponential moving average of the
+//! weights for evaluation.
 //!
 //! Candle 0.11 ships an AdamW, but its moment estimates are private, so a
 //! checkpoint could not hold them and `--resume` could not continue exactly.
@@ -300,6 +301,142 @@ impl ScheduleState {
     }
 }
 
+/// An exponential moving average of the model's variables (Polyak
+/// averaging), for evaluation: with two clips a step the weights after any
+/// one update are noisy, and their average over the last ~1/(1-decay) steps
+/// generalises better. Training itself never sees the average; dev
+/// evaluation and `best.safetensors` use it.
+///
+/// The decay ramps up as `min(decay, (1 + n) / (10 + n))` after `n` updates,
+/// so the average does not remember the random initialisation for thousands
+/// of steps. Every variable is averaged, BatchNorm's running statistics too.
+pub struct Ema {
+    decay: f64,
+    updates: u64,
+    /// (name, the model's variable, its average), sorted by name.
+    slots: Vec<(String, Var, Tensor)>,
+}
+
+impl Ema {
+    /// Starts the average at the variables' current values.
+    pub fn new(decay: f64, vars: &[(String, Var)]) -> Result<Self> {
+        if !(0.0..1.0).contains(&decay) {
+            candle_core::bail!("EMA decay must be in [0, 1), got {decay}");
+        }
+        let mut slots = vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.clone(), v.as_tensor().detach().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            decay,
+            updates: 0,
+            slots,
+        })
+    }
+
+    /// The decay used by the next update.
+    pub fn current_decay(&self) -> f64 {
+        let n = self.updates as f64;
+        self.decay.min((1.0 + n) / (10.0 + n))
+    }
+
+    /// Folds the variables' current values into the average.
+    pub fn update(&mut self) -> Result<()> {
+        let d = self.current_decay();
+        for (_, var, avg) in &mut self.slots {
+            let v = var.as_tensor().detach();
+            *avg = ((&*avg * d)? + (v * (1.0 - d))?)?;
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Restarts the average of the variables whose name starts with
+    /// `prefix` at their current values: for a layer whose weights were
+    /// replaced rather than trained (the CTC head copied from the frame
+    /// classifier), the old average means nothing.
+    pub fn restart(&mut self, prefix: &str) -> Result<()> {
+        for (name, var, avg) in &mut self.slots {
+            if name.starts_with(prefix) {
+                *avg = var.as_tensor().detach().copy()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The averages by variable name: the model to evaluate and keep.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.slots
+            .iter()
+            .map(|(k, _, a)| (k.clone(), a.clone()))
+            .collect()
+    }
+
+    /// The averages (`ema.<var>`) and the update count (`ema.updates`), for a checkpoint.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out: HashMap<String, Tensor> = self
+            .slots
+            .iter()
+            .map(|(k, _, a)| (format!("ema.{k}"), a.clone()))
+            .collect();
+        let dev = self.slots.first().map(|s| s.2.device().clone());
+        let dev = dev.unwrap_or(candle_core::Device::Cpu);
+        // f64 holds every step count a run can reach exactly
+        out.insert(
+            "ema.updates".into(),
+            Tensor::new(&[self.updates as f64], &dev)?,
+        );
+        Ok(out)
+    }
+
+    /// Restores what [`Self::state_tensors`] saved.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let missing =
+            |k: &str| candle_core::Error::Msg(format!("checkpoint has no EMA state `{k}`"));
+        for (name, _, avg) in &mut self.slots {
+            let k = format!("ema.{name}");
+            let t = tensors.get(&k).ok_or_else(|| missing(&k))?;
+            if t.dims() != avg.dims() {
+                candle_core::bail!(
+                    "EMA state `{k}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    avg.dims()
+                );
+            }
+            *avg = t.to_dtype(avg.dtype())?.to_device(avg.device())?;
+        }
+        let n = tensors
+            .get("ema.updates")
+            .ok_or_else(|| missing("ema.updates"))?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        self.updates = n.first().copied().unwrap_or(0.0) as u64;
+        Ok(())
+    }
+
+    /// Runs `f` with the model's variables set to their averages, then puts
+    /// the trained values back (also when `f` fails).
+    pub fn with_averages<T, E: From<candle_core::Error>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let saved = self
+            .slots
+            .iter()
+            .map(|(_, v, _)| v.as_tensor().detach().copy())
+            .collect::<Result<Vec<_>>>()?;
+        for (_, v, a) in &self.slots {
+            v.set(a)?;
+        }
+        let out = f();
+        for ((_, v, _), s) in self.slots.iter().zip(&saved) {
+            v.set(s)?;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,5 +639,75 @@ mod tests {
         assert_eq!(s.scale(0), 0.2); // floor
         s.observe(0.1);
         assert_eq!((s.best, s.bad_evals), (Some(0.1), 0));
+    }
+
+    /// The average against a scalar oracle written from its definition
+    /// (avg ← d·avg + (1 − d)·w with d = min(decay, (1 + n)/(10 + n))), its
+    /// checkpoint round trip, the swap for evaluation and the restart.
+    #[test]
+    fn ema_matches_a_scalar_oracle_and_round_trips() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![1.0f32, -2.0], 2, &dev)?;
+        let b = Var::from_vec(vec![0.5f32], 1, &dev)?;
+        let vars = vec![("b".to_string(), b.clone()), ("a".to_string(), a.clone())];
+        let mut ema = Ema::new(0.6, &vars)?;
+        let mut oracle = [1.0f64, -2.0, 0.5];
+        let mut next = |w: [f64; 3], n: u64| {
+            let d = 0.6f64.min((1.0 + n as f64) / (10.0 + n as f64));
+            for (o, w) in oracle.iter_mut().zip(w) {
+                *o = d * *o + (1.0 - d) * w;
+            }
+            oracle
+        };
+        let mut want = [0f64; 3];
+        for n in 0..12u64 {
+            let w = [n as f64, 3.0 - n as f64, (n * n) as f64 / 10.0];
+            a.set(&Tensor::new(&[w[0] as f32, w[1] as f32], &dev)?)?;
+            b.set(&Tensor::new(&[w[2] as f32], &dev)?)?;
+            ema.update()?;
+            want = next(w, n);
+        }
+        let got = ema.tensors();
+        let got = [got["a"].to_vec1::<f32>()?, got["b"].to_vec1::<f32>()?].concat();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (*g as f64 - w).abs() < 1e-5 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+        // after 12 updates the ramp (13/22 = 0.59) is still under the decay
+        assert!((ema.current_decay() - 13.0 / 22.0).abs() < 1e-12);
+
+        // the checkpoint state restores the averages and the ramp
+        let state = ema.state_tensors()?;
+        let mut other = Ema::new(0.6, &vars)?;
+        other.load_state(&state)?;
+        assert_eq!(other.current_decay(), ema.current_decay());
+        assert_eq!(
+            other.tensors()["a"].to_vec1::<f32>()?,
+            ema.tensors()["a"].to_vec1::<f32>()?
+        );
+        let mut partial = state.clone();
+        partial.remove("ema.b");
+        let e = other.load_state(&partial).unwrap_err().to_string();
+        assert!(e.contains("ema.b"), "{e}");
+
+        // evaluation sees the averages; the trained values come back, also after an error
+        let trained = a.as_tensor().to_vec1::<f32>()?;
+        let seen = ema.with_averages(|| a.as_tensor().to_vec1::<f32>())?;
+        assert_eq!(seen, ema.tensors()["a"].to_vec1::<f32>()?);
+        assert_ne!(seen, trained);
+        assert_eq!(a.as_tensor().to_vec1::<f32>()?, trained);
+        let failed: Result<()> = ema.with_averages(|| candle_core::bail!("eval failed"));
+        assert!(failed.is_err());
+        assert_eq!(a.as_tensor().to_vec1::<f32>()?, trained);
+
+        // a restart forgets one layer's history only
+        let avg_b = ema.tensors()["b"].to_vec1::<f32>()?;
+        ema.restart("a")?;
+        assert_eq!(ema.tensors()["a"].to_vec1::<f32>()?, trained);
+        assert_eq!(ema.tensors()["b"].to_vec1::<f32>()?, avg_b);
+        assert!(Ema::new(1.0, &vars).is_err());
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use crate::loss::{LossWeights, Weighting};
 use crate::metrics::{align_counts, EditCosts, ErrorCounts};
 use crate::model::{FourStage, FrameLabels, GROUPS};
 use crate::optim::{
-    clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, ParamGroup, ScheduleState,
+    clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, Ema, ParamGroup, ScheduleState,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -404,6 +404,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         cfg.training.gradnorm_alpha,
         crate::loss::GradNorm::DEFAULT_LR,
     )?;
+    let mut ema = if cfg.training.ema_decay > 0.0 {
+        let vars: Vec<(String, Var)> = vm
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("varmap lock"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Ema::new(cfg.training.ema_decay, &vars)?)
+    } else {
+        None
+    };
     let mut sched = ScheduleState::new(cfg.training.schedule.clone());
     let (mut step, mut epoch, mut offset, mut best) = (0u64, 0u64, 0u64, None::<f64>);
     let last_path = opts.out.join("last.safetensors");
@@ -412,6 +424,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             .with_context(|| "--resume needs last.safetensors in the run directory")?;
         restore(&vm, &ck.model)?;
         opt.load_state(&ck.optimizer, ck.meta.step)?;
+        if let Some(ema) = &mut ema {
+            ema.load_state(&ck.optimizer).with_context(|| {
+                format!(
+                    "{}: --resume with training.ema_decay > 0 needs the run to have had it on",
+                    last_path.display()
+                )
+            })?;
+        }
         step = ck.meta.step;
         epoch = ck.meta.epoch;
         offset = ck.meta.epoch_offset;
@@ -515,6 +535,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 && step == cfg.training.ctc_warmup_steps
             {
                 model.init_ctc_from_classifier(&vm)?;
+                if let Some(ema) = &mut ema {
+                    ema.restart("ctc.")?;
+                }
                 log::info!("step {step}: the CTC head starts as a copy of the frame classifier");
             }
             let t_fwd = std::time::Instant::now();
@@ -561,6 +584,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 )
             };
             opt.step(&grads, sched.scale(step))?;
+            if let Some(ema) = &mut ema {
+                ema.update()?;
+            }
             log::debug!(
                 "step {step}: {} frames, forward {fwd_ms:.0} ms, backward {bwd_ms:.0} ms, optimiser {:.0} ms",
                 b.total_frames(),
@@ -603,21 +629,32 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 } else {
                     (epoch, pos)
                 };
+                // the training state: the moments, and the average if any
+                let mut state = opt.state_tensors();
+                if let Some(ema) = &ema {
+                    state.extend(ema.state_tensors()?);
+                }
                 if (eval_now || stop) && !dev_clips.is_empty() {
-                    let (rep, _) = evaluate(
-                        &model,
-                        cfg,
-                        &vocab,
-                        &dev_clips,
-                        &dev_samples,
-                        cfg.training.eval_beam,
-                        dev,
-                    )?;
+                    let eval_dev = || {
+                        evaluate(
+                            &model,
+                            cfg,
+                            &vocab,
+                            &dev_clips,
+                            &dev_samples,
+                            cfg.training.eval_beam,
+                            dev,
+                        )
+                    };
+                    let (rep, _) = match &ema {
+                        Some(ema) => ema.with_averages(eval_dev)?,
+                        None => eval_dev()?,
+                    };
                     sched.observe(rep.wer);
                     writeln!(
                         metrics,
                         "{}",
-                        serde_json::json!({"kind": "eval", "split": "dev", "step": step, "report": rep})
+                        serde_json::json!({"kind": "eval", "split": "dev", "step": step, "model": if ema.is_some() { "average" } else { "trained" }, "report": rep})
                     )?;
                     pb.println(format!(
                         "step {step}: dev WER {:.2}% (S {} D {} I {} / N {})",
@@ -629,10 +666,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     ));
                     if best.is_none_or(|b| rep.wer < b) {
                         best = Some(rep.wer);
+                        // the model evaluated: the average when there is one
+                        let kept = match &ema {
+                            Some(ema) => ema.tensors(),
+                            None => model_tensors(&vm),
+                        };
                         checkpoint::save(
                             &opts.out.join("best.safetensors"),
-                            &model_tensors(&vm),
-                            &opt.state_tensors(),
+                            &kept,
+                            &state,
                             &meta(step, e_next, o_next, best, &weighting, &sched),
                         )?;
                     }
@@ -640,7 +682,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 checkpoint::save(
                     &last_path,
                     &model_tensors(&vm),
-                    &opt.state_tensors(),
+                    &state,
                     &meta(step, e_next, o_next, best, &weighting, &sched),
                 )?;
             }

@@ -57,11 +57,68 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resume_gives_the_same_next_steps() {
+    check_resume(0.0);
+}
+
+/// With a moving average of the weights the resumed run also continues the
+/// average exactly, and `best.safetensors` holds the average, not the
+/// trained weights.
+#[test]
+fn resume_continues_the_weight_average() {
+    let d = check_resume(0.8);
+    let load = |p: &str| {
+        signrt_trainer::checkpoint::load(&d.path().join(p), &candle_core::Device::Cpu).unwrap()
+    };
+    let (full, split) = (
+        load("full/last.safetensors"),
+        load("split/last.safetensors"),
+    );
+    let mut moved = 0;
+    for (k, avg) in &full.optimizer {
+        let Some(name) = k.strip_prefix("ema.") else {
+            continue;
+        };
+        let f64s = |t: &candle_core::Tensor| -> Vec<f64> {
+            let t = t.flatten_all().unwrap();
+            t.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (a, b) = (f64s(avg), f64s(&split.optimizer[k]));
+        if name == "updates" {
+            assert_eq!(a, vec![6.0], "six updates");
+            continue;
+        }
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}: {x} vs {y}");
+        }
+        let w = f64s(&full.model[name]);
+        moved += usize::from(a.iter().zip(&w).any(|(x, y)| (x - y).abs() > 1e-7));
+    }
+    assert!(moved > 0, "the average differs from the trained weights");
+    // the kept model is the average saved with it
+    let best = load("full/best.safetensors");
+    for (name, t) in &best.model {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = best.optimizer[&format!("ema.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+}
+
+/// Trains 6 steps at once and 3 + 3 with `--resume` and checks that the
+/// step losses agree; returns the directory holding both runs.
+fn check_resume(ema_decay: f64) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let data = ten_video_corpus(d.path(), 1);
     let opts = |out: &str, steps: u64, resume: bool| {
         let mut c = tiny();
         c.training.max_steps = steps;
+        c.training.ema_decay = ema_decay;
         TrainOptions {
             config: c,
             data: data.clone(),
@@ -93,6 +150,7 @@ fn resume_gives_the_same_next_steps() {
     assert!(a.iter().any(|(_, l)| (l - a[0].1).abs() > 1e-6));
     assert!(d.path().join("full/last.safetensors").is_file());
     assert!(d.path().join("full/best.safetensors").is_file());
+    d
 }
 
 /// The whole model, trained with every loss and labels derived from its own

@@ -73,17 +73,17 @@ fn resume_continues_the_weight_average() {
         load("full/last.safetensors"),
         load("split/last.safetensors"),
     );
+    let f64s = |t: &candle_core::Tensor| -> Vec<f64> {
+        let t = t.flatten_all().unwrap();
+        t.to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
     let mut moved = 0;
     for (k, avg) in &full.optimizer {
         let Some(name) = k.strip_prefix("ema.") else {
             continue;
-        };
-        let f64s = |t: &candle_core::Tensor| -> Vec<f64> {
-            let t = t.flatten_all().unwrap();
-            t.to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1()
-                .unwrap()
         };
         let (a, b) = (f64s(avg), f64s(&split.optimizer[k]));
         if name == "updates" {
@@ -100,13 +100,11 @@ fn resume_continues_the_weight_average() {
     // the kept model is the average saved with it
     let best = load("full/best.safetensors");
     for (name, t) in &best.model {
-        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = best.optimizer[&format!("ema.{name}")]
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(a, b, "{name}");
+        assert_eq!(
+            f64s(t),
+            f64s(&best.optimizer[&format!("ema.{name}")]),
+            "{name}"
+        );
     }
 }
 

@@ -683,5 +683,21 @@ mod overrides {
             .to_string();
             assert!(e.contains("model.small_channels"), "{bad}: {e}");
         }
+        // the weights' moving average: a decay in [0, 1), refused by field otherwise
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &["training.ema_decay=0.998".into()],
+        )
+        .unwrap();
+        assert_eq!(c.training.ema_decay, 0.998);
+        for bad in ["1.0", "-0.1", "nan"] {
+            let e = Config::load_with_overrides(
+                &dir.join("cpu-small.toml"),
+                &[format!("training.ema_decay={bad}")],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("training.ema_decay"), "{bad}: {e}");
+        }
     }
 }

@@ -168,35 +168,6 @@ fn layout_matches_plan_and_csvs() {
         .contains("partial")));
 }
 
-/// Every two movements trace visibly different paths: the root-mean-square
-/// distance between their hand positions over the sign is at least a quarter
-/// of the amplitude. (The zigzag once wobbled by 0.3 of it around the outward
-/// sweep: 0.087 from it, where every other two were 0.29 or more apart.)
-#[test]
-fn movements_trace_distinct_paths() {
-    use synth::glosses::{Movement, PAIRS, SINGLES};
-    let all: Vec<Movement> = PAIRS
-        .iter()
-        .flat_map(|&(a, b)| [a, b])
-        .chain(SINGLES)
-        .collect();
-    assert_eq!(all.len(), 9);
-    let n = 200;
-    for (i, &m) in all.iter().enumerate() {
-        for &o in &all[i + 1..] {
-            let sq: f32 = (0..=n)
-                .map(|k| {
-                    let t = k as f32 / n as f32;
-                    let (p, q) = (m.offset(t, 1.0), o.offset(t, 1.0));
-                    (p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)
-                })
-                .sum();
-            let rms = (sq / (n + 1) as f32).sqrt();
-            assert!(rms >= 0.25, "{m:?} and {o:?} trace paths only {rms:.3} apart");
-        }
-    }
-}
-
 /// Glosses of a pair differ only by the direction of their movement: played in
 /// isolation with the same clean style, the frames of one are the frames of
 /// the other in reverse order, so no single frame tells them apart.

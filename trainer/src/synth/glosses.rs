@@ -103,12 +103,9 @@ impl Movement {
             Movement::CircleCcw => Movement::CircleCw.offset(1.0 - t, amp),
             // palindromic: two taps towards the body
             Movement::Tap => (0.0, 0.3 * a * (TAU * t).sin().abs()),
-            // an outward sweep with two full up-and-down strokes on the way:
-            // a wobble of 0.3·a over three periods (as it was) was the outward
-            // path within ≈3 px at 64×64, and too fast for 5–14 frames
             Movement::Zigzag => {
-                let tri = 1.0 - ((2.0 * t).fract() * 2.0 - 1.0).abs();
-                (a * (t - 0.5), a * (tri - 0.5))
+                let tri = 1.0 - ((3.0 * t).fract() * 2.0 - 1.0).abs();
+                (a * (t - 0.5), 0.3 * a * (tri - 0.5))
             }
             Movement::Arc => {
                 let th = std::f32::consts::PI * t;

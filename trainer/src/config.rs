@@ -611,6 +611,9 @@ mod overrides {
     fn set_overrides_nested_keys_and_is_validated() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let base = Config::load(&dir.join("cpu-small.toml")).unwrap();
+        let with =
+            |set: &str| Config::load_with_overrides(&dir.join("cpu-small.toml"), &[set.into()]);
+        let refused = |set: &str| with(set).unwrap_err().to_string();
         let c = Config::load_with_overrides(
             &dir.join("cpu-small.toml"),
             &[
@@ -629,30 +632,14 @@ mod overrides {
         assert_eq!(c.model.lstm_hidden, base.model.lstm_hidden);
         assert_eq!(c.training.loss_weights.ctc, base.training.loss_weights.ctc);
         // a typo is refused by name, a malformed override too
-        let e = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &["model.selecton=all".into()],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused("model.selecton=all");
         assert!(e.contains("selecton"), "{e}");
-        let e = Config::load_with_overrides(&dir.join("cpu-small.toml"), &["model".into()])
-            .unwrap_err()
-            .to_string();
+        let e = refused("model");
         assert!(e.contains("KEY=VALUE"), "{e}");
-        let e = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &["model.keyframe_ratio=2".into()],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused("model.keyframe_ratio=2");
         assert!(e.contains("keyframe_ratio"), "{e}");
         // a whole schedule as an inline table; a bad cosine is refused by field
-        let c = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &[r#"training.schedule={kind="cosine",steps=2900,min_scale=0.05}"#.into()],
-        )
-        .unwrap();
+        let c = with(r#"training.schedule={kind="cosine",steps=2900,min_scale=0.05}"#).unwrap();
         assert_eq!(
             c.training.schedule,
             Schedule::Cosine {
@@ -660,43 +647,20 @@ mod overrides {
                 min_scale: 0.05
             }
         );
-        let e = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &[r#"training.schedule={kind="cosine",steps=0,min_scale=0.05}"#.into()],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(r#"training.schedule={kind="cosine",steps=0,min_scale=0.05}"#);
         assert!(e.contains("training.schedule"), "{e}");
         // the small backbone's channels as an array; an empty or zero stage is refused
-        let c = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &["model.small_channels=[32,32,64,128]".into()],
-        )
-        .unwrap();
+        let c = with("model.small_channels=[32,32,64,128]").unwrap();
         assert_eq!(c.model.small_channels, vec![32, 32, 64, 128]);
         for bad in ["[]", "[16,0,64]"] {
-            let e = Config::load_with_overrides(
-                &dir.join("cpu-small.toml"),
-                &[format!("model.small_channels={bad}")],
-            )
-            .unwrap_err()
-            .to_string();
+            let e = refused(&format!("model.small_channels={bad}"));
             assert!(e.contains("model.small_channels"), "{bad}: {e}");
         }
         // the weights' moving average: a decay in [0, 1), refused by field otherwise
-        let c = Config::load_with_overrides(
-            &dir.join("cpu-small.toml"),
-            &["training.ema_decay=0.998".into()],
-        )
-        .unwrap();
+        let c = with("training.ema_decay=0.998").unwrap();
         assert_eq!(c.training.ema_decay, 0.998);
         for bad in ["1.0", "-0.1", "nan"] {
-            let e = Config::load_with_overrides(
-                &dir.join("cpu-small.toml"),
-                &[format!("training.ema_decay={bad}")],
-            )
-            .unwrap_err()
-            .to_string();
+            let e = refused(&format!("training.ema_decay={bad}"));
             assert!(e.contains("training.ema_decay"), "{bad}: {e}");
         }
     }

@@ -230,6 +230,10 @@ pub struct TrainingSection {
     /// the model's CTC alignment, which is all blank until CTC has learned
     /// something (0 = always the alignment). See `model::FrameLabels`.
     pub flat_start_steps: u64,
+    /// The fraction of each flat-start run, its middle, that is labelled (1 =
+    /// every frame); the edges, where equal runs are most often wrong, are
+    /// left out of L_cls. See `model::flat_start_labels`.
+    pub flat_start_centre: f64,
     /// Where L_cls's frame labels come from: `alignment` (derived: flat start,
     /// then the model's CTC alignment; real data has no frame labels) or
     /// `spans` (the dataset's own gloss spans, which the synthetic corpus
@@ -276,6 +280,7 @@ impl Default for TrainingSection {
                 min_scale: 0.01,
             },
             flat_start_steps: 0,
+            flat_start_centre: 1.0,
             frame_labels: "alignment".into(),
             ctc_warmup_steps: 0,
             ctc_init_from_classifier: false,
@@ -482,6 +487,12 @@ impl Config {
                 format!("{} must be in [0, 1) (0 = off)", t.ema_decay),
             );
         }
+        if !(t.flat_start_centre > 0.0 && t.flat_start_centre <= 1.0) {
+            return bad(
+                "training.flat_start_centre",
+                format!("{} must be in (0, 1]", t.flat_start_centre),
+            );
+        }
         if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
             return bad("training.grad_clip", "must be positive".into());
         }
@@ -588,7 +599,10 @@ mod shipped {
             (gpu.model.backbone.as_str(), gpu.model.feature_dim),
             ("resnet18", 512)
         );
-        assert_eq!(gpu.training.weighting, "gradnorm");
+        // real data has no frame labels: the GPU recipe derives them with a flat
+        // start and a CTC warm-up (derived from step 0, L_cls only teaches blank)
+        assert_eq!(gpu.training.frame_labels, "alignment");
+        assert!(gpu.training.flat_start_steps > 0 && gpu.training.ctc_warmup_steps > 0);
         // models/recipe-demo.sh retrains the shipped model from its recorded config
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/train-config.toml");
         let demo = Config::load(&demo).unwrap();
@@ -655,6 +669,13 @@ mod overrides {
         for bad in ["[]", "[16,0,64]"] {
             let e = refused(&format!("model.small_channels={bad}"));
             assert!(e.contains("model.small_channels"), "{bad}: {e}");
+        }
+        // the labelled middle of each flat-start run: in (0, 1], refused by field otherwise
+        let c = with("training.flat_start_centre=0.5").unwrap();
+        assert_eq!(c.training.flat_start_centre, 0.5);
+        for bad in ["0", "1.5", "-0.2", "nan"] {
+            let e = refused(&format!("training.flat_start_centre={bad}"));
+            assert!(e.contains("training.flat_start_centre"), "{bad}: {e}");
         }
         // the weights' moving average: a decay in [0, 1), refused by field otherwise
         let c = with("training.ema_decay=0.998").unwrap();

@@ -37,7 +37,7 @@ pub struct FourStage {
 }
 
 /// Where L_cls's frame labels come from (the data has none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FrameLabels<'a> {
     /// The Viterbi (forced) CTC alignment of the current model.
     Alignment,
@@ -46,8 +46,11 @@ pub enum FrameLabels<'a> {
     /// model's own alignment is nearly all blank, so L_cls on it teaches the
     /// classifier to say blank and holds CTC on its all-blank plateau; equal
     /// runs are wrong at the edges but right in the middle of most glosses,
-    /// which is enough to make the visual features discriminative.
-    Uniform,
+    /// which is enough to make the visual features discriminative. The
+    /// value is the fraction of each run, its middle, that is labelled (1 =
+    /// every frame); the edges, where the runs are most often wrong, are left
+    /// unlabelled (see [`flat_start_labels`]).
+    Uniform(f32),
     /// The dataset's own labels, per loaded frame of each clip (−1 = none);
     /// a clip with None falls back to the alignment.
     Given(&'a [Option<Vec<i64>>]),
@@ -61,6 +64,33 @@ pub fn uniform_labels(k: usize, target: &[u32]) -> Vec<i64> {
         return vec![-1; k];
     }
     (0..k).map(|j| i64::from(target[j * n / k])).collect()
+}
+
+/// Flat-start labels that keep only the middle of each run: run i of
+/// [`uniform_labels`] (frames ⌈i·k/n⌉ .. ⌈(i+1)·k/n⌉) keeps its label on its
+/// middle max(1, round(centre·L)) frames, L its length; the frames at its two
+/// edges (equally many, ±1) are unlabelled (−1). In a real clip the glosses
+/// are not equally long and the signer rests or moves between them, so the
+/// edges of equal runs are where flat-start labels are wrong; `centre = 1`
+/// is [`uniform_labels`].
+pub fn flat_start_labels(k: usize, target: &[u32], centre: f32) -> Vec<i64> {
+    let n = target.len();
+    let mut out = vec![-1i64; k];
+    if n == 0 {
+        return out;
+    }
+    let start = |i: usize| (i * k).div_ceil(n);
+    for (i, &g) in target.iter().enumerate() {
+        let (s, e) = (start(i), start(i + 1));
+        if e <= s {
+            continue; // fewer frames than glosses: this gloss has no frame
+        }
+        let len = e - s;
+        let keep = ((centre.clamp(0.0, 1.0) * len as f32).round() as usize).clamp(1, len);
+        let left = s + (len - keep) / 2;
+        out[left..left + keep].fill(i64::from(g));
+    }
+    out
 }
 
 /// One batch's outputs.
@@ -251,7 +281,7 @@ impl FourStage {
                         .iter()
                         .map(|&i| g.get(i).copied().unwrap_or(-1))
                         .collect(),
-                    (FrameLabels::Uniform, None) => uniform_labels(k, tgt),
+                    (FrameLabels::Uniform(c), None) => flat_start_labels(k, tgt, c),
                     _ => {
                         let flat: Vec<f32> = rows[..k].iter().flatten().copied().collect();
                         match forced_align(&flat, k, v, tgt) {

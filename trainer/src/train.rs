@@ -526,7 +526,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let labels = if cfg.training.frame_labels == "spans" {
                 FrameLabels::Given(&b.frame_labels)
             } else if step < cfg.training.flat_start_steps {
-                FrameLabels::Uniform
+                FrameLabels::Uniform(cfg.training.flat_start_centre as f32)
             } else {
                 FrameLabels::Alignment
             };

@@ -115,35 +115,87 @@ fn each_loss_reaches_the_parameters_it_should() {
 #[test]
 fn flat_start_labels_cut_the_frames_into_equal_runs_in_order() {
     use signrt_trainer::model::uniform_labels;
-    for n in 1..=6usize {
-        let target: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
-        for k in 1..=20usize {
-            let lab = uniform_labels(k, &target);
-            assert_eq!(lab.len(), k);
-            // runs of equal labels
-            let mut runs: Vec<(i64, usize)> = Vec::new();
-            for &l in &lab {
-                match runs.last_mut() {
-                    Some((v, c)) if *v == l => *c += 1,
-                    _ => runs.push((l, 1)),
-                }
-            }
-            let order: Vec<i64> = runs.iter().map(|r| r.0).collect();
-            let mut expect: Vec<i64> = target.iter().map(|&t| i64::from(t)).collect();
-            if k >= n {
-                assert_eq!(order, expect, "k={k} n={n}");
-                let lens: Vec<usize> = runs.iter().map(|r| r.1).collect();
-                let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
-                assert!(hi - lo <= 1, "k={k} n={n}: run lengths {lens:?}");
-            } else {
-                // a strictly increasing subsequence of the target
-                expect.retain(|e| order.contains(e));
-                assert_eq!(order, expect, "k={k} n={n}");
-                assert_eq!(order.len(), k);
+    each_small_case(|target, k| {
+        let n = target.len();
+        let lab = uniform_labels(k, target);
+        assert_eq!(lab.len(), k);
+        // runs of equal labels
+        let mut runs: Vec<(i64, usize)> = Vec::new();
+        for &l in &lab {
+            match runs.last_mut() {
+                Some((v, c)) if *v == l => *c += 1,
+                _ => runs.push((l, 1)),
             }
         }
-    }
+        let order: Vec<i64> = runs.iter().map(|r| r.0).collect();
+        let mut expect: Vec<i64> = target.iter().map(|&t| i64::from(t)).collect();
+        if k >= n {
+            assert_eq!(order, expect, "k={k} n={n}");
+            let lens: Vec<usize> = runs.iter().map(|r| r.1).collect();
+            let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+            assert!(hi - lo <= 1, "k={k} n={n}: run lengths {lens:?}");
+        } else {
+            // a strictly increasing subsequence of the target
+            expect.retain(|e| order.contains(e));
+            assert_eq!(order, expect, "k={k} n={n}");
+            assert_eq!(order.len(), k);
+        }
+    });
     assert_eq!(uniform_labels(3, &[]), vec![-1, -1, -1]);
+}
+
+/// Every target of 1–6 distinct glosses against every clip of 1–24 frames.
+fn each_small_case(mut check: impl FnMut(&[u32], usize)) {
+    for n in 1..=6u32 {
+        let target: Vec<u32> = (0..n).map(|i| 10 + i).collect();
+        for k in 1..=24usize {
+            check(&target, k);
+        }
+    }
+}
+
+/// Flat-start labels that keep the middle of each run, checked by brute force
+/// against the equal runs of `uniform_labels` (tested above): centre 1 gives
+/// those runs; otherwise each run keeps its label on one block of
+/// max(1, round(centre·L)) frames with as many unlabelled frames (±1) on
+/// either side, and no frame gets another run's label.
+#[test]
+fn flat_start_centres_keep_the_middle_of_each_run() {
+    use signrt_trainer::model::{flat_start_labels, uniform_labels};
+    each_small_case(|target, k| {
+        let n = target.len();
+        let full = uniform_labels(k, target);
+        assert_eq!(flat_start_labels(k, target, 1.0), full, "k={k} n={n}");
+        for centre in [0.2f32, 0.5, 0.75] {
+            let lab = flat_start_labels(k, target, centre);
+            assert_eq!(lab.len(), k);
+            // walk the runs of the full labels
+            let mut s = 0;
+            while s < k {
+                let mut e = s;
+                while e < k && full[e] == full[s] {
+                    e += 1;
+                }
+                let len = e - s;
+                let kept: Vec<usize> = (s..e).filter(|&j| lab[j] != -1).collect();
+                assert!(kept.iter().all(|&j| lab[j] == full[s]), "k={k} n={n}");
+                let want = ((centre * len as f32).round() as usize).clamp(1, len);
+                assert_eq!(kept.len(), want, "k={k} n={n} c={centre} run {s}..{e}");
+                // one block, centred
+                let (a, b) = (kept[0], kept[kept.len() - 1] + 1);
+                assert_eq!(b - a, kept.len(), "k={k} n={n}: not one block");
+                let (left, right) = (a - s, e - b);
+                assert!(left.abs_diff(right) <= 1, "k={k} n={n}: {left} / {right}");
+                s = e;
+            }
+        }
+    });
+    assert_eq!(flat_start_labels(4, &[], 0.5), vec![-1; 4]);
+    // a hand-worked case: 10 frames, 2 glosses, half of each run of 5
+    assert_eq!(
+        flat_start_labels(10, &[3, 7], 0.5),
+        vec![-1, 3, 3, 3, -1, -1, 7, 7, 7, -1]
+    );
 }
 
 #[test]

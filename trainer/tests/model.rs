@@ -119,19 +119,12 @@ fn flat_start_labels_cut_the_frames_into_equal_runs_in_order() {
         let n = target.len();
         let lab = uniform_labels(k, target);
         assert_eq!(lab.len(), k);
-        // runs of equal labels
-        let mut runs: Vec<(i64, usize)> = Vec::new();
-        for &l in &lab {
-            match runs.last_mut() {
-                Some((v, c)) if *v == l => *c += 1,
-                _ => runs.push((l, 1)),
-            }
-        }
+        let runs = runs_of(&lab);
         let order: Vec<i64> = runs.iter().map(|r| r.0).collect();
         let mut expect: Vec<i64> = target.iter().map(|&t| i64::from(t)).collect();
         if k >= n {
             assert_eq!(order, expect, "k={k} n={n}");
-            let lens: Vec<usize> = runs.iter().map(|r| r.1).collect();
+            let lens: Vec<usize> = runs.iter().map(|r| r.1.len()).collect();
             let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
             assert!(hi - lo <= 1, "k={k} n={n}: run lengths {lens:?}");
         } else {
@@ -142,6 +135,18 @@ fn flat_start_labels_cut_the_frames_into_equal_runs_in_order() {
         }
     });
     assert_eq!(uniform_labels(3, &[]), vec![-1, -1, -1]);
+}
+
+/// The runs of equal labels, in order: (label, its frames).
+fn runs_of(lab: &[i64]) -> Vec<(i64, std::ops::Range<usize>)> {
+    let mut runs: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+    for (j, &l) in lab.iter().enumerate() {
+        match runs.last_mut() {
+            Some((v, r)) if *v == l => r.end = j + 1,
+            _ => runs.push((l, j..j + 1)),
+        }
+    }
+    runs
 }
 
 /// Every target of 1–6 distinct glosses against every clip of 1–24 frames.
@@ -169,16 +174,11 @@ fn flat_start_centres_keep_the_middle_of_each_run() {
         for centre in [0.2f32, 0.5, 0.75] {
             let lab = flat_start_labels(k, target, centre);
             assert_eq!(lab.len(), k);
-            // walk the runs of the full labels
-            let mut s = 0;
-            while s < k {
-                let mut e = s;
-                while e < k && full[e] == full[s] {
-                    e += 1;
-                }
+            for (g, run) in runs_of(&full) {
+                let (s, e) = (run.start, run.end);
                 let len = e - s;
-                let kept: Vec<usize> = (s..e).filter(|&j| lab[j] != -1).collect();
-                assert!(kept.iter().all(|&j| lab[j] == full[s]), "k={k} n={n}");
+                let kept: Vec<usize> = run.filter(|&j| lab[j] != -1).collect();
+                assert!(kept.iter().all(|&j| lab[j] == g), "k={k} n={n}");
                 let want = ((centre * len as f32).round() as usize).clamp(1, len);
                 assert_eq!(kept.len(), want, "k={k} n={n} c={centre} run {s}..{e}");
                 // one block, centred
@@ -186,7 +186,6 @@ fn flat_start_centres_keep_the_middle_of_each_run() {
                 assert_eq!(b - a, kept.len(), "k={k} n={n}: not one block");
                 let (left, right) = (a - s, e - b);
                 assert!(left.abs_diff(right) <= 1, "k={k} n={n}: {left} / {right}");
-                s = e;
             }
         }
     });

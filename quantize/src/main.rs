@@ -320,14 +320,22 @@ fn forms(
         "| form | encoder ms/frame | float / form | encoder.onnx bytes | output SNR dB |\n|---|---|---|---|---|"
     );
     for (x, s) in t.iter().zip(&snrs) {
+        // int8-weights computes in f32: its SNR is not measured (NaN), shown as a dash
+        let snr = if s.is_nan() {
+            "—".to_string()
+        } else {
+            format!("{s:.1}")
+        };
         println!(
-            "| {} | {:.3} | {:.2}x | {} | {:.1} |",
+            "| {} | {:.3} | {:.2}x | {} | {snr} |",
             x.label,
             x.per_frame.median_ms,
             base / x.per_frame.median_ms,
             x.encoder_bytes,
-            s
         );
+    }
+    if let Some(d) = signrt_runtime::cpu::decided() {
+        println!("tract dispatch: {d}");
     }
     Ok(())
 }

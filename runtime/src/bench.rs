@@ -82,6 +82,8 @@ pub struct ThreadReport {
 pub struct BenchReport {
     pub bundle: String,
     pub quantization: String,
+    /// How tract dispatches on this CPU ([`crate::cpu::prepare`]).
+    pub dispatch: String,
     pub camera_frame: (usize, usize),
     pub stream_frames: usize,
     pub per_threads: Vec<ThreadReport>,
@@ -227,6 +229,7 @@ pub fn run(
             .quantization
             .as_ref()
             .map_or("none (float)".into(), |q| q.mode.clone()),
+        dispatch: crate::cpu::prepare(m.int8_compute()).to_string(),
         camera_frame: camera,
         stream_frames,
         per_threads: per,
@@ -243,6 +246,8 @@ pub fn compare_encoders(
     iters: usize,
 ) -> Result<(Stat, Stat), PipelineError> {
     set_default_executor(Executor::SingleThread);
+    // tract's CPU dispatch is decided once: for int8 if either bundle is int8
+    crate::cpu::prepare(a.manifest.int8_compute() || b.manifest.int8_compute());
     let mut ma = crate::engine::TractModel::load(a)?;
     let mut mb = crate::engine::TractModel::load(b)?;
     let input = |bundle: &Bundle| {
@@ -288,6 +293,7 @@ pub fn encoder_ops(
         path: path.clone(),
         message: format!("{e:#}"),
     };
+    crate::cpu::prepare(m.int8_compute());
     let model = tract_onnx::onnx()
         .model_for_path(&path)
         .map_err(err)?

@@ -193,6 +193,12 @@ pub fn file_digest(path: &Path) -> Result<FileEntry, BundleError> {
 }
 
 impl Manifest {
+    /// Whether the graphs compute in int8 (quantisation mode `int8`; a float
+    /// bundle and an `int8-weights` one compute in f32).
+    pub fn int8_compute(&self) -> bool {
+        self.quantization.as_ref().is_some_and(|q| q.mode == "int8")
+    }
+
     /// The files the manifest refers to by role.
     pub fn referenced_files(&self) -> [&str; 4] {
         [

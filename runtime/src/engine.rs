@@ -75,6 +75,7 @@ pub struct TractModel {
 impl TractModel {
     pub fn load(bundle: &Bundle) -> Result<Self, EngineError> {
         let m = &bundle.manifest;
+        crate::cpu::prepare(m.int8_compute());
         let (h, w) = (m.input.height, m.input.width);
         let c = m.model.feature_dim;
         let g = m.model.grid;

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod camera;
+pub mod cpu;
 pub mod decode;
 pub mod engine;
 pub mod fsutil;

@@ -423,6 +423,10 @@ fn info(dir: &std::path::Path) -> Result<()> {
     }
     let b = Bundle::open(dir)?;
     println!("vocabulary  {} glosses + blank", b.vocab.len() - 1);
+    println!(
+        "dispatch    {}",
+        signrt_runtime::cpu::prepare(b.manifest.int8_compute())
+    );
     Ok(())
 }
 
@@ -462,6 +466,7 @@ fn bench_cmd(
         "bundle {}  ({}), camera frames {}x{}",
         r.bundle, r.quantization, w, h
     );
+    println!("tract dispatch: {}", r.dispatch);
     println!(
         "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>13}",
         "threads",
@@ -525,5 +530,8 @@ fn compare_cmd(bundle: Option<PathBuf>, other: &Path, iters: usize) -> Result<()
         "  ratio first / second: {:.2}x",
         sa.median_ms / sb.median_ms
     );
+    if let Some(d) = signrt_runtime::cpu::decided() {
+        println!("  tract dispatch: {d}");
+    }
     Ok(())
 }

@@ -118,6 +118,11 @@ pub fn prepare(int8: bool) -> &'static Dispatch {
             d
         };
         log::debug!("tract dispatch: {d}");
+        if d == Dispatch::AvoidAvx2Int8 {
+            log::info!(
+                "this CPU has AVX2 but no AVX-512/AVX-VNNI: int8 graphs run on tract's 128-bit kernel, at about half the speed of a float bundle here (quantize/README.md)"
+            );
+        }
         d
     });
     if int8 && *d == Dispatch::Default && X86Features::detect().int8_needs_avx_kernel() {

@@ -1,13 +1,14 @@
 //! How tract dispatches on this CPU, and the one correction we make to it.
 //!
 //! tract 0.23.9 picks its int8 matrix kernel by instruction set. On an x86-64
-//! CPU with AVX2 but neither AVX-512 nor AVX-VNNI (AMD Zen 1–3, Intel client
-//! cores before Alder Lake: most kiosk PCs) that is `avx2_mmm_i32_8x8`, whose
+//! CPU with AVX2 but neither AVX-512 nor AVX-VNNI (AMD Zen 1–3, Intel cores
+//! from Haswell to Comet Lake) that is `avx2_mmm_i32_8x8`, whose
 //! inner loop reads each column of A with a legacy-SSE `movq` between 256-bit
 //! VEX instructions. Mixing the two encodings while the upper halves of the
 //! YMM registers are in use costs a state transition on every iteration: on
-//! the AMD EPYC host of the README it made the default int8 encoder ~55×
-//! slower than the float one (22–25 ms against 0.4 ms a frame), and a
+//! the AMD EPYC host of the README it made the default int8 encoder take
+//! 9–10 ms a frame on a quiet machine (22–25 ms beside a build) against
+//! 0.24–0.5 ms for the float one, and a
 //! two-instruction loop reproduces it in C (277 ns a step with `movq`, 4.5 ns
 //! with `vmovq`; ARCHITECTURE.md, "int8 on AVX2-only x86-64").
 //!
@@ -66,7 +67,7 @@ pub enum Dispatch {
     AvoidAvx2Int8,
     /// The user set `TRACT_CPU_ISA` (value kept): it is theirs.
     User(String),
-    /// Another deployment config set the knob first (its value).
+    /// Another deployment config set the knob first (tract's message).
     Config(String),
 }
 
@@ -79,7 +80,7 @@ impl std::fmt::Display for Dispatch {
                 "TRACT_CPU_ISA=-avx2 (AVX2 without AVX-512/AVX-VNNI: tract's AVX2 int8 kernel is avoided; set TRACT_CPU_ISA to choose otherwise)"
             ),
             Dispatch::User(v) => write!(f, "TRACT_CPU_ISA={v:?} from the environment"),
-            Dispatch::Config(v) => write!(f, "TRACT_CPU_ISA={v:?} from a tract config"),
+            Dispatch::Config(e) => write!(f, "TRACT_CPU_ISA left as a tract config set it ({e})"),
         }
     }
 }

@@ -5,10 +5,11 @@
 
 use crate::bundle::Bundle;
 use crate::keyframes;
-use crate::pipeline::{Pipeline, PipelineError, RunOptions};
+use crate::pipeline::{Pipeline, PipelineError, RunOptions, Settings};
 use crate::preprocess::Resampler;
 use crate::source::{Frame, MemorySource};
 use crate::stream::Model;
+use crate::workers::{EncoderPool, Preprocess};
 use serde::Serialize;
 use std::time::Instant;
 use tract_linalg::multithread::{set_default_executor, Executor};
@@ -70,11 +71,19 @@ pub struct ThreadReport {
     /// one full window.
     pub window: Stat,
     pub decode: Stat,
-    /// Median end-to-end frames per second over whole streams.
+    /// Median end-to-end frames per second over whole streams, as
+    /// `signrt run --threads N` runs them (N encoder threads).
     pub e2e_fps: f64,
+    /// The bare encoder's cost per frame over as many frames as a stream, on
+    /// tract's N-thread executor, one frame after another (median over the
+    /// streams, in ms).
+    pub bare_serial_ms: f64,
+    /// The same on N encoder threads running whole frames, as the pipeline
+    /// does (for N = 1, the same run as `bare_serial_ms`).
+    pub bare_frames_ms: f64,
     /// End-to-end cost per frame over the bare encoder's cost per frame: the
-    /// median over the streams of each stream's ratio to a bare-encoder run of
-    /// as many frames made just before it.
+    /// median over the streams of each stream's ratio to the faster of the two
+    /// bare-encoder runs of as many frames made just before it.
     pub e2e_over_encoder: f64,
 }
 
@@ -106,6 +115,55 @@ pub fn test_frame(w: usize, h: usize, seed: usize) -> Frame {
     }
 }
 
+fn executor(t: usize) -> Executor {
+    if t <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(t)
+    }
+}
+
+/// The middle value (the upper of the two middle ones for an even count, as
+/// the reports have always taken it); NaN for none.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Seconds per frame of `frames` encoder runs on `t` threads that each run
+/// whole frames ([`crate::workers`]).
+pub fn bare_frame_parallel(
+    encoder: &crate::engine::Encoder,
+    input: &[f32],
+    frames: usize,
+    t: usize,
+) -> Result<f64, PipelineError> {
+    std::thread::scope(|scope| {
+        let pre = Preprocess {
+            width: encoder.width(),
+            height: encoder.height(),
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let mut pool = EncoderPool::spawn(scope, encoder, pre, t, 0);
+        let t0 = Instant::now();
+        for _ in 0..frames {
+            let mut slot = match pool.take_slot() {
+                Some(s) => s,
+                None => pool.collect().ok_or_else(|| {
+                    PipelineError::Stream("encoder threads: none in flight".into())
+                })??,
+            };
+            slot.set_input(input);
+            pool.submit(slot)?;
+        }
+        while let Some(r) = pool.collect() {
+            pool.recycle(r?);
+        }
+        Ok(t0.elapsed().as_secs_f64() / frames.max(1) as f64)
+    })
+}
+
 /// Runs the benchmark for each thread count.
 pub fn run(
     bundle: &Bundle,
@@ -118,11 +176,7 @@ pub fn run(
     let m = &bundle.manifest;
     let mut per = Vec::new();
     for &t in threads {
-        set_default_executor(if t <= 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(t)
-        });
+        set_default_executor(executor(t));
         let mut pipe = Pipeline::new(bundle, None)?;
         let frames: Vec<Frame> = (0..8).map(|i| test_frame(camera.0, camera.1, i)).collect();
         let mut rs = Resampler::new(
@@ -184,19 +238,37 @@ pub fn run(
             );
             Ok(())
         })?;
-        // whole streams through the real pipeline, each paired with a bare
-        // encoder run over as many frames just before it: the ratio of a pair
+        // whole streams through the real pipeline, each paired with bare
+        // encoder runs over as many frames just before it: the ratio of a pair
         // shares the machine's state of the moment, so a noisy neighbour moves
-        // both sides of it
+        // both sides of it. The bare encoder gets the better of two ways to use
+        // t threads: tract's t-thread executor on one frame after another, and
+        // t threads running whole frames (the pipeline's way).
         let mut fps = Vec::new();
         let mut ratios = Vec::new();
+        let (mut serial, mut framewise) = (Vec::new(), Vec::new());
         for _ in 0..streams.max(1) {
+            set_default_executor(executor(t));
             let t0 = Instant::now();
             for _ in 0..stream_frames {
                 pipe.model.encode(&input, &mut feats)?;
             }
-            let bare_s = t0.elapsed().as_secs_f64() / stream_frames as f64;
-            let mut p = Pipeline::new(bundle, None)?;
+            let serial_s = t0.elapsed().as_secs_f64() / stream_frames as f64;
+            set_default_executor(Executor::SingleThread);
+            let frames_s = if t > 1 {
+                bare_frame_parallel(pipe.model.encoder(), &input, stream_frames, t)?
+            } else {
+                serial_s
+            };
+            serial.push(serial_s * 1e3);
+            framewise.push(frames_s * 1e3);
+            let mut p = Pipeline::with_settings(
+                bundle,
+                Settings {
+                    threads: t,
+                    ..Settings::default()
+                },
+            )?;
             let mut src = MemorySource::new(frames.clone(), stream_frames, m.stream.fps);
             let opts = RunOptions {
                 fps: m.stream.fps,
@@ -206,11 +278,9 @@ pub fn run(
             let s = p.run(&mut src, &opts, |_| {})?;
             let per_frame_s = t0.elapsed().as_secs_f64() / s.frames_processed.max(1) as f64;
             fps.push(1.0 / per_frame_s);
-            ratios.push(per_frame_s / bare_s);
+            ratios.push(per_frame_s / serial_s.min(frames_s));
         }
-        fps.sort_by(|a, b| a.total_cmp(b));
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        let e2e_fps = fps[fps.len() / 2];
+        let e2e_fps = median(&mut fps);
         per.push(ThreadReport {
             threads: t,
             preprocess,
@@ -219,7 +289,9 @@ pub fn run(
             window,
             decode,
             e2e_fps,
-            e2e_over_encoder: ratios[ratios.len() / 2],
+            bare_serial_ms: median(&mut serial),
+            bare_frames_ms: median(&mut framewise),
+            e2e_over_encoder: median(&mut ratios),
         });
     }
     set_default_executor(Executor::SingleThread);

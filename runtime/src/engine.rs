@@ -58,9 +58,42 @@ fn run1(
     Ok(view.shape().to_vec())
 }
 
+/// The per-frame encoder on its own: cheap to clone (the graph is shared) and
+/// safe to run from several threads at once, each run with its own state.
+#[derive(Clone)]
+pub struct Encoder {
+    plan: Plan,
+    height: usize,
+    width: usize,
+}
+
+impl Encoder {
+    /// The input frame's height and width.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
+    /// the frame's features into `out`.
+    pub fn encode(&self, frame: &[f32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        run1(
+            &self.plan,
+            "encoder",
+            &[1, 3, self.height, self.width],
+            frame,
+            out,
+        )?;
+        Ok(())
+    }
+}
+
 /// The three graphs, ready to run.
 pub struct TractModel {
-    encoder: Plan,
+    encoder: Encoder,
     scorer: Plan,
     temporal: Plan,
     pub height: usize,
@@ -84,7 +117,11 @@ impl TractModel {
         let scorer = load(&bundle.path_of(&m.scorer), None)?;
         let temporal = load(&bundle.path_of(&m.temporal), None)?;
         let mut me = Self {
-            encoder,
+            encoder: Encoder {
+                plan: encoder,
+                height: h,
+                width: w,
+            },
             scorer,
             temporal,
             height: h,
@@ -98,7 +135,7 @@ impl TractModel {
         // one dry run checks the encoder's output against the manifest
         let zeros = vec![0f32; 3 * h * w];
         let mut out = Vec::new();
-        let shape = run1(&me.encoder, "encoder", &[1, 3, h, w], &zeros, &mut out)?;
+        let shape = run1(&me.encoder.plan, "encoder", &[1, 3, h, w], &zeros, &mut out)?;
         if shape != [1, c, g, g] {
             return Err(EngineError::Mismatch {
                 path: bundle.path_of(&m.encoder),
@@ -126,14 +163,12 @@ impl TractModel {
     /// Runs the encoder on one preprocessed frame (3·H·W values, CHW); writes
     /// feature_len values into `out`.
     pub fn encode(&mut self, frame: &[f32], out: &mut Vec<f32>) -> Result<(), EngineError> {
-        run1(
-            &self.encoder,
-            "encoder",
-            &[1, 3, self.height, self.width],
-            frame,
-            out,
-        )?;
-        Ok(())
+        self.encoder.encode(frame, out)
+    }
+
+    /// The encoder alone, for running frames on other threads.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
     }
 }
 

@@ -26,6 +26,7 @@ pub mod stream;
 pub mod toy;
 pub mod vocab;
 pub mod wer;
+pub mod workers;
 pub mod y4m;
 
 pub use bundle::{Bundle, BundleError, Manifest};

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
 use signrt_runtime::memory::{self, CountingAlloc};
-use signrt_runtime::pipeline::{Pipeline, RunOptions};
+use signrt_runtime::pipeline::{Pipeline, RunOptions, Settings};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
 use std::path::{Path, PathBuf};
 
@@ -50,10 +50,14 @@ enum Cmd {
         /// rate requested from a camera.
         #[arg(long, default_value_t = 25.0)]
         fps: f32,
-        /// CTC beam width (1 = greedy). Beam search is the default: the
-        /// default model's test WER is 51 % with beam 5 and 70 % greedy.
+        /// CTC beam width (1 = greedy). Beam search is the default, in bounded
+        /// segments; greedy emits each gloss with less delay.
         #[arg(long, default_value_t = 5)]
         beam: usize,
+        /// Encoder threads, each running whole frames (default: all cores). The
+        /// glosses do not depend on it; the memory need grows with it.
+        #[arg(long)]
+        threads: Option<usize>,
         /// Capture size requested from a camera.
         #[arg(long, default_value_t = 640)]
         width: u32,
@@ -207,6 +211,7 @@ struct RunArgs {
     fps: f32,
     size: (u32, u32),
     beam: usize,
+    threads: Option<usize>,
     reference: Option<String>,
 }
 
@@ -219,6 +224,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         fps,
         size,
         beam,
+        threads,
         reference,
     } = a;
     let source = source.as_str();
@@ -233,8 +239,26 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut src = open_source(source, fps, size)?;
-    let mut pipe = Pipeline::with_beam(&bundle, budget, beam)?;
-    log::info!("bundle {} needs {}", dir.display(), pipe.need.describe());
+    let threads = match threads {
+        Some(0) => anyhow::bail!("--threads 0: give at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut pipe = Pipeline::with_settings(
+        &bundle,
+        Settings {
+            budget,
+            beam,
+            threads,
+        },
+    )?;
+    log::info!(
+        "bundle {} needs {} with {} encoder thread{}",
+        dir.display(),
+        pipe.need.describe(),
+        threads,
+        if threads == 1 { "" } else { "s" }
+    );
     let out = std::io::stdout();
     let opts = RunOptions {
         fps,
@@ -318,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
             memory_budget,
             fps,
             beam,
+            threads,
             width,
             height,
             reference,
@@ -329,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             fps,
             size: (width, height),
             beam,
+            threads,
             reference,
         }),
         Cmd::Bench {
@@ -468,7 +494,7 @@ fn bench_cmd(
     );
     println!("tract dispatch: {}", r.dispatch);
     println!(
-        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>13}",
+        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>15}  {:>11}",
         "threads",
         "preprocess ms",
         "encoder ms/frame",
@@ -476,13 +502,14 @@ fn bench_cmd(
         "window ms",
         "decode ms",
         "e2e fps",
+        "bare ms/frame",
         "e2e/encoder"
     );
     for t in &r.per_threads {
         let f =
             |s: &signrt_runtime::bench::Stat| format!("{:.3} (p99 {:.3})", s.median_ms, s.p99_ms);
         println!(
-            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>13.3}",
+            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>15}  {:>11.3}",
             t.threads,
             f(&t.preprocess),
             f(&t.encoder),
@@ -490,9 +517,20 @@ fn bench_cmd(
             f(&t.window),
             f(&t.decode),
             t.e2e_fps,
+            if t.threads > 1 {
+                format!("{:.2} / {:.2}", t.bare_serial_ms, t.bare_frames_ms)
+            } else {
+                format!("{:.2}", t.bare_serial_ms)
+            },
             t.e2e_over_encoder
         );
     }
+    println!(
+        "stage latencies on tract's N-thread executor; e2e as `signrt run --threads N` \
+         (N encoder threads running whole frames); bare = the encoder alone over a stream's \
+         frames, on tract's N-thread executor / on N threads running whole frames; \
+         e2e/encoder against the faster bare run"
+    );
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak RSS {}", memory::mib(rss));
     }

@@ -13,6 +13,7 @@ use crate::memory;
 use crate::preprocess::Resampler;
 use crate::source::{Frame, FrameSource, SourceError};
 use crate::stream::{Emitted, Model, Stream, StreamConfig, WindowReport};
+use crate::workers::{EncoderPool, Preprocess};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -29,8 +30,13 @@ pub enum PipelineError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Stream(String),
-    #[error("the pipeline needs {need}, more than the memory budget of {budget}; raise --memory-budget or use a smaller (e.g. int8) bundle")]
-    Budget { need: String, budget: String },
+    #[error("the pipeline needs {need}, more than the memory budget of {budget}; raise --memory-budget or use a smaller (e.g. int8) bundle{hint}")]
+    Budget {
+        need: String,
+        budget: String,
+        /// Extra advice (fewer threads) when it applies.
+        hint: String,
+    },
 }
 
 /// One gloss, as printed.
@@ -75,10 +81,33 @@ pub struct RunOptions {
     pub memory_budget: Option<usize>,
 }
 
+/// How a pipeline is built.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Refuse to start above this many bytes.
+    pub budget: Option<usize>,
+    /// CTC beam width; 1 = greedy.
+    pub beam: usize,
+    /// Encoder threads, each running whole frames ([`crate::workers`]); 1 runs
+    /// everything on the calling thread. The output does not depend on it.
+    pub threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            budget: None,
+            beam: 1,
+            threads: 1,
+        }
+    }
+}
+
 /// Everything a run needs, allocated once.
 pub struct Pipeline {
     pub model: TractModel,
     pub stream: Stream,
+    threads: usize,
     vocab: Vec<String>,
     mean: [f32; 3],
     std: [f32; 3],
@@ -100,6 +129,24 @@ impl Pipeline {
         budget: Option<usize>,
         beam: usize,
     ) -> Result<Self, PipelineError> {
+        Self::with_settings(
+            bundle,
+            Settings {
+                budget,
+                beam,
+                threads: 1,
+            },
+        )
+    }
+
+    /// Builds a pipeline; the memory need counts every encoder thread.
+    pub fn with_settings(bundle: &Bundle, settings: Settings) -> Result<Self, PipelineError> {
+        let Settings {
+            budget,
+            beam,
+            threads,
+        } = settings;
+        let threads = threads.max(1);
         let heap0 = memory::heap_now();
         let rss0 = memory::peak_rss().unwrap_or(0);
         let model = TractModel::load(bundle)?;
@@ -117,6 +164,7 @@ impl Pipeline {
         let mut me = Self {
             model,
             stream,
+            threads,
             vocab: bundle.vocab.tokens().to_vec(),
             mean: m.input.mean,
             std: m.input.std,
@@ -129,6 +177,7 @@ impl Pipeline {
         let before = memory::heap_now();
         let input = me.input.clone();
         me.model.encode(&input, &mut me.features)?;
+        let encoder_activations = memory::heap_peak().saturating_sub(before);
         let mut warm = Stream::new(cfg, d, m.model.vocab_size, me.model.scorer_state_len());
         let zeros = vec![0.0f32; d];
         let mut sink = Vec::new();
@@ -137,8 +186,18 @@ impl Pipeline {
             warm.push(&mut me.model, &zeros, &mut sink, &mut rep)
                 .map_err(PipelineError::Stream)?;
         }
-        let activations = memory::heap_peak().saturating_sub(before);
+        let serial = memory::heap_peak().saturating_sub(before);
         let frame_bytes = 640 * 480 * 3; // a VGA camera frame; larger sources grow the pool once
+                                         // with encoder threads, each runs a frame while the window runs here,
+                                         // and each slot holds a copy of a camera frame
+        let (activations, slots) = if threads > 1 {
+            (
+                serial + threads * encoder_activations,
+                threads * (4 * (me.input.len() + d) + frame_bytes),
+            )
+        } else {
+            (serial, 0)
+        };
         me.need = memory::MemoryNeed {
             weights: if heap_model > 0 {
                 heap_model
@@ -151,7 +210,10 @@ impl Pipeline {
                     .sum::<usize>()
             },
             activations,
-            buffers: me.stream.buffer_bytes() + 4 * me.input.len() + (QUEUE + 2) * frame_bytes,
+            buffers: me.stream.buffer_bytes()
+                + 4 * me.input.len()
+                + slots
+                + (QUEUE + 2) * frame_bytes,
             baseline: rss0.saturating_sub(heap0).max(4 << 20),
         };
         if let Some(b) = budget {
@@ -159,6 +221,14 @@ impl Pipeline {
                 return Err(PipelineError::Budget {
                     need: me.need.describe(),
                     budget: memory::mib(b),
+                    hint: if threads > 1 {
+                        format!(
+                            ", or use fewer --threads ({threads} encoder threads need {} of activations)",
+                            memory::mib(threads * encoder_activations)
+                        )
+                    } else {
+                        String::new()
+                    },
                 });
             }
         }
@@ -198,14 +268,81 @@ impl Pipeline {
             )));
         }
         self.model.encode(&self.input, &mut self.features)?;
+        let feats = std::mem::take(&mut self.features);
+        let r = self.push_features(&feats, out, last);
+        self.features = feats;
+        r
+    }
+
+    /// Hands one frame's features to the stream.
+    fn push_features(
+        &mut self,
+        feats: &[f32],
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
         let mut rep = None;
         self.stream
-            .push(&mut self.model, &self.features, out, &mut rep)
+            .push(&mut self.model, feats, out, &mut rep)
             .map_err(PipelineError::Stream)?;
         if rep.is_some() {
             *last = rep;
         }
         Ok(())
+    }
+
+    /// Processes one frame with encoder threads: copy it into a free slot and
+    /// hand it to the next thread, which preprocesses and encodes it; when
+    /// every slot is in flight, the oldest frame's features go into the stream
+    /// first.
+    fn step_parallel(
+        &mut self,
+        pool: &mut EncoderPool,
+        frame: &Frame,
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
+        let mut slot = match pool.take_slot() {
+            Some(s) => s,
+            None => {
+                let s = match pool.collect() {
+                    Some(r) => r?,
+                    None => {
+                        return Err(PipelineError::Stream(
+                            "encoder threads: no slot free and none in flight".into(),
+                        ))
+                    }
+                };
+                if let Err(e) = self.push_features(&s.feats, out, last) {
+                    pool.recycle(s);
+                    return Err(e);
+                }
+                s
+            }
+        };
+        slot.set_frame(frame);
+        pool.submit(slot)
+    }
+
+    /// Puts every frame still with the encoder threads into the stream, in order.
+    fn drain(
+        &mut self,
+        pool: &mut EncoderPool,
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
+        while let Some(r) = pool.collect() {
+            let s = r?;
+            let pushed = self.push_features(&s.feats, out, last);
+            pool.recycle(s);
+            pushed?;
+        }
+        Ok(())
+    }
+
+    /// Encoder threads this pipeline runs (1: none, all on the calling thread).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs a whole source, calling `on_gloss` for each gloss as it is emitted.
@@ -235,10 +372,14 @@ impl Pipeline {
         let mut dropped = 0u64;
         let mut processed = 0u64;
         let mut handle = |me: &mut Self,
+                          pool: &mut Option<EncoderPool>,
                           frame: &Frame,
                           emitted: &mut Vec<Emitted>,
                           last: &mut Option<WindowReport>|
          -> Result<(), PipelineError> {
+            if let Some(p) = pool {
+                return me.step_parallel(p, frame, emitted, last);
+            }
             let rs = match &mut resampler {
                 Some(r) if r.src_size() == (frame.width, frame.height) => r,
                 _ => resampler.insert(Resampler::new(
@@ -250,84 +391,103 @@ impl Pipeline {
             };
             me.step(rs, frame, emitted, last)
         };
-        if source.is_live() {
-            let mut queue: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
-            let mut pool: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
-            let (mut tx, mut rx) = queue.split();
-            let (mut ptx, mut prx) = pool.split();
-            for _ in 0..QUEUE - 1 {
-                let _ = ptx.enqueue(Frame::default());
-            }
-            let consumer = std::thread::current();
-            let done = std::sync::atomic::AtomicBool::new(false);
-            let capture_result: Result<(u64, u64), SourceError> = std::thread::scope(|s| {
-                let cap = s.spawn(|| {
-                    let mut spare = Frame::default();
-                    let (mut n, mut drops) = (0u64, 0u64);
-                    let r = loop {
-                        if done.load(std::sync::atomic::Ordering::Relaxed) {
-                            break Ok(());
-                        }
-                        let mut f = prx.dequeue().unwrap_or_else(|| std::mem::take(&mut spare));
-                        match source.next_frame(&mut f) {
-                            Ok(true) => {
-                                n += 1;
-                                if let Err(f) = tx.enqueue(f) {
-                                    drops += 1;
-                                    spare = f;
-                                }
-                                consumer.unpark();
+        let encoder = self.model.encoder().clone();
+        let pre = Preprocess {
+            width: w,
+            height: h,
+            mean,
+            std,
+        };
+        let feature_len = self.model.feature_len();
+        let threads = self.threads;
+        std::thread::scope(|scope| -> Result<(), PipelineError> {
+            let mut pool = (threads > 1)
+                .then(|| EncoderPool::spawn(scope, &encoder, pre, threads, feature_len));
+            if source.is_live() {
+                let mut queue: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
+                let mut fpool: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
+                let (mut tx, mut rx) = queue.split();
+                let (mut ptx, mut prx) = fpool.split();
+                for _ in 0..QUEUE - 1 {
+                    let _ = ptx.enqueue(Frame::default());
+                }
+                let consumer = std::thread::current();
+                let done = std::sync::atomic::AtomicBool::new(false);
+                let capture_result: Result<(u64, u64), SourceError> = std::thread::scope(|s| {
+                    let cap = s.spawn(|| {
+                        let mut spare = Frame::default();
+                        let (mut n, mut drops) = (0u64, 0u64);
+                        let r = loop {
+                            if done.load(std::sync::atomic::Ordering::Relaxed) {
+                                break Ok(());
                             }
-                            Ok(false) => break Ok(()),
-                            Err(e) => break Err(e),
+                            let mut f = prx.dequeue().unwrap_or_else(|| std::mem::take(&mut spare));
+                            match source.next_frame(&mut f) {
+                                Ok(true) => {
+                                    n += 1;
+                                    if let Err(f) = tx.enqueue(f) {
+                                        drops += 1;
+                                        spare = f;
+                                    }
+                                    consumer.unpark();
+                                }
+                                Ok(false) => break Ok(()),
+                                Err(e) => break Err(e),
+                            }
+                        };
+                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        consumer.unpark();
+                        r.map(|_| (n, drops))
+                    });
+                    let mut err = None;
+                    loop {
+                        match rx.dequeue() {
+                            Some(f) => {
+                                if err.is_none() {
+                                    if let Err(e) =
+                                        handle(self, &mut pool, &f, &mut emitted, &mut last)
+                                    {
+                                        err = Some(e);
+                                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    processed += 1;
+                                    for e in emitted.drain(..) {
+                                        let ev = self.gloss(&e, fps);
+                                        on_gloss(&ev);
+                                        record(&ev);
+                                    }
+                                }
+                                let _ = ptx.enqueue(f);
+                            }
+                            None if done.load(std::sync::atomic::Ordering::Relaxed) => break,
+                            None => std::thread::park_timeout(std::time::Duration::from_millis(5)),
                         }
-                    };
-                    done.store(true, std::sync::atomic::Ordering::Relaxed);
-                    consumer.unpark();
-                    r.map(|_| (n, drops))
+                    }
+                    let r = cap.join().unwrap_or(Ok((0, 0)));
+                    if let Some(e) = err {
+                        return Err(SourceError::Device(e.to_string()));
+                    }
+                    r
                 });
-                let mut err = None;
-                loop {
-                    match rx.dequeue() {
-                        Some(f) => {
-                            if err.is_none() {
-                                if let Err(e) = handle(self, &f, &mut emitted, &mut last) {
-                                    err = Some(e);
-                                    done.store(true, std::sync::atomic::Ordering::Relaxed);
-                                }
-                                processed += 1;
-                                for e in emitted.drain(..) {
-                                    let ev = self.gloss(&e, fps);
-                                    on_gloss(&ev);
-                                    record(&ev);
-                                }
-                            }
-                            let _ = ptx.enqueue(f);
-                        }
-                        None if done.load(std::sync::atomic::Ordering::Relaxed) => break,
-                        None => std::thread::park_timeout(std::time::Duration::from_millis(5)),
+                let (_, drops) = capture_result?;
+                dropped = drops;
+            } else {
+                let mut frame = Frame::default();
+                while source.next_frame(&mut frame)? {
+                    handle(self, &mut pool, &frame, &mut emitted, &mut last)?;
+                    processed += 1;
+                    for e in emitted.drain(..) {
+                        let ev = self.gloss(&e, fps);
+                        on_gloss(&ev);
+                        record(&ev);
                     }
                 }
-                let r = cap.join().unwrap_or(Ok((0, 0)));
-                if let Some(e) = err {
-                    return Err(SourceError::Device(e.to_string()));
-                }
-                r
-            });
-            let (_, drops) = capture_result?;
-            dropped = drops;
-        } else {
-            let mut frame = Frame::default();
-            while source.next_frame(&mut frame)? {
-                handle(self, &frame, &mut emitted, &mut last)?;
-                processed += 1;
-                for e in emitted.drain(..) {
-                    let ev = self.gloss(&e, fps);
-                    on_gloss(&ev);
-                    record(&ev);
-                }
             }
-        }
+            if let Some(p) = &mut pool {
+                self.drain(p, &mut emitted, &mut last)?;
+            }
+            Ok(())
+        })?;
         if let Some(rep) = self
             .stream
             .flush(&mut self.model, &mut emitted)

@@ -104,11 +104,44 @@ pub struct ConvGru {
     pub hidden: usize,
 }
 
+/// Splits a gate's weight (out, in + hidden, kh, kw) into its input part
+/// (out, in, kh, kw) and its hidden part (out, hidden, kh, kw).
+fn split_in(w: &Array, inp: usize) -> (Array, Array) {
+    let (out, all, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+    let k = kh * kw;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for o in 0..out {
+        let row = &w.data[o * all * k..(o + 1) * all * k];
+        a.extend_from_slice(&row[..inp * k]);
+        b.extend_from_slice(&row[inp * k..]);
+    }
+    (
+        Array::new(&[out, inp, kh, kw], a),
+        Array::new(&[out, all - inp, kh, kw], b),
+    )
+}
+
+/// Stacks weights (o_i, in, kh, kw) along the output axis.
+fn stack_out(ws: &[&Array]) -> Array {
+    let mut shape = ws[0].shape.clone();
+    shape[0] = ws.iter().map(|w| w.shape[0]).sum();
+    Array::new(
+        &shape,
+        ws.iter().flat_map(|w| w.data.iter().copied()).collect(),
+    )
+}
+
 /// Unrolls a ConvGRU over axis 1 of `x` (1, T, C, G, G) with ONNX `Scan`
 /// (tract has no `Loop`) from the state `h0` (1, hidden, G, G):
 /// r = σ(conv_r[x,h]), z = σ(conv_z[x,h]), n = tanh(conv_n[x, r⊙h]),
 /// h' = (1−z)⊙h + z⊙n. Returns the last state (1, hidden, G, G) and the hidden
 /// states (1, T, hidden, G, G).
+///
+/// A conv over concat[x, h] is the sum of a conv over x and one over h, so the
+/// three gates' input halves, which do not depend on the state, run before the
+/// loop as one convolution over all T steps (one large matrix product instead
+/// of T small ones, as the trainer computes them); the loop runs only the
+/// hidden halves (r's and z's as one convolution).
 pub fn conv_gru_scan(
     g: &mut GraphBuilder,
     name: &str,
@@ -118,42 +151,69 @@ pub fn conv_gru_scan(
     channels: usize,
     grid: usize,
 ) -> (String, String) {
-    let (c, hd, gg) = (channels as i64, gru.hidden as i64, grid as i64);
+    let (hd, gg) = (gru.hidden as i64, grid as i64);
+    let (rx, rh) = split_in(&gru.reset.0, channels);
+    let (zx, zh) = split_in(&gru.update.0, channels);
+    let (nx, nh) = split_in(&gru.new.0, channels);
+    let bias: Vec<f32> = [&gru.reset.1, &gru.update.1, &gru.new.1]
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .collect();
+    // the input halves over all steps: (1,T,C,G,G) -> (T,C,G,G) -> (T,3H,G,G) -> (1,T,3H,G,G)
+    let axis0 = g.constant_i64(&format!("{name}.axis0"), &[1], &[0]);
+    let steps = g.op("Squeeze", &[x, &axis0], vec![]);
+    let xg = conv(
+        g,
+        &format!("{name}.input"),
+        &steps,
+        &stack_out(&[&rx, &zx, &nx]),
+        &bias,
+        1,
+        1,
+    );
+    let xg = g.op("Unsqueeze", &[&xg, &axis0], vec![]);
+
     let mut body = GraphBuilder::new(&format!("{name}.body"));
     let h_in = body.input("h_in", &[1.into(), hd.into(), gg.into(), gg.into()]);
-    let x_t = body.input("x_t", &[1.into(), c.into(), gg.into(), gg.into()]);
-    let cat = body.op("Concat", &[&x_t, &h_in], vec![("axis", Attr::Int(1))]);
-    let r = conv(
+    let x_t = body.input("x_t", &[1.into(), (3 * hd).into(), gg.into(), gg.into()]);
+    let thirds = body.constant_i64("split3", &[3], &[hd, hd, hd]);
+    body.node(
+        "Split",
+        &[&x_t, &thirds],
+        &["x_r", "x_z", "x_n"],
+        vec![("axis", Attr::Int(1))],
+    );
+    let hrz = conv(
         &mut body,
-        &format!("{name}.reset"),
-        &cat,
-        &gru.reset.0,
-        &gru.reset.1,
+        &format!("{name}.hidden_rz"),
+        &h_in,
+        &stack_out(&[&rh, &zh]),
+        &vec![0.0; 2 * gru.hidden],
         1,
         1,
     );
+    let halves = body.constant_i64("split2", &[2], &[hd, hd]);
+    body.node(
+        "Split",
+        &[&hrz, &halves],
+        &["h_r", "h_z"],
+        vec![("axis", Attr::Int(1))],
+    );
+    let r = body.op("Add", &["x_r", "h_r"], vec![]);
     let r = body.op("Sigmoid", &[&r], vec![]);
-    let z = conv(
-        &mut body,
-        &format!("{name}.update"),
-        &cat,
-        &gru.update.0,
-        &gru.update.1,
-        1,
-        1,
-    );
+    let z = body.op("Add", &["x_z", "h_z"], vec![]);
     let z = body.op("Sigmoid", &[&z], vec![]);
     let rh = body.op("Mul", &[&r, &h_in], vec![]);
-    let cat2 = body.op("Concat", &[&x_t, &rh], vec![("axis", Attr::Int(1))]);
     let n = conv(
         &mut body,
-        &format!("{name}.new"),
-        &cat2,
-        &gru.new.0,
-        &gru.new.1,
+        &format!("{name}.hidden_n"),
+        &rh,
+        &nh,
+        &vec![0.0; gru.hidden],
         1,
         1,
     );
+    let n = body.op("Add", &["x_n", &n], vec![]);
     let n = body.op("Tanh", &[&n], vec![]);
     // h' = h + z ⊙ (n − h)
     let d = body.op("Sub", &[&n, &h_in], vec![]);
@@ -166,7 +226,7 @@ pub fn conv_gru_scan(
     let ys = g.fresh(&format!("{name}.states"));
     g.node(
         "Scan",
-        &[h0, x],
+        &[h0, &xg],
         &[&last, &ys],
         vec![
             ("body", Attr::Graph(body.graph)),

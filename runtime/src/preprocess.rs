@@ -9,6 +9,9 @@
 //! half-pixel centres. The weights are computed once per (source size, target
 //! size) pair; [`Resampler::run`] then allocates nothing.
 
+/// Source rows the horizontal pass handles together (one SIMD register of f32).
+const ROWS: usize = 8;
+
 /// A precomputed resize from `src` to `dst` size plus normalisation.
 #[derive(Debug, Clone)]
 pub struct Resampler {
@@ -20,9 +23,12 @@ pub struct Resampler {
     rows: Taps,
     /// Horizontal pass output: src_h rows of dst_w RGB f32.
     tmp: Vec<f32>,
-    /// One source row as three f32 planes (R, G, B), so each output is a plain
-    /// dot product over contiguous values.
-    rowf: Vec<f32>,
+    /// A block of [`ROWS`] source rows as f32, channel-major and transposed
+    /// (c, x, row): the horizontal pass computes the same output of all the
+    /// block's rows at once, each a dot product in tap order.
+    blk: Vec<f32>,
+    /// One output row's accumulators (dst_w RGB) for the vertical pass.
+    acc: Vec<f32>,
     scale: [f32; 3],
     bias: [f32; 3],
 }
@@ -96,7 +102,8 @@ impl Resampler {
             cols: taps(src_w, dst_w),
             rows: taps(src_h, dst_h),
             tmp: vec![0f32; src_h * dst_w * 3],
-            rowf: vec![0f32; 3 * src_w],
+            blk: vec![0f32; 3 * src_w * ROWS],
+            acc: vec![0f32; 3 * dst_w],
             scale,
             bias,
         }
@@ -119,59 +126,58 @@ impl Resampler {
             return false;
         }
         let (sw, dw, dh) = (self.src_w, self.dst_w, self.dst_h);
-        // horizontal pass: src_h x dst_w x 3. Each source value is converted
-        // once; each output sums w[k]·x[k] in k order from 0, exactly as a
-        // per-pixel loop would (Rust does no fast-math, so the result is the
-        // same bits; `tests::fast_path_equals_the_direct_loop` checks it).
-        for y in 0..self.src_h {
-            let row = &rgb[y * sw * 3..(y + 1) * sw * 3];
-            let (pr, rest) = self.rowf.split_at_mut(sw);
-            let (pg, pb) = rest.split_at_mut(sw);
-            for (((px, r), g), b) in row
-                .chunks_exact(3)
-                .zip(pr.iter_mut())
-                .zip(pg.iter_mut())
-                .zip(pb.iter_mut())
-            {
-                *r = px[0] as f32;
-                *g = px[1] as f32;
-                *b = px[2] as f32;
+        // horizontal pass: src_h x dst_w x 3, ROWS source rows at a time. Each
+        // source value is converted once; each output sums w[k]·x[k] in k order
+        // from 0, exactly as a per-pixel loop would (Rust does no fast-math, so
+        // the result is the same bits; `tests::fast_path_equals_the_direct_loop`
+        // checks it), for ROWS rows side by side.
+        for y0 in (0..self.src_h).step_by(ROWS) {
+            let rows = ROWS.min(self.src_h - y0);
+            for r in 0..ROWS {
+                let src = &rgb[(y0 + r.min(rows - 1)) * sw * 3..][..sw * 3];
+                for (x, px) in src.chunks_exact(3).enumerate() {
+                    for c in 0..3 {
+                        self.blk[(c * sw + x) * ROWS + r] = px[c] as f32;
+                    }
+                }
             }
-            let trow = &mut self.tmp[y * dw * 3..(y + 1) * dw * 3];
-            for (ox, t) in trow.chunks_exact_mut(3).enumerate() {
+            for ox in 0..dw {
                 let s0 = self.cols.start[ox];
                 let n = self.cols.len[ox];
                 let ws = &self.cols.weights[ox * self.cols.stride..ox * self.cols.stride + n];
-                let dot = |plane: &[f32]| {
-                    let mut acc = 0f32;
-                    for (w, x) in ws.iter().zip(&plane[s0..s0 + n]) {
-                        acc += w * x;
+                for c in 0..3 {
+                    let xs = &self.blk[(c * sw + s0) * ROWS..(c * sw + s0 + n) * ROWS];
+                    let mut acc = [0f32; ROWS];
+                    for (w, x) in ws.iter().zip(xs.chunks_exact(ROWS)) {
+                        for r in 0..ROWS {
+                            acc[r] += w * x[r];
+                        }
                     }
-                    acc
-                };
-                t[0] = dot(pr);
-                t[1] = dot(pg);
-                t[2] = dot(pb);
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        self.tmp[((y0 + r) * dw + ox) * 3 + c] = *a;
+                    }
+                }
             }
         }
-        // vertical pass + normalise into CHW
+        // vertical pass: each output row accumulates its source rows in tap
+        // order (whole rows at a time), then is normalised into CHW
         let plane = dh * dw;
         for oy in 0..dh {
             let s0 = self.rows.start[oy];
             let ws = &self.rows.weights
                 [oy * self.rows.stride..oy * self.rows.stride + self.rows.len[oy]];
-            for ox in 0..dw {
-                let mut acc = [0f32; 3];
-                for (k, w) in ws.iter().enumerate() {
-                    let t = &self.tmp[((s0 + k) * dw + ox) * 3..((s0 + k) * dw + ox) * 3 + 3];
-                    acc[0] += w * t[0];
-                    acc[1] += w * t[1];
-                    acc[2] += w * t[2];
+            self.acc.fill(0.0);
+            for (k, w) in ws.iter().enumerate() {
+                let row = &self.tmp[(s0 + k) * dw * 3..(s0 + k + 1) * dw * 3];
+                for (a, t) in self.acc.iter_mut().zip(row) {
+                    *a += w * t;
                 }
+            }
+            for (ox, px) in self.acc.chunks_exact(3).enumerate() {
                 for c in 0..3 {
                     // round to the 8-bit value a resized image would hold, so a
                     // frame resized here and one resized then saved agree
-                    let v = acc[c].round().clamp(0.0, 255.0);
+                    let v = px[c].round().clamp(0.0, 255.0);
                     out[c * plane + oy * dw + ox] = v * self.scale[c] + self.bias[c];
                 }
             }
@@ -281,6 +287,9 @@ mod tests {
     fn fast_path_equals_the_direct_loop() {
         for (src, dst, seed) in [
             ((640, 480), (64, 64), 1u32),
+            ((640, 480), (224, 224), 6),
+            ((640, 480), (112, 112), 7),
+            ((3, 19), (2, 5), 8),
             ((320, 240), (112, 112), 2),
             ((20, 10), (32, 24), 3),
             ((7, 7), (7, 7), 4),

@@ -136,8 +136,8 @@ impl Resampler {
             for r in 0..ROWS {
                 let src = &rgb[(y0 + r.min(rows - 1)) * sw * 3..][..sw * 3];
                 for (x, px) in src.chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        self.blk[(c * sw + x) * ROWS + r] = px[c] as f32;
+                    for (c, v) in px.iter().enumerate() {
+                        self.blk[(c * sw + x) * ROWS + r] = *v as f32;
                     }
                 }
             }

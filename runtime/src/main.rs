@@ -227,6 +227,11 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         threads,
         reference,
     } = a;
+    let threads = match threads {
+        Some(0) => anyhow::bail!("--threads 0: give at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let source = source.as_str();
     let reference = match reference {
         Some(r) => Some(r),
@@ -239,11 +244,6 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut src = open_source(source, fps, size)?;
-    let threads = match threads {
-        Some(0) => anyhow::bail!("--threads 0: give at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
     let mut pipe = Pipeline::with_settings(
         &bundle,
         Settings {

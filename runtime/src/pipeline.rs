@@ -189,11 +189,19 @@ impl Pipeline {
         let serial = memory::heap_peak().saturating_sub(before);
         let frame_bytes = 640 * 480 * 3; // a VGA camera frame; larger sources grow the pool once
                                          // with encoder threads, each runs a frame while the window runs here,
-                                         // and each slot holds a copy of a camera frame
+                                         // and each has a slot (a copy of a camera frame, the input, the
+                                         // features) and its own resampler
+        let resampler_bytes = Resampler::new(
+            (640, 480),
+            (me.model.width, me.model.height),
+            me.mean,
+            me.std,
+        )
+        .scratch_bytes();
         let (activations, slots) = if threads > 1 {
             (
                 serial + threads * encoder_activations,
-                threads * (4 * (me.input.len() + d) + frame_bytes),
+                threads * (4 * (me.input.len() + d) + frame_bytes + resampler_bytes),
             )
         } else {
             (serial, 0)

@@ -113,6 +113,12 @@ impl Resampler {
         (self.src_w, self.src_h)
     }
 
+    /// Bytes of scratch space this resampler holds (its tap tables and buffers).
+    pub fn scratch_bytes(&self) -> usize {
+        let taps = |t: &Taps| 8 * (t.start.len() + t.len.len()) + 4 * t.weights.len();
+        4 * (self.tmp.len() + self.blk.len() + self.acc.len()) + taps(&self.cols) + taps(&self.rows)
+    }
+
     /// Number of f32 values [`Self::run`] writes: 3 * dst_h * dst_w.
     pub fn out_len(&self) -> usize {
         3 * self.dst_h * self.dst_w

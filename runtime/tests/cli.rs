@@ -155,6 +155,13 @@ fn bad_inputs_are_clear_errors() {
         err.contains("stdin: frame 2") && err.contains("truncated"),
         "{err}"
     );
+    // no encoder threads
+    let (code, _, err) = run(
+        &["run", "--bundle", b, "--source", "-", "--threads", "0"],
+        Some(Vec::new()),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--threads 0"), "{err}");
     // not a camera we can open
     let (code, _, err) = run(&["run", "--bundle", b, "--source", "/dev/video99"], None);
     assert_ne!(code, 0);

@@ -187,10 +187,11 @@ impl Pipeline {
                 .map_err(PipelineError::Stream)?;
         }
         let serial = memory::heap_peak().saturating_sub(before);
-        let frame_bytes = 640 * 480 * 3; // a VGA camera frame; larger sources grow the pool once
-                                         // with encoder threads, each runs a frame while the window runs here,
-                                         // and each has a slot (a copy of a camera frame, the input, the
-                                         // features) and its own resampler
+        // a VGA camera frame; larger sources grow the pool once
+        let frame_bytes = 640 * 480 * 3;
+        // with encoder threads, each runs a frame while the window runs here,
+        // and each has a slot (a copy of a camera frame, the input, the
+        // features) and its own resampler
         let resampler_bytes = Resampler::new(
             (640, 480),
             (me.model.width, me.model.height),

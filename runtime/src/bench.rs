@@ -9,7 +9,7 @@ use crate::pipeline::{Pipeline, PipelineError, RunOptions, Settings};
 use crate::preprocess::Resampler;
 use crate::source::{Frame, MemorySource};
 use crate::stream::Model;
-use crate::workers::{EncoderPool, Preprocess};
+use crate::workers::EncoderPool;
 use serde::Serialize;
 use std::time::Instant;
 use tract_linalg::multithread::{set_default_executor, Executor};
@@ -139,13 +139,13 @@ pub fn bare_frame_parallel(
     t: usize,
 ) -> Result<f64, PipelineError> {
     std::thread::scope(|scope| {
-        let pre = Preprocess {
-            width: encoder.width(),
-            height: encoder.height(),
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        };
-        let mut pool = EncoderPool::spawn(scope, encoder, pre, t, 0);
+        // slots carry preprocessed input: the resizer only sizes them
+        let sizes = crate::preprocess::FrameResizer::new(
+            (encoder.width(), encoder.height()),
+            [0.0; 3],
+            [1.0; 3],
+        );
+        let mut pool = EncoderPool::spawn(scope, encoder, &sizes, t, 0);
         let t0 = Instant::now();
         for _ in 0..frames {
             let mut slot = match pool.take_slot() {

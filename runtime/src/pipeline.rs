@@ -10,10 +10,10 @@
 use crate::bundle::Bundle;
 use crate::engine::{EngineError, TractModel};
 use crate::memory;
-use crate::preprocess::Resampler;
+use crate::preprocess::{FrameResizer, Resampler};
 use crate::source::{Frame, FrameSource, SourceError};
 use crate::stream::{Emitted, Model, Stream, StreamConfig, WindowReport};
-use crate::workers::{EncoderPool, Preprocess};
+use crate::workers::EncoderPool;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -37,6 +37,26 @@ pub enum PipelineError {
         /// Extra advice (fewer threads) when it applies.
         hint: String,
     },
+}
+
+/// Preprocesses a camera frame into `out` with the resampler for its size.
+pub(crate) fn resize_frame(
+    resizer: &mut FrameResizer,
+    frame: &Frame,
+    out: &mut [f32],
+) -> Result<(), PipelineError> {
+    if !resizer
+        .for_size((frame.width, frame.height))
+        .run(&frame.rgb, out)
+    {
+        return Err(PipelineError::Stream(format!(
+            "frame of {} bytes does not match its size {}x{}",
+            frame.rgb.len(),
+            frame.width,
+            frame.height
+        )));
+    }
+    Ok(())
 }
 
 /// One gloss, as printed.
@@ -194,7 +214,7 @@ impl Pipeline {
         // features) and its own resampler
         let resampler_bytes = Resampler::new(
             (640, 480),
-            (me.model.width, me.model.height),
+            (me.model.encoder().width(), me.model.encoder().height()),
             me.mean,
             me.std,
         )
@@ -263,19 +283,12 @@ impl Pipeline {
     /// Processes one frame: preprocess, encode, push.
     fn step(
         &mut self,
-        resampler: &mut Resampler,
+        resizer: &mut FrameResizer,
         frame: &Frame,
         out: &mut Vec<Emitted>,
         last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
-        if !resampler.run(&frame.rgb, &mut self.input) {
-            return Err(PipelineError::Stream(format!(
-                "frame of {} bytes does not match its size {}x{}",
-                frame.rgb.len(),
-                frame.width,
-                frame.height
-            )));
-        }
+        resize_frame(resizer, frame, &mut self.input)?;
         self.model.encode(&self.input, &mut self.features)?;
         let feats = std::mem::take(&mut self.features);
         let r = self.push_features(&feats, out, last);
@@ -362,9 +375,10 @@ impl Pipeline {
         mut on_gloss: impl FnMut(&GlossEvent),
     ) -> Result<Summary, PipelineError> {
         let fps = source.fps().filter(|f| *f > 0.0).unwrap_or(opts.fps);
-        let (mean, std) = (self.mean, self.std);
-        let (h, w) = (self.model.height, self.model.width);
-        let mut resampler: Option<Resampler> = None;
+        let encoder = self.model.encoder().clone();
+        // the serial path's resizer, and the one each encoder thread copies
+        let pre = FrameResizer::new((encoder.width(), encoder.height()), self.mean, self.std);
+        let mut resizer = pre.clone();
         let mut emitted = Vec::new();
         let mut recent: heapless::Deque<u32, SUMMARY_GLOSSES> = heapless::Deque::new();
         let (mut count, mut conf_sum) = (0u64, 0f64);
@@ -386,32 +400,16 @@ impl Pipeline {
                           emitted: &mut Vec<Emitted>,
                           last: &mut Option<WindowReport>|
          -> Result<(), PipelineError> {
-            if let Some(p) = pool {
-                return me.step_parallel(p, frame, emitted, last);
+            match pool {
+                Some(p) => me.step_parallel(p, frame, emitted, last),
+                None => me.step(&mut resizer, frame, emitted, last),
             }
-            let rs = match &mut resampler {
-                Some(r) if r.src_size() == (frame.width, frame.height) => r,
-                _ => resampler.insert(Resampler::new(
-                    (frame.width, frame.height),
-                    (w, h),
-                    mean,
-                    std,
-                )),
-            };
-            me.step(rs, frame, emitted, last)
-        };
-        let encoder = self.model.encoder().clone();
-        let pre = Preprocess {
-            width: w,
-            height: h,
-            mean,
-            std,
         };
         let feature_len = self.model.feature_len();
         let threads = self.threads;
         std::thread::scope(|scope| -> Result<(), PipelineError> {
             let mut pool = (threads > 1)
-                .then(|| EncoderPool::spawn(scope, &encoder, pre, threads, feature_len));
+                .then(|| EncoderPool::spawn(scope, &encoder, &pre, threads, feature_len));
             if source.is_live() {
                 let mut queue: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
                 let mut fpool: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();

@@ -9,6 +9,43 @@
 //! half-pixel centres. The weights are computed once per (source size, target
 //! size) pair; [`Resampler::run`] then allocates nothing.
 
+/// Resizes frames of whatever size arrives to one target size: keeps the
+/// [`Resampler`] of the last source size and rebuilds it when the size changes.
+#[derive(Debug, Clone)]
+pub struct FrameResizer {
+    dst: (usize, usize),
+    mean: [f32; 3],
+    std: [f32; 3],
+    current: Option<Resampler>,
+}
+
+impl FrameResizer {
+    /// Target size (width, height) and normalisation, as [`Resampler::new`].
+    pub fn new(dst: (usize, usize), mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            dst,
+            mean,
+            std,
+            current: None,
+        }
+    }
+
+    /// Target size (width, height).
+    pub fn dst(&self) -> (usize, usize) {
+        self.dst
+    }
+
+    /// The resampler for sources of `src` size (width, height).
+    pub fn for_size(&mut self, src: (usize, usize)) -> &mut Resampler {
+        if self.current.as_ref().is_some_and(|r| r.src_size() != src) {
+            self.current = None;
+        }
+        let (dst, mean, std) = (self.dst, self.mean, self.std);
+        self.current
+            .get_or_insert_with(|| Resampler::new(src, dst, mean, std))
+    }
+}
+
 /// Source rows the horizontal pass handles together (one SIMD register of f32).
 const ROWS: usize = 8;
 

@@ -16,8 +16,8 @@
 //! steady streaming allocates no buffers per frame.
 
 use crate::engine::{Encoder, EngineError};
-use crate::pipeline::PipelineError;
-use crate::preprocess::Resampler;
+use crate::pipeline::{resize_frame, PipelineError};
+use crate::preprocess::FrameResizer;
 use crate::source::Frame;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::Scope;
@@ -51,42 +51,11 @@ impl Slot {
     }
 }
 
-/// What the workers need to preprocess frames: the model's input size and normalisation.
-#[derive(Debug, Clone, Copy)]
-pub struct Preprocess {
-    pub width: usize,
-    pub height: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
 /// One worker's job: preprocess the slot's frame (unless it holds an input
 /// already) and encode it.
-fn work(
-    enc: &Encoder,
-    pre: &Preprocess,
-    resampler: &mut Option<Resampler>,
-    slot: &mut Slot,
-) -> Result<(), PipelineError> {
-    let f = &slot.frame;
-    if f.width > 0 {
-        let rs = match resampler {
-            Some(r) if r.src_size() == (f.width, f.height) => r,
-            _ => resampler.insert(Resampler::new(
-                (f.width, f.height),
-                (pre.width, pre.height),
-                pre.mean,
-                pre.std,
-            )),
-        };
-        if !rs.run(&f.rgb, &mut slot.input) {
-            return Err(PipelineError::Stream(format!(
-                "frame of {} bytes does not match its size {}x{}",
-                f.rgb.len(),
-                f.width,
-                f.height
-            )));
-        }
+fn work(enc: &Encoder, resizer: &mut FrameResizer, slot: &mut Slot) -> Result<(), PipelineError> {
+    if slot.frame.width > 0 {
+        resize_frame(resizer, &slot.frame, &mut slot.input)?;
     }
     Ok(enc.encode(&slot.input, &mut slot.feats)?)
 }
@@ -101,16 +70,18 @@ pub struct EncoderPool {
 }
 
 impl EncoderPool {
-    /// Starts `n` ≥ 1 workers in `scope`, with slots for features of
-    /// `feature_len` values. The workers stop when the pool is dropped.
+    /// Starts `n` ≥ 1 workers in `scope`, each preprocessing with its own copy
+    /// of `resizer`, with slots for features of `feature_len` values. The
+    /// workers stop when the pool is dropped.
     pub fn spawn<'scope>(
         scope: &'scope Scope<'scope, '_>,
         encoder: &Encoder,
-        pre: Preprocess,
+        resizer: &FrameResizer,
         n: usize,
         feature_len: usize,
     ) -> Self {
-        let input_len = 3 * pre.width * pre.height;
+        let (w, h) = resizer.dst();
+        let input_len = 3 * w * h;
         let n = n.max(1);
         let mut to = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
@@ -118,13 +89,13 @@ impl EncoderPool {
             let (jtx, jrx) = sync_channel::<Slot>(1);
             let (rtx, rrx) = sync_channel::<Slot>(1);
             let enc = encoder.clone();
+            let mut resizer = resizer.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("signrt-encoder-{i}"))
                 .spawn_scoped(scope, move || {
                     multithread_tract_scope(Executor::SingleThread, || {
-                        let mut resampler = None;
                         while let Ok(mut slot) = jrx.recv() {
-                            slot.result = work(&enc, &pre, &mut resampler, &mut slot);
+                            slot.result = work(&enc, &mut resizer, &mut slot);
                             if rtx.send(slot).is_err() {
                                 break;
                             }
@@ -272,12 +243,29 @@ mod tests {
             .collect()
     }
 
+    /// The toy bundle in a temporary directory (kept alive by the first value).
+    fn toy() -> (tempfile::TempDir, Bundle) {
+        let d = tempfile::tempdir().unwrap();
+        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        (d, b)
+    }
+
     fn run(
         bundle: &Bundle,
         threads: usize,
         beam: usize,
         src: &mut (dyn FrameSource + Send),
     ) -> (Vec<GlossEvent>, Summary) {
+        try_run(bundle, threads, beam, src).unwrap()
+    }
+
+    fn try_run(
+        bundle: &Bundle,
+        threads: usize,
+        beam: usize,
+        src: &mut (dyn FrameSource + Send),
+    ) -> Result<(Vec<GlossEvent>, Summary), crate::pipeline::PipelineError> {
         let mut p = Pipeline::with_settings(
             bundle,
             Settings {
@@ -293,8 +281,8 @@ mod tests {
             fps: 25.0,
             memory_budget: None,
         };
-        let s = p.run(src, &opts, |g| events.push(g.clone())).unwrap();
-        (events, s)
+        let s = p.run(src, &opts, |g| events.push(g.clone()))?;
+        Ok((events, s))
     }
 
     fn same_output(a: &(Vec<GlossEvent>, Summary), b: &(Vec<GlossEvent>, Summary), what: &str) {
@@ -310,9 +298,7 @@ mod tests {
 
     #[test]
     fn any_thread_count_gives_the_serial_output() {
-        let d = tempfile::tempdir().unwrap();
-        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
-        let b = Bundle::open(d.path()).unwrap();
+        let (_d, b) = toy();
         let fr = frames(61);
         for beam in [1, 4] {
             let serial = run(&b, 1, beam, &mut MemorySource::new(fr.clone(), 61, 25.0));
@@ -370,9 +356,7 @@ mod tests {
 
     #[test]
     fn live_source_with_threads_loses_nothing_it_does_not_count() {
-        let d = tempfile::tempdir().unwrap();
-        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
-        let b = Bundle::open(d.path()).unwrap();
+        let (_d, b) = toy();
         let fr = frames(40);
         let serial = run(&b, 1, 1, &mut MemorySource::new(fr.clone(), 40, 25.0));
         let live = run(
@@ -395,26 +379,11 @@ mod tests {
     /// message, whichever thread preprocesses it.
     #[test]
     fn a_bad_frame_is_a_clear_error_on_any_thread() {
-        let d = tempfile::tempdir().unwrap();
-        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
-        let b = Bundle::open(d.path()).unwrap();
+        let (_d, b) = toy();
         let mut fr = frames(12);
         fr[7].rgb.truncate(10);
         for t in [1, 3] {
-            let mut p = Pipeline::with_settings(
-                &b,
-                Settings {
-                    threads: t,
-                    ..Settings::default()
-                },
-            )
-            .unwrap();
-            let opts = RunOptions {
-                fps: 25.0,
-                memory_budget: None,
-            };
-            let e = p
-                .run(&mut MemorySource::new(fr.clone(), 12, 25.0), &opts, |_| {})
+            let e = try_run(&b, t, 1, &mut MemorySource::new(fr.clone(), 12, 25.0))
                 .err()
                 .unwrap()
                 .to_string();
@@ -429,9 +398,7 @@ mod tests {
     /// fits one thread but not four says to use fewer threads.
     #[test]
     fn the_memory_need_counts_the_threads() {
-        let d = tempfile::tempdir().unwrap();
-        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
-        let b = Bundle::open(d.path()).unwrap();
+        let (_d, b) = toy();
         let need = |threads: usize| {
             Pipeline::with_settings(
                 &b,

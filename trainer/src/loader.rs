@@ -14,7 +14,7 @@
 use crate::augment::ClipAug;
 use crate::config::AugmentSection;
 use rand::SeedableRng;
-use signrt_runtime::preprocess::Resampler;
+use signrt_runtime::preprocess::FrameResizer;
 use signrt_runtime::source::{decode_rgb, Frame};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -131,21 +131,15 @@ pub fn load_clip(
     let per = 3 * opts.height * opts.width;
     let mut out = vec![0f32; idx.len() * per];
     let mut frame = Frame::default();
-    let mut rs: Option<Resampler> = None;
+    let mut resizer = FrameResizer::new((opts.width, opts.height), opts.mean, opts.std);
     let mut scratch = Vec::new();
     for (k, &i) in idx.iter().enumerate() {
         decode_rgb(&clip.frames[i], &mut frame).map_err(|e| err(e.to_string()))?;
-        let r = match &mut rs {
-            Some(r) if r.src_size() == (frame.width, frame.height) => r,
-            _ => rs.insert(Resampler::new(
-                (frame.width, frame.height),
-                (opts.width, opts.height),
-                opts.mean,
-                opts.std,
-            )),
-        };
         let dst = &mut out[k * per..(k + 1) * per];
-        if !r.run(&frame.rgb, dst) {
+        if !resizer
+            .for_size((frame.width, frame.height))
+            .run(&frame.rgb, dst)
+        {
             return Err(err(format!(
                 "{}: bad frame buffer",
                 clip.frames[i].display()
@@ -340,7 +334,7 @@ mod tests {
         assert_eq!(idx, vec![0, 1]);
         let mut f = Frame::default();
         decode_rgb(&c.frames[1], &mut f).unwrap();
-        let mut r = Resampler::new((8, 6), (4, 4), o.mean, o.std);
+        let mut r = signrt_runtime::preprocess::Resampler::new((8, 6), (4, 4), o.mean, o.std);
         let mut want = vec![0f32; r.out_len()];
         r.run(&f.rgb, &mut want);
         assert_eq!(&data[48..], &want[..]);

@@ -210,7 +210,7 @@ impl Pipeline {
         // a VGA camera frame; larger sources grow the pool once
         let frame_bytes = 640 * 480 * 3;
         // with encoder threads, each runs a frame while the window runs here,
-        // and each has a slot (a copy of a camera frame, the input, the
+        // and each has its slots (a copy of a camera frame, the input, the
         // features) and its own resampler
         let resampler_bytes = Resampler::new(
             (640, 480),
@@ -222,7 +222,9 @@ impl Pipeline {
         let (activations, slots) = if threads > 1 {
             (
                 serial + threads * encoder_activations,
-                threads * (4 * (me.input.len() + d) + frame_bytes + resampler_bytes),
+                threads
+                    * (crate::workers::SLOTS_PER_WORKER * (4 * (me.input.len() + d) + frame_bytes)
+                        + resampler_bytes),
             )
         } else {
             (serial, 0)
@@ -314,9 +316,11 @@ impl Pipeline {
     }
 
     /// Processes one frame with encoder threads: copy it into a free slot and
-    /// hand it to the next thread, which preprocesses and encodes it; when
-    /// every slot is in flight, the oldest frame's features go into the stream
-    /// first.
+    /// hand it to the next thread, which preprocesses and encodes it. When
+    /// every slot is in flight, the oldest frame's features are copied out, its
+    /// slot takes the new frame, and only then do the features go into the
+    /// stream: the threads have every slot's frame to work on while a window
+    /// runs here.
     fn step_parallel(
         &mut self,
         pool: &mut EncoderPool,
@@ -324,26 +328,26 @@ impl Pipeline {
         out: &mut Vec<Emitted>,
         last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
-        let mut slot = match pool.take_slot() {
-            Some(s) => s,
+        if let Some(mut slot) = pool.take_slot() {
+            slot.set_frame(frame);
+            return pool.submit(slot);
+        }
+        let mut slot = match pool.collect() {
+            Some(r) => r?,
             None => {
-                let s = match pool.collect() {
-                    Some(r) => r?,
-                    None => {
-                        return Err(PipelineError::Stream(
-                            "encoder threads: no slot free and none in flight".into(),
-                        ))
-                    }
-                };
-                if let Err(e) = self.push_features(&s.feats, out, last) {
-                    pool.recycle(s);
-                    return Err(e);
-                }
-                s
+                return Err(PipelineError::Stream(
+                    "encoder threads: no slot free and none in flight".into(),
+                ))
             }
         };
+        let mut feats = std::mem::take(&mut self.features);
+        feats.clear();
+        feats.extend_from_slice(&slot.feats);
         slot.set_frame(frame);
-        pool.submit(slot)
+        let submitted = pool.submit(slot);
+        let pushed = self.push_features(&feats, out, last);
+        self.features = feats;
+        submitted.and(pushed)
     }
 
     /// Puts every frame still with the encoder threads into the stream, in order.

@@ -11,9 +11,12 @@
 //! bit-for-bit those of the serial path, and the stream sees them in arrival
 //! order: the glosses do not depend on the thread count.
 //!
-//! At most `n` frames are in flight, each in a slot (camera frame, input and
-//! features buffers) allocated once and grown only if the camera frame does:
-//! steady streaming allocates no buffers per frame.
+//! At most [`SLOTS_PER_WORKER`]·`n` frames are in flight, each in a slot
+//! (camera frame, input and features buffers) allocated once and grown only if
+//! the camera frame does: steady streaming allocates no buffers per frame.
+//! The second slot per worker keeps a worker busy while the calling thread
+//! runs the scorer and a window: with one, each worker finished its frame and
+//! waited for the next until the window was done.
 
 use crate::engine::{Encoder, EngineError};
 use crate::pipeline::{resize_frame, PipelineError};
@@ -22,6 +25,9 @@ use crate::source::Frame;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::Scope;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+/// Frames each worker can hold: the one it encodes and one queued behind it.
+pub const SLOTS_PER_WORKER: usize = 2;
 
 /// One frame's buffers: the camera frame, the preprocessed input and the
 /// encoder's features.
@@ -86,8 +92,10 @@ impl EncoderPool {
         let mut to = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
         for i in 0..n {
-            let (jtx, jrx) = sync_channel::<Slot>(1);
-            let (rtx, rrx) = sync_channel::<Slot>(1);
+            // a worker gets every n-th frame, so it never has more than
+            // SLOTS_PER_WORKER jobs or results waiting: sends never block
+            let (jtx, jrx) = sync_channel::<Slot>(SLOTS_PER_WORKER);
+            let (rtx, rrx) = sync_channel::<Slot>(SLOTS_PER_WORKER);
             let enc = encoder.clone();
             let mut resizer = resizer.clone();
             let spawned = std::thread::Builder::new()
@@ -110,7 +118,7 @@ impl EncoderPool {
             to.push(jtx);
             from.push(rrx);
         }
-        let idle = (0..to.len())
+        let idle = (0..to.len() * SLOTS_PER_WORKER)
             .map(|_| Slot {
                 frame: Frame::default(),
                 input: vec![0.0; input_len],
@@ -412,8 +420,11 @@ mod tests {
             .total()
         };
         let (one, four) = (need(1), need(4));
-        // at least a VGA camera frame per thread
-        assert!(four >= one + 4 * 640 * 480 * 3, "{one} -> {four}");
+        // at least a VGA camera frame per slot
+        assert!(
+            four >= one + 4 * super::SLOTS_PER_WORKER * 640 * 480 * 3,
+            "{one} -> {four}"
+        );
         let e = Pipeline::with_settings(
             &b,
             Settings {

@@ -6,7 +6,6 @@
 //! device itself (format negotiation, mmap streaming) needs the `v4l2` cargo
 //! feature (on by default; it runs bindgen, so the build needs libclang).
 
-use crate::source::{Frame, FrameSource, SourceError};
 use std::time::Duration;
 
 /// Pixel formats we can convert, in order of preference: YUYV converts with
@@ -131,6 +130,7 @@ pub struct CameraConfig {
 #[cfg(feature = "v4l2")]
 mod device {
     use super::*;
+    use crate::source::{Frame, FrameSource, SourceError};
     use v4l::buffer::Type;
     use v4l::io::mmap::Stream;
     use v4l::io::traits::CaptureStream;

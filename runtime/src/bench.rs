@@ -85,6 +85,10 @@ pub struct ThreadReport {
     /// median over the streams of each stream's ratio to the faster of the two
     /// bare-encoder runs of as many frames made just before it.
     pub e2e_over_encoder: f64,
+    /// The same against the bare run on tract's N-thread executor alone (the
+    /// encoder's cost when tract is given N threads; for N = 1 the same as
+    /// `e2e_over_encoder`).
+    pub e2e_over_tract_threads: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +250,7 @@ pub fn run(
         // t threads running whole frames (the pipeline's way).
         let mut fps = Vec::new();
         let mut ratios = Vec::new();
+        let mut tract_ratios = Vec::new();
         let (mut serial, mut framewise) = (Vec::new(), Vec::new());
         for _ in 0..streams.max(1) {
             set_default_executor(executor(t));
@@ -279,6 +284,7 @@ pub fn run(
             let per_frame_s = t0.elapsed().as_secs_f64() / s.frames_processed.max(1) as f64;
             fps.push(1.0 / per_frame_s);
             ratios.push(per_frame_s / serial_s.min(frames_s));
+            tract_ratios.push(per_frame_s / serial_s);
         }
         let e2e_fps = median(&mut fps);
         per.push(ThreadReport {
@@ -292,6 +298,7 @@ pub fn run(
             bare_serial_ms: median(&mut serial),
             bare_frames_ms: median(&mut framewise),
             e2e_over_encoder: median(&mut ratios),
+            e2e_over_tract_threads: median(&mut tract_ratios),
         });
     }
     set_default_executor(Executor::SingleThread);

@@ -494,7 +494,7 @@ fn bench_cmd(
     );
     println!("tract dispatch: {}", r.dispatch);
     println!(
-        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>15}  {:>11}",
+        "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9}  {:>15}  {:>15}",
         "threads",
         "preprocess ms",
         "encoder ms/frame",
@@ -509,7 +509,7 @@ fn bench_cmd(
         let f =
             |s: &signrt_runtime::bench::Stat| format!("{:.3} (p99 {:.3})", s.median_ms, s.p99_ms);
         println!(
-            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>15}  {:>11.3}",
+            "{:>7}  {:>17}  {:>17}  {:>17}  {:>17}  {:>17}  {:>9.1}  {:>15}  {:>15}",
             t.threads,
             f(&t.preprocess),
             f(&t.encoder),
@@ -522,14 +522,22 @@ fn bench_cmd(
             } else {
                 format!("{:.2}", t.bare_serial_ms)
             },
-            t.e2e_over_encoder
+            if t.threads > 1 {
+                format!(
+                    "{:.3} / {:.3}",
+                    t.e2e_over_tract_threads, t.e2e_over_encoder
+                )
+            } else {
+                format!("{:.3}", t.e2e_over_encoder)
+            }
         );
     }
     println!(
         "stage latencies on tract's N-thread executor; e2e as `signrt run --threads N` \
          (N encoder threads running whole frames); bare = the encoder alone over a stream's \
          frames, on tract's N-thread executor / on N threads running whole frames; \
-         e2e/encoder against the faster bare run"
+         e2e/encoder against the bare run on tract's N-thread executor / against the faster \
+         of the two bare runs"
     );
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak RSS {}", memory::mib(rss));

@@ -318,3 +318,50 @@ fn sidecar_reference_is_printed_and_scored() {
     let n = extra.split_whitespace().count() as f64;
     assert!((s["wer"].as_f64().unwrap() - 1.0 / n).abs() < 1e-9, "{s}");
 }
+
+/// `signrt bench` on the toy bundle, as JSON: a report per thread count asked
+/// for, each stage timed, and the ratio against the faster bare run never
+/// below the one against tract's executor alone (the same run on one thread).
+#[test]
+fn bench_reports_each_thread_count() {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("b");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let b = bundle.to_str().unwrap();
+    let (code, out, err) = run(
+        &[
+            "bench",
+            "--bundle",
+            b,
+            "--threads",
+            "1,2",
+            "--iters",
+            "3",
+            "--frames",
+            "40",
+            "--streams",
+            "2",
+            "--camera",
+            "32x24",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["stream_frames"], 40);
+    let per = r["per_threads"].as_array().unwrap();
+    assert_eq!(per.len(), 2, "{r}");
+    for (t, want) in per.iter().zip([1, 2]) {
+        assert_eq!(t["threads"], want);
+        assert_eq!(t["encoder"]["runs"], 3, "{t}");
+        let f = |k: &str| t[k].as_f64().unwrap();
+        assert!(f("e2e_fps") > 0.0, "{t}");
+        assert!(f("e2e_over_tract_threads") > 0.0, "{t}");
+        assert!(f("e2e_over_encoder") >= f("e2e_over_tract_threads"), "{t}");
+    }
+    assert_eq!(
+        per[0]["e2e_over_encoder"].as_f64(),
+        per[0]["e2e_over_tract_threads"].as_f64()
+    );
+}

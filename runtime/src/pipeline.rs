@@ -317,10 +317,10 @@ impl Pipeline {
 
     /// Processes one frame with encoder threads: copy it into a free slot and
     /// hand it to the next thread, which preprocesses and encodes it. When
-    /// every slot is in flight, the oldest frame's features are copied out, its
-    /// slot takes the new frame, and only then do the features go into the
-    /// stream: the threads have every slot's frame to work on while a window
-    /// runs here.
+    /// every slot is in flight, the oldest frame is waited for and its features
+    /// copied out, and its slot takes the new frame before those features go
+    /// into the stream: the threads have every slot's frame to work on while a
+    /// window runs here.
     fn step_parallel(
         &mut self,
         pool: &mut EncoderPool,
@@ -348,6 +348,26 @@ impl Pipeline {
         let pushed = self.push_features(&feats, out, last);
         self.features = feats;
         submitted.and(pushed)
+    }
+
+    /// Puts the frames the encoder threads have finished into the stream, in
+    /// order, without waiting for any. A live source calls this while no
+    /// camera frame is waiting, so that a frame's features do not sit in its
+    /// slot until the slots run out (the stream would lag the camera by up to
+    /// every slot's frame).
+    fn flush_ready(
+        &mut self,
+        pool: &mut EncoderPool,
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
+        while let Some(r) = pool.try_collect() {
+            let s = r?;
+            let pushed = self.push_features(&s.feats, out, last);
+            pool.recycle(s);
+            pushed?;
+        }
+        Ok(())
     }
 
     /// Puts every frame still with the encoder threads into the stream, in order.
@@ -471,7 +491,22 @@ impl Pipeline {
                                 let _ = ptx.enqueue(f);
                             }
                             None if done.load(std::sync::atomic::Ordering::Relaxed) => break,
-                            None => std::thread::park_timeout(std::time::Duration::from_millis(5)),
+                            None => {
+                                // no camera frame waiting: put what the encoder
+                                // threads have finished into the stream now
+                                if let (None, Some(p)) = (&err, pool.as_mut()) {
+                                    if let Err(e) = self.flush_ready(p, &mut emitted, &mut last) {
+                                        err = Some(e);
+                                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    for e in emitted.drain(..) {
+                                        let ev = self.gloss(&e, fps);
+                                        on_gloss(&ev);
+                                        record(&ev);
+                                    }
+                                }
+                                std::thread::park_timeout(std::time::Duration::from_millis(5))
+                            }
                         }
                     }
                     let r = cap.join().unwrap_or(Ok((0, 0)));

@@ -22,7 +22,7 @@ use crate::engine::{Encoder, EngineError};
 use crate::pipeline::{resize_frame, PipelineError};
 use crate::preprocess::FrameResizer;
 use crate::source::Frame;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::Scope;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
@@ -176,20 +176,37 @@ impl EncoderPool {
             return None;
         }
         let w = (self.collected % self.from.len() as u64) as usize;
+        let got = self.from[w].recv().map_err(|_| stopped());
+        Some(self.received(got))
+    }
+
+    /// The oldest frame in flight if it is already encoded; `None` when it is
+    /// not (or nothing is in flight). Never waits.
+    pub fn try_collect(&mut self) -> Option<Result<Slot, PipelineError>> {
+        if self.in_flight() == 0 {
+            return None;
+        }
+        let w = (self.collected % self.from.len() as u64) as usize;
+        let got = match self.from[w].try_recv() {
+            Ok(slot) => Ok(slot),
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(stopped()),
+        };
+        Some(self.received(got))
+    }
+
+    /// Counts a frame collected and returns its slot, or its error (the slot
+    /// then goes back to the idle ones).
+    fn received(&mut self, got: Result<Slot, PipelineError>) -> Result<Slot, PipelineError> {
         self.collected += 1;
-        Some(match self.from[w].recv() {
-            Ok(mut slot) => {
-                let r = std::mem::replace(&mut slot.result, Ok(()));
-                match r {
-                    Ok(()) => Ok(slot),
-                    Err(e) => {
-                        self.idle.push(slot);
-                        Err(e)
-                    }
-                }
+        let mut slot = got?;
+        match std::mem::replace(&mut slot.result, Ok(())) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                self.idle.push(slot);
+                Err(e)
             }
-            Err(_) => Err(stopped()),
-        })
+        }
     }
 }
 
@@ -381,6 +398,61 @@ mod tests {
         if live.1.frames_dropped == 0 {
             same_output(&serial, &live, "live, 3 threads");
         }
+    }
+
+    /// `try_collect` never waits: with nothing in flight it gives nothing; the
+    /// frames submitted come back from it once encoded, in submission order,
+    /// with the features the encoder gives each frame on its own (the oracle).
+    #[test]
+    fn try_collect_gives_encoded_frames_in_order() {
+        use super::EncoderPool;
+        use crate::pipeline::resize_frame;
+        use crate::preprocess::FrameResizer;
+        let (_d, b) = toy();
+        let m = crate::engine::TractModel::load(&b).unwrap();
+        let enc = m.encoder().clone();
+        let (w, h) = (enc.width(), enc.height());
+        let pre = FrameResizer::new((w, h), b.manifest.input.mean, b.manifest.input.std);
+        let fr = frames(4);
+        let want: Vec<Vec<f32>> = fr
+            .iter()
+            .map(|f| {
+                let mut input = vec![0f32; 3 * w * h];
+                resize_frame(&mut pre.clone(), f, &mut input).unwrap();
+                let mut o = Vec::new();
+                enc.encode(&input, &mut o).unwrap();
+                o
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            let mut pool = EncoderPool::spawn(scope, &enc, &pre, 2, want[0].len());
+            assert!(pool.try_collect().is_none());
+            for f in &fr {
+                let mut s = pool.take_slot().unwrap();
+                s.set_frame(f);
+                pool.submit(s).unwrap();
+            }
+            // two threads, two slots each: all four are in flight
+            assert!(pool.take_slot().is_none());
+            let started = std::time::Instant::now();
+            let mut got = Vec::new();
+            while got.len() < fr.len() {
+                match pool.try_collect() {
+                    Some(r) => {
+                        let s = r.unwrap();
+                        got.push(s.feats.clone());
+                        pool.recycle(s);
+                    }
+                    None => {
+                        assert!(started.elapsed().as_secs() < 60, "frames never came back");
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+            assert_eq!(got, want);
+            assert_eq!(pool.in_flight(), 0);
+            assert!(pool.try_collect().is_none());
+        });
     }
 
     /// A frame whose bytes do not match its size fails the run with the same

@@ -350,34 +350,21 @@ impl Pipeline {
         submitted.and(pushed)
     }
 
-    /// Puts the frames the encoder threads have finished into the stream, in
-    /// order, without waiting for any. A live source calls this while no
-    /// camera frame is waiting, so that a frame's features do not sit in its
-    /// slot until the slots run out (the stream would lag the camera by up to
-    /// every slot's frame).
-    fn flush_ready(
+    /// Puts frames the encoder threads have encoded into the stream, in order:
+    /// with `wait`, every frame still in flight (the end of a stream);
+    /// without, only those already finished. A live source calls the latter
+    /// while no camera frame is waiting, so that a frame's features do not sit
+    /// in its slot until the slots run out (the stream would lag the camera by
+    /// up to every slot's frame).
+    fn push_finished(
         &mut self,
         pool: &mut EncoderPool,
+        wait: bool,
         out: &mut Vec<Emitted>,
         last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
-        while let Some(r) = pool.try_collect() {
-            let s = r?;
-            let pushed = self.push_features(&s.feats, out, last);
-            pool.recycle(s);
-            pushed?;
-        }
-        Ok(())
-    }
-
-    /// Puts every frame still with the encoder threads into the stream, in order.
-    fn drain(
-        &mut self,
-        pool: &mut EncoderPool,
-        out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
-    ) -> Result<(), PipelineError> {
-        while let Some(r) = pool.collect() {
+        let next = |p: &mut EncoderPool| if wait { p.collect() } else { p.try_collect() };
+        while let Some(r) = next(pool) {
             let s = r?;
             let pushed = self.push_features(&s.feats, out, last);
             pool.recycle(s);
@@ -495,7 +482,9 @@ impl Pipeline {
                                 // no camera frame waiting: put what the encoder
                                 // threads have finished into the stream now
                                 if let (None, Some(p)) = (&err, pool.as_mut()) {
-                                    if let Err(e) = self.flush_ready(p, &mut emitted, &mut last) {
+                                    if let Err(e) =
+                                        self.push_finished(p, false, &mut emitted, &mut last)
+                                    {
                                         err = Some(e);
                                         done.store(true, std::sync::atomic::Ordering::Relaxed);
                                     }
@@ -530,7 +519,7 @@ impl Pipeline {
                 }
             }
             if let Some(p) = &mut pool {
-                self.drain(p, &mut emitted, &mut last)?;
+                self.push_finished(p, true, &mut emitted, &mut last)?;
             }
             Ok(())
         })?;

@@ -40,6 +40,15 @@ fn write_inputs(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf
     (folder, y4m_path)
 }
 
+/// A toy bundle in a new temporary directory (the directory, kept alive by the
+/// first value, has room for the test's other files).
+fn toy_bundle() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let bundle = d.path().join("bundle");
+    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    (d, bundle)
+}
+
 fn run(args: &[&str], stdin: Option<Vec<u8>>) -> (i32, String, String) {
     let mut c = Command::new(BIN);
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -75,9 +84,7 @@ fn summary(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn folder_y4m_file_and_stdin_agree() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("bundle");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (d, bundle) = toy_bundle();
     let (folder, y4m) = write_inputs(d.path(), 30);
     let b = bundle.to_str().unwrap();
     let (c1, o1, e1) = run(
@@ -126,9 +133,7 @@ fn folder_y4m_file_and_stdin_agree() {
 
 #[test]
 fn bad_inputs_are_clear_errors() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("bundle");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (d, bundle) = toy_bundle();
     let b = bundle.to_str().unwrap();
     let (code, _, err) = run(
         &["run", "--bundle", b, "--source", "/nonexistent/x.y4m"],
@@ -182,9 +187,7 @@ fn bad_inputs_are_clear_errors() {
 
 #[test]
 fn memory_budget_refusal_names_need_and_budget() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("bundle");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (d, bundle) = toy_bundle();
     let (_, y4m) = write_inputs(d.path(), 3);
     let (code, _, err) = run(
         &[
@@ -223,9 +226,7 @@ fn memory_budget_refusal_names_need_and_budget() {
 /// not grow with the stream's length.
 #[test]
 fn long_stream_runs_in_bounded_memory() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("bundle");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (_d, bundle) = toy_bundle();
     let b = bundle.to_str().unwrap();
     let stream = |n: usize| {
         let mut y = Y4mWriter::new(Vec::new(), 16, 16, 25).unwrap();
@@ -280,9 +281,7 @@ fn long_stream_runs_in_bounded_memory() {
 /// wrong `--reference` is scored as such.
 #[test]
 fn sidecar_reference_is_printed_and_scored() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("bundle");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (d, bundle) = toy_bundle();
     let (_, y4m) = write_inputs(d.path(), 30);
     let b = bundle.to_str().unwrap();
     let src = y4m.to_str().unwrap();
@@ -324,9 +323,7 @@ fn sidecar_reference_is_printed_and_scored() {
 /// below the one against tract's executor alone (the same run on one thread).
 #[test]
 fn bench_reports_each_thread_count() {
-    let d = tempfile::tempdir().unwrap();
-    let bundle = d.path().join("b");
-    write_toy_bundle(&bundle, ToySpec::default()).unwrap();
+    let (_d, bundle) = toy_bundle();
     let b = bundle.to_str().unwrap();
     let (code, out, err) = run(
         &[

@@ -178,9 +178,8 @@ impl Resampler {
         true
     }
 
-    /// [`Self::run_body`] compiled for AVX2 (and the SSE4.1 it implies, whose
-    /// `round` is one instruction where baseline x86-64 calls libm). Only the
-    /// vector width changes: Rust never fuses a multiply and an add, so the
+    /// [`Self::run_body`] compiled for AVX2 (and the SSE4.1 it implies). Only
+    /// the instruction set changes: Rust never fuses a multiply and an add, so the
     /// result is the same bits (`tests::fast_path_equals_the_direct_loop` checks
     /// both builds).
     #[cfg(target_arch = "x86_64")]

@@ -45,19 +45,132 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
         let s = stats.lock().map_err(poisoned("batch-norm"))?;
         (s.mean.clone(), s.var.clone())
     };
-    // running statistics, as candle_nn::BatchNorm::forward_train updates them
-    let mom = bn.momentum();
-    let unbias = m as f64 / (m as f64 - 1.0);
-    let dev = x.device();
-    let rm = bn.running_mean();
-    let rv = bn.running_var();
-    let mean_t = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect(), c, dev)?;
-    let var_t = Tensor::from_vec(var.iter().map(|&v| v as f32).collect(), c, dev)?;
-    let new_rm = ((rm * (1.0 - mom))? + (mean_t.to_dtype(rm.dtype())? * mom)?)?;
-    let new_rv = ((rv * (1.0 - mom))? + (var_t.to_dtype(rv.dtype())? * (mom * unbias))?)?;
-    Var::from_tensor(rm)?.set(&new_rm)?;
-    Var::from_tensor(rv)?.set(&new_rv)?;
+    let update = RunningUpdate {
+        running_mean: bn.running_mean().clone(),
+        running_var: bn.running_var().clone(),
+        momentum: bn.momentum(),
+        count: m,
+        mean,
+        var,
+    };
+    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(update.clone());
+            true
+        }
+        None => false,
+    });
+    if !deferred {
+        update.apply()?;
+    }
     Ok(y)
+}
+
+/// One training forward's update of a BatchNorm's running statistics: the
+/// batch mean and (biased) variance over `count` values per channel.
+#[derive(Debug, Clone)]
+pub struct RunningUpdate {
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: f64,
+    count: usize,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+}
+
+impl RunningUpdate {
+    /// Moves the running statistics, as candle_nn::BatchNorm::forward_train
+    /// does (momentum, unbiased variance).
+    fn apply(&self) -> Result<()> {
+        let (rm, rv) = (&self.running_mean, &self.running_var);
+        let mom = self.momentum;
+        let m = self.count as f64;
+        let unbias = m / (m - 1.0);
+        let c = self.mean.len();
+        let dev = rm.device();
+        let mean_t = Tensor::from_vec(self.mean.iter().map(|&v| v as f32).collect(), c, dev)?;
+        let var_t = Tensor::from_vec(self.var.iter().map(|&v| v as f32).collect(), c, dev)?;
+        let new_rm = ((rm * (1.0 - mom))? + (mean_t.to_dtype(rm.dtype())? * mom)?)?;
+        let new_rv = ((rv * (1.0 - mom))? + (var_t.to_dtype(rv.dtype())? * (mom * unbias))?)?;
+        Var::from_tensor(rm)?.set(&new_rm)?;
+        Var::from_tensor(rv)?.set(&new_rv)?;
+        Ok(())
+    }
+
+    /// The update of one forward over all of `parts`' inputs together: their
+    /// statistics pooled (count-weighted mean; variance by the law of total
+    /// variance). All parts must be of the same BatchNorm.
+    fn pooled(parts: &[&RunningUpdate]) -> Result<RunningUpdate> {
+        let first = parts
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("no batch-norm updates to pool".into()))?;
+        let same = |p: &RunningUpdate| {
+            p.running_mean.id() == first.running_mean.id() && p.mean.len() == first.mean.len()
+        };
+        if !parts.iter().all(|p| same(p)) {
+            return Err(candle_core::Error::Msg(
+                "replicas ran different batch-norm layers in a different order".into(),
+            ));
+        }
+        let total: usize = parts.iter().map(|p| p.count).sum();
+        let c = first.mean.len();
+        let mut mean = vec![0f64; c];
+        let mut second = vec![0f64; c];
+        for p in parts {
+            let w = p.count as f64 / total as f64;
+            for k in 0..c {
+                mean[k] += w * p.mean[k];
+                second[k] += w * (p.var[k] + p.mean[k] * p.mean[k]);
+            }
+        }
+        let var = second
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| (s - m * m).max(0.0))
+            .collect();
+        Ok(RunningUpdate {
+            count: total,
+            mean,
+            var,
+            ..(*first).clone()
+        })
+    }
+}
+
+thread_local! {
+    static DEFERRED: std::cell::RefCell<Option<Vec<RunningUpdate>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's running-statistics updates held back instead
+/// of applied, and returns them in the order the layers ran. Data-parallel
+/// replicas run their forwards this way at the same time, so that none of
+/// them writes the shared running statistics; [`apply_pooled`] then moves
+/// each layer's statistics once, by all replicas' batches together.
+pub fn deferring<R>(f: impl FnOnce() -> R) -> (R, Vec<RunningUpdate>) {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let held = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    (r, held.unwrap_or_default())
+}
+
+/// Applies the held-back updates of several replicas that ran the same
+/// layers: layer by layer, one update with the pooled batch statistics (the
+/// update one forward over all their inputs would have made).
+pub fn apply_pooled(replicas: &[Vec<RunningUpdate>]) -> Result<()> {
+    let Some(first) = replicas.first() else {
+        return Ok(());
+    };
+    if replicas.iter().any(|r| r.len() != first.len()) {
+        return Err(candle_core::Error::Msg(
+            "replicas ran different numbers of batch-norm layers".into(),
+        ));
+    }
+    for i in 0..first.len() {
+        let parts: Vec<&RunningUpdate> = replicas.iter().map(|r| &r[i]).collect();
+        RunningUpdate::pooled(&parts)?.apply()?;
+    }
+    Ok(())
 }
 
 /// The batch statistics of one forward (biased variance), for the running
@@ -302,6 +415,39 @@ mod tests {
                 assert!(max_diff(a, &(a.zeros_like().unwrap() + init).unwrap()) > 1e-3);
             }
         }
+    }
+
+    /// Two replicas' held-back updates, pooled, move the running statistics
+    /// as one forward over both halves of the batch does (oracle: candle's
+    /// BatchNorm on the whole batch); and nothing moves while held back.
+    #[test]
+    fn pooled_updates_equal_one_forward_over_the_whole_batch() {
+        let (c, shape) = (3, [5, 3, 4, 4]);
+        let (vm1, bn1) = bn(c, 7);
+        let (vm2, bn2) = bn(c, 7);
+        let x = rand(&shape, 8, 1.5, 0.4);
+        // unequal halves: 2 and 3 samples
+        let (a, b) = (x.narrow(0, 0, 2).unwrap(), x.narrow(0, 2, 3).unwrap());
+        let (_, ua) = deferring(|| forward_t(&bn1, &a, true).unwrap());
+        let (_, ub) = deferring(|| forward_t(&bn1, &b, true).unwrap());
+        assert_eq!((ua.len(), ub.len()), (1, 1));
+        {
+            let d1 = vm1.data().lock().unwrap();
+            let rm = d1["running_mean"].as_tensor();
+            assert_eq!(max_diff(rm, &rm.zeros_like().unwrap()), 0.0, "held back");
+        }
+        apply_pooled(&[ua, ub]).unwrap();
+        bn2.forward_train(&x).unwrap();
+        let (d1, d2) = (vm1.data().lock().unwrap(), vm2.data().lock().unwrap());
+        for name in ["running_mean", "running_var"] {
+            let (p, q) = (d1[name].as_tensor(), d2[name].as_tensor());
+            assert!(max_diff(p, q) < 1e-6, "{name}");
+        }
+        // updates of different layers do not pool
+        let (_vm3, bn3) = bn(c, 9);
+        let (_, u1) = deferring(|| forward_t(&bn1, &a, true).unwrap());
+        let (_, u3) = deferring(|| forward_t(&bn3, &a, true).unwrap());
+        assert!(apply_pooled(&[u1, u3]).is_err());
     }
 
     /// Evaluation mode and f64 inputs go through candle's BatchNorm unchanged.

@@ -302,6 +302,13 @@ pub struct HardwareSection {
     pub mixed_precision: bool,
     /// Compute threads (0 = all cores).
     pub threads: usize,
+    /// Data-parallel replicas on the CPU (1 = off): each step's batch is split
+    /// into this many parts, whose forwards and backwards run at the same time
+    /// on their own threads (the compute threads shared out among them), and
+    /// whose gradients are summed into one update. BatchNorm then normalises
+    /// each part by its own statistics; the running statistics are moved once
+    /// by all parts together. Not with GradNorm weighting.
+    pub replicas: usize,
 }
 
 impl Default for HardwareSection {
@@ -311,6 +318,7 @@ impl Default for HardwareSection {
             num_workers: 2,
             mixed_precision: false,
             threads: 0,
+            replicas: 1,
         }
     }
 }
@@ -523,6 +531,25 @@ impl Config {
             return bad(
                 "hardware.device",
                 format!("`{d}`: expected auto, cpu or cuda:N"),
+            );
+        }
+        let r = self.hardware.replicas;
+        if r == 0 {
+            return bad("hardware.replicas", "must be at least 1 (1 = off)".into());
+        }
+        if r > 1 && t.weighting == "gradnorm" {
+            return bad(
+                "hardware.replicas",
+                format!(
+                    "{r} replicas with training.weighting = \"gradnorm\": GradNorm needs the \
+                     whole batch's loss gradients in one place; use 1 replica or fixed weights"
+                ),
+            );
+        }
+        if r > 1 && d.starts_with("cuda") {
+            return bad(
+                "hardware.replicas",
+                format!("{r} replicas on `{d}`: data-parallel replicas are for the CPU"),
             );
         }
         Ok(())

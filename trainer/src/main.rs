@@ -106,7 +106,8 @@ struct TrainArgs {
     /// Override training.max_minutes: stop after this much training time.
     #[arg(long)]
     max_minutes: Option<f64>,
-    /// Compute threads (default: hardware.threads, 0 = all cores).
+    /// Compute threads in all (default: hardware.threads, 0 = all cores),
+    /// shared out among the data-parallel replicas (hardware.replicas).
     #[arg(long)]
     threads: Option<usize>,
     /// auto, cpu or cuda:N (default: hardware.device).
@@ -117,10 +118,20 @@ struct TrainArgs {
     set: Vec<String>,
 }
 
-fn set_threads(n: usize) {
-    if n > 0 {
-        // candle's CPU kernels and rayon read this before their pools start
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+/// Sets the compute threads: `n` in all (0 = all cores), shared out evenly
+/// among `replicas` data-parallel replicas (at least one each).
+fn set_threads(n: usize, replicas: usize) {
+    let total = if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    };
+    if n > 0 || replicas > 1 {
+        // candle's CPU kernels and rayon read this before their pools start;
+        // it is also each replica's pool size. A kernel asking gemm for more
+        // threads than its replica's pool has cost half as much CPU again.
+        let per = (total / replicas.max(1)).max(1);
+        std::env::set_var("RAYON_NUM_THREADS", per.to_string());
     }
 }
 
@@ -147,7 +158,10 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(m) = max_minutes {
         cfg.training.max_minutes = m;
     }
-    set_threads(threads.unwrap_or(cfg.hardware.threads));
+    set_threads(
+        threads.unwrap_or(cfg.hardware.threads),
+        cfg.hardware.replicas,
+    );
     if cfg.hardware.mixed_precision {
         log::warn!("hardware.mixed_precision is ignored: training runs in f32");
     }
@@ -341,7 +355,7 @@ fn main() {
             device,
             threads,
         } => {
-            set_threads(threads.unwrap_or(0));
+            set_threads(threads.unwrap_or(0), 1);
             eval_cmd(checkpoint, data, split, beam, hyp_out, device)
         }
     };

@@ -126,6 +126,153 @@ pub fn loader_options(cfg: &Config, augment: bool) -> LoaderOptions {
 }
 
 /// Frames of a batch as a tensor (ΣT,3,H,W).
+/// One step's forward on `b`: the four loss terms as they enter the total
+/// (L_ctc times 0 while it warms up) and their values for the log.
+fn step_losses(
+    model: &FourStage,
+    cfg: &Config,
+    b: &Batch,
+    dev: &Device,
+    step: u64,
+) -> Result<([Tensor; 4], [f64; 4])> {
+    let x = batch_tensor(b, cfg, dev)?;
+    let labels = if cfg.training.frame_labels == "spans" {
+        FrameLabels::Given(&b.frame_labels)
+    } else if step < cfg.training.flat_start_steps {
+        FrameLabels::Uniform(cfg.training.flat_start_centre as f32)
+    } else {
+        FrameLabels::Alignment
+    };
+    let out = model.forward_with(&x, &b.lengths, &b.targets, &b.sentences, true, labels)?;
+    let [la, lg, lc, lt] = out.losses;
+    let vals =
+        [&la, &lg, &lc, &lt].map(|t| t.to_scalar::<f32>().map(f64::from).unwrap_or(f64::NAN));
+    let lt = if step < cfg.training.ctc_warmup_steps {
+        (lt * 0.0)?
+    } else {
+        lt
+    };
+    Ok(([la, lg, lc, lt], vals))
+}
+
+/// The threads of the data-parallel replicas (`hardware.replicas` > 1): one
+/// pool each, of candle's kernel thread count (`RAYON_NUM_THREADS`, which
+/// `signrt-train --threads N` sets to N / replicas), so that each replica's
+/// kernels run on its own threads and its BatchNorm updates stay on them
+/// (see `batchnorm::deferring`).
+fn replica_pools(cfg: &Config, dev: &Device) -> Result<Option<Vec<rayon::ThreadPool>>> {
+    let n = cfg.hardware.replicas;
+    if n <= 1 {
+        return Ok(None);
+    }
+    if !dev.is_cpu() {
+        bail!("hardware.replicas = {n}: data-parallel replicas are for the CPU, not {dev:?}");
+    }
+    // candle's kernels size their work by this count: the pools match it
+    let per = candle_core::utils::get_num_threads().max(1);
+    let pools = (0..n)
+        .map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(per)
+                .thread_name(move |t| format!("replica-{i}-{t}"))
+                .build()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("starting the replica threads")?;
+    log::info!("{n} data-parallel replicas, {per} compute thread(s) each");
+    Ok(Some(pools))
+}
+
+/// `b`'s clips cut into at most `n` consecutive parts of near-equal size.
+pub fn split_batch(b: &Batch, n: usize) -> Vec<Batch> {
+    let clips = b.lengths.len();
+    let parts = n.clamp(1, clips.max(1));
+    let per_frame = b.frames.len() / b.total_frames().max(1);
+    let mut out = Vec::with_capacity(parts);
+    let (mut c0, mut f0) = (0, 0);
+    for p in 0..parts {
+        let c1 = clips * (p + 1) / parts;
+        let frames: usize = b.lengths[c0..c1].iter().sum();
+        out.push(Batch {
+            ids: b.ids[c0..c1].to_vec(),
+            frames: b.frames[f0 * per_frame..(f0 + frames) * per_frame].to_vec(),
+            lengths: b.lengths[c0..c1].to_vec(),
+            sources: b.sources[c0..c1].to_vec(),
+            targets: b.targets[c0..c1].to_vec(),
+            sentences: b.sentences[c0..c1].to_vec(),
+            frame_labels: b.frame_labels[c0..c1].to_vec(),
+        });
+        (c0, f0) = (c1, f0 + frames);
+    }
+    out
+}
+
+/// One step's gradients by data-parallel replicas: `b` split among `pools`,
+/// each part's forward and backward at the same time on its own pool, its
+/// total loss weighted by its share of the clips, so that the summed
+/// gradients are those of the batch's mean loss as in one forward (up to
+/// BatchNorm, which normalises each part by its own statistics). The running
+/// statistics move once, by all parts' statistics pooled. Returns the
+/// gradients, the loss terms' values and the total, clip-weighted.
+fn replica_grads(
+    model: &FourStage,
+    cfg: &Config,
+    b: &Batch,
+    dev: &Device,
+    step: u64,
+    weighting: &Weighting,
+    pools: &[rayon::ThreadPool],
+) -> Result<(candle_core::backprop::GradStore, [f64; 4], f64)> {
+    let parts = split_batch(b, pools.len());
+    let clips = b.lengths.len() as f64;
+    let one = |part: &Batch| -> Result<(candle_core::backprop::GradStore, [f64; 4], f64)> {
+        let share = part.lengths.len() as f64 / clips;
+        let (losses, vals) = step_losses(model, cfg, part, dev, step)?;
+        let [la, lg, lc, lt] = &losses;
+        let total = (weighting.total([la, lg, lc, lt])? * share)?;
+        let grads = total.backward()?;
+        Ok((
+            grads,
+            vals.map(|v| v * share),
+            total.to_scalar::<f32>()? as f64,
+        ))
+    };
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .zip(pools)
+            .map(|(part, pool)| {
+                s.spawn(move || pool.install(|| crate::batchnorm::deferring(|| one(part))))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a replica thread panicked"))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut updates = Vec::with_capacity(results.len());
+    let mut merged: Option<candle_core::backprop::GradStore> = None;
+    let (mut vals, mut total) = ([0f64; 4], 0f64);
+    for (r, held) in results {
+        let (g, v, t) = r?;
+        updates.push(held);
+        for k in 0..4 {
+            vals[k] += v[k];
+        }
+        total += t;
+        match &mut merged {
+            Some(m) => m.extend(g)?,
+            None => merged = Some(g),
+        }
+    }
+    crate::batchnorm::apply_pooled(&updates)?;
+    let grads = merged.context("a step with no clips")?;
+    Ok((grads, vals, total))
+}
+
 pub fn batch_tensor(b: &Batch, cfg: &Config, dev: &Device) -> Result<Tensor> {
     let s = cfg.model.input_size;
     Ok(Tensor::from_slice(
@@ -501,6 +648,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             schedule: sched.clone(),
             best_dev_wer: best,
         };
+    let replica_pools = replica_pools(cfg, dev)?;
     'outer: while epoch < epochs && step < max_steps {
         let mut order: Vec<usize> = (0..train_clips.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
@@ -522,14 +670,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         {
             let t0 = std::time::Instant::now();
             let b = batch?;
-            let x = batch_tensor(&b, cfg, dev)?;
-            let labels = if cfg.training.frame_labels == "spans" {
-                FrameLabels::Given(&b.frame_labels)
-            } else if step < cfg.training.flat_start_steps {
-                FrameLabels::Uniform(cfg.training.flat_start_centre as f32)
-            } else {
-                FrameLabels::Alignment
-            };
             if cfg.training.ctc_init_from_classifier
                 && cfg.training.ctc_warmup_steps > 0
                 && step == cfg.training.ctc_warmup_steps
@@ -541,26 +681,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 log::info!("step {step}: the CTC head starts as a copy of the frame classifier");
             }
             let t_fwd = std::time::Instant::now();
-            let out = model.forward_with(&x, &b.lengths, &b.targets, &b.sentences, true, labels)?;
-            let fwd_ms = t_fwd.elapsed().as_secs_f64() * 1e3;
-            let [la, lg, lc, lt] = &out.losses;
-            let vals =
-                [la, lg, lc, lt].map(|t| t.to_scalar::<f32>().map(f64::from).unwrap_or(f64::NAN));
-            let warming = step < cfg.training.ctc_warmup_steps;
-            let lt_off;
-            let lt = if warming {
-                lt_off = (lt * 0.0)?;
-                &lt_off
+            let (mut grads, vals, total) = if let Some(pools) = &replica_pools {
+                replica_grads(&model, cfg, &b, dev, step, &weighting, pools)?
             } else {
-                lt
+                let (losses, vals) = step_losses(&model, cfg, &b, dev, step)?;
+                let [la, lg, lc, lt] = &losses;
+                if weighting.is_adaptive() && step >= cfg.training.ctc_warmup_steps {
+                    weighting.update([la, lg, lc, lt], &shared)?;
+                }
+                let total = weighting.total([la, lg, lc, lt])?;
+                let grads = total.backward()?;
+                (grads, vals, total.to_scalar::<f32>()? as f64)
             };
-            if weighting.is_adaptive() && !warming {
-                weighting.update([la, lg, lc, lt], &shared)?;
-            }
-            let total = weighting.total([la, lg, lc, lt])?;
-            let t_bwd = std::time::Instant::now();
-            let mut grads = total.backward()?;
-            let bwd_ms = t_bwd.elapsed().as_secs_f64() * 1e3;
+            let fwd_ms = t_fwd.elapsed().as_secs_f64() * 1e3;
             let t_opt = std::time::Instant::now();
             // per module: each group's norm before clipping, logged by name
             let (gnorm, group_norms) = if cfg.training.grad_clip_per_module {
@@ -588,13 +721,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 ema.update()?;
             }
             log::debug!(
-                "step {step}: {} frames, forward {fwd_ms:.0} ms, backward {bwd_ms:.0} ms, optimiser {:.0} ms",
+                "step {step}: {} frames, forward and backward {fwd_ms:.0} ms, optimiser {:.0} ms",
                 b.total_frames(),
                 t_opt.elapsed().as_secs_f64() * 1e3
             );
             step += 1;
             last_losses = vals;
-            last_total = total.to_scalar::<f32>()? as f64;
+            last_total = total;
             let fps = b.total_frames() as f64 / t0.elapsed().as_secs_f64();
             let mut rec = serde_json::json!({"kind": "step", "step": step, "epoch": epoch, "loss": last_total,
                 "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
@@ -787,5 +920,136 @@ mod span_label_tests {
         assert_eq!(span_labels(&[span("SUN", 6, 8)], 7, &v), None);
         assert_eq!(span_labels(&[span("SUN", 0, 2)], 7, &v), None);
         assert_eq!(span_labels(&[span("SUN", 3, 2)], 7, &v), None);
+    }
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::*;
+    use candle_core::backprop::GradStore;
+    use rand::Rng;
+
+    fn tiny() -> Config {
+        let mut c = Config::default();
+        c.model.backbone = "small".into();
+        c.model.feature_dim = 8;
+        c.model.grid = 2;
+        c.model.hidden_dim = 4;
+        c.model.lstm_hidden = 8;
+        c.model.input_size = 16;
+        c.model.max_frames = 16;
+        c.model.text_dim = 8;
+        c.model.dropout = 0.0;
+        c.hardware.device = "cpu".into();
+        c
+    }
+
+    /// Three clips of 5, 7 and 6 random frames with 2, 1 and 3 glosses.
+    fn batch(s: usize) -> Batch {
+        let lengths = vec![5, 7, 6];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n: usize = lengths.iter().sum::<usize>() * 3 * s * s;
+        Batch {
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            frames: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+            sources: lengths.iter().map(|&l| (0..l).collect()).collect(),
+            lengths,
+            targets: vec![vec![1, 2], vec![3], vec![2, 4, 1]],
+            sentences: vec!["A B".into(), "C".into(), "B D A".into()],
+            frame_labels: vec![None, None, None],
+        }
+    }
+
+    #[test]
+    fn split_batch_cuts_clips_and_their_frames_in_order() {
+        let b = batch(4);
+        let parts = split_batch(&b, 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].lengths, vec![5]);
+        assert_eq!(parts[1].lengths, vec![7, 6]);
+        assert_eq!(parts[1].targets, vec![vec![3], vec![2, 4, 1]]);
+        let joined: Vec<f32> = parts.iter().flat_map(|p| p.frames.clone()).collect();
+        assert_eq!(joined, b.frames);
+        // more parts than clips: one clip each
+        assert_eq!(split_batch(&b, 8).len(), 3);
+        assert_eq!(split_batch(&b, 1)[0].frames, b.frames);
+    }
+
+    /// The replicas' merged gradients equal those of the parts' forwards and
+    /// backwards run one after the other on this thread, each weighted by its
+    /// share of the clips and summed by hand (the oracle); the logged losses
+    /// are the clip-weighted means.
+    #[test]
+    fn replica_gradients_are_the_parts_gradients_summed() {
+        let mut cfg = tiny();
+        cfg.hardware.replicas = 2;
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let model = FourStage::new(&cfg, 5, &vm, &dev).unwrap();
+        crate::init::reinit(&vm, 1).unwrap();
+        let w = Weighting::from_config(
+            "fixed",
+            LossWeights {
+                align: 1.0,
+                gru: 0.5,
+                cls: 1.0,
+                ctc: 2.0,
+            },
+            0.12,
+            0.025,
+        )
+        .unwrap();
+        let b = batch(cfg.model.input_size);
+        // past the CTC warm-up, so that every loss term counts
+        let step = cfg.training.ctc_warmup_steps + 1;
+        let pools = replica_pools(&cfg, &dev).unwrap().unwrap();
+        let (got, vals, total) = replica_grads(&model, &cfg, &b, &dev, step, &w, &pools).unwrap();
+        let mut want: Vec<(GradStore, [f64; 4], f64)> = Vec::new();
+        for part in split_batch(&b, 2) {
+            let share = part.lengths.len() as f64 / 3.0;
+            let ((losses, v), _) = crate::batchnorm::deferring(|| {
+                step_losses(&model, &cfg, &part, &dev, step).unwrap()
+            });
+            let [la, lg, lc, lt] = &losses;
+            let t = (w.total([la, lg, lc, lt]).unwrap() * share).unwrap();
+            let g = t.backward().unwrap();
+            want.push((
+                g,
+                v.map(|x| x * share),
+                t.to_scalar::<f32>().unwrap() as f64,
+            ));
+        }
+        for k in 0..4 {
+            let expect = want[0].1[k] + want[1].1[k];
+            assert!(
+                (vals[k] - expect).abs() <= 1e-5 * expect.abs().max(1.0),
+                "loss {k}"
+            );
+        }
+        assert!((total - (want[0].2 + want[1].2)).abs() <= 1e-5 * total.abs().max(1.0));
+        let mut nonzero = 0;
+        for (name, var) in vm.data().lock().unwrap().iter() {
+            let parts: Vec<&Tensor> = want.iter().filter_map(|(g, _, _)| g.get(var)).collect();
+            let Some(g) = got.get(var) else {
+                assert!(
+                    parts.is_empty(),
+                    "{name}: a part has a gradient, the replicas none"
+                );
+                continue;
+            };
+            let mut sum = parts[0].clone();
+            for p in &parts[1..] {
+                sum = (sum + *p).unwrap();
+            }
+            let diff = (g - &sum).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = sum.abs().unwrap().max_all().unwrap();
+            let (diff, scale) = (
+                diff.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
+            assert!(diff <= 1e-4 * scale.max(1e-3), "{name}: {diff} of {scale}");
+            nonzero += usize::from(scale > 0.0);
+        }
+        assert!(nonzero > 10, "{nonzero} parameters have a gradient");
     }
 }

@@ -57,7 +57,15 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resume_gives_the_same_next_steps() {
-    check_resume(0.0);
+    check_resume(0.0, 1);
+}
+
+/// With data-parallel replicas (two threads each running half of every
+/// batch) training is as deterministic: the resumed run repeats the
+/// uninterrupted one's losses.
+#[test]
+fn resume_with_replicas_gives_the_same_next_steps() {
+    check_resume(0.0, 2);
 }
 
 /// With a moving average of the weights the resumed run also continues the
@@ -65,7 +73,7 @@ fn resume_gives_the_same_next_steps() {
 /// trained weights.
 #[test]
 fn resume_continues_the_weight_average() {
-    let d = check_resume(0.8);
+    let d = check_resume(0.8, 1);
     let load = |p: &str| {
         signrt_trainer::checkpoint::load(&d.path().join(p), &candle_core::Device::Cpu).unwrap()
     };
@@ -110,13 +118,14 @@ fn resume_continues_the_weight_average() {
 
 /// Trains 6 steps at once and 3 + 3 with `--resume` and checks that the
 /// step losses agree; returns the directory holding both runs.
-fn check_resume(ema_decay: f64) -> tempfile::TempDir {
+fn check_resume(ema_decay: f64, replicas: usize) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let data = ten_video_corpus(d.path(), 1);
     let opts = |out: &str, steps: u64, resume: bool| {
         let mut c = tiny();
         c.training.max_steps = steps;
         c.training.ema_decay = ema_decay;
+        c.hardware.replicas = replicas;
         TrainOptions {
             config: c,
             data: data.clone(),

@@ -33,23 +33,36 @@ pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
         return bn.forward_t(x, train);
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
+    // a data-parallel replica: statistics over all replicas' inputs, this
+    // layer told apart by its running statistics' identity
+    let sync = crate::sync::current().map(|(group, rank)| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bn.running_mean().id().hash(&mut h);
+        Replica {
+            group,
+            rank,
+            layer: h.finish(),
+        }
+    });
     let op = BnTrain {
         n,
         c,
         inner,
         eps: bn.eps(),
         stats: stats.clone(),
+        sync,
     };
     let y = x.contiguous()?.apply_op3(w, b, op)?;
-    let (mean, var) = {
+    let (mean, var, count) = {
         let s = stats.lock().map_err(poisoned("batch-norm"))?;
-        (s.mean.clone(), s.var.clone())
+        (s.mean.clone(), s.var.clone(), s.count)
     };
     let update = RunningUpdate {
         running_mean: bn.running_mean().clone(),
         running_var: bn.running_var().clone(),
         momentum: bn.momentum(),
-        count: m,
+        count,
         mean,
         var,
     };
@@ -96,45 +109,6 @@ impl RunningUpdate {
         Var::from_tensor(rv)?.set(&new_rv)?;
         Ok(())
     }
-
-    /// The update of one forward over all of `parts`' inputs together: their
-    /// statistics pooled (count-weighted mean; variance by the law of total
-    /// variance). All parts must be of the same BatchNorm.
-    fn pooled(parts: &[&RunningUpdate]) -> Result<RunningUpdate> {
-        let first = parts
-            .first()
-            .ok_or_else(|| candle_core::Error::Msg("no batch-norm updates to pool".into()))?;
-        let same = |p: &RunningUpdate| {
-            p.running_mean.id() == first.running_mean.id() && p.mean.len() == first.mean.len()
-        };
-        if !parts.iter().all(|p| same(p)) {
-            return Err(candle_core::Error::Msg(
-                "replicas ran different batch-norm layers in a different order".into(),
-            ));
-        }
-        let total: usize = parts.iter().map(|p| p.count).sum();
-        let c = first.mean.len();
-        let mut mean = vec![0f64; c];
-        let mut second = vec![0f64; c];
-        for p in parts {
-            let w = p.count as f64 / total as f64;
-            for k in 0..c {
-                mean[k] += w * p.mean[k];
-                second[k] += w * (p.var[k] + p.mean[k] * p.mean[k]);
-            }
-        }
-        let var = second
-            .iter()
-            .zip(&mean)
-            .map(|(s, m)| (s - m * m).max(0.0))
-            .collect();
-        Ok(RunningUpdate {
-            count: total,
-            mean,
-            var,
-            ..(*first).clone()
-        })
-    }
 }
 
 thread_local! {
@@ -145,8 +119,9 @@ thread_local! {
 /// Runs `f` with this thread's running-statistics updates held back instead
 /// of applied, and returns them in the order the layers ran. Data-parallel
 /// replicas run their forwards this way at the same time, so that none of
-/// them writes the shared running statistics; [`apply_pooled`] then moves
-/// each layer's statistics once, by all replicas' batches together.
+/// them writes the shared running statistics: their statistics are of all
+/// replicas' inputs together (synchronised), so one replica's held updates
+/// are then applied, once ([`apply_held`]).
 pub fn deferring<R>(f: impl FnOnce() -> R) -> (R, Vec<RunningUpdate>) {
     let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
     let r = f();
@@ -154,23 +129,9 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> (R, Vec<RunningUpdate>) {
     (r, held.unwrap_or_default())
 }
 
-/// Applies the held-back updates of several replicas that ran the same
-/// layers: layer by layer, one update with the pooled batch statistics (the
-/// update one forward over all their inputs would have made).
-pub fn apply_pooled(replicas: &[Vec<RunningUpdate>]) -> Result<()> {
-    let Some(first) = replicas.first() else {
-        return Ok(());
-    };
-    if replicas.iter().any(|r| r.len() != first.len()) {
-        return Err(candle_core::Error::Msg(
-            "replicas ran different numbers of batch-norm layers".into(),
-        ));
-    }
-    for i in 0..first.len() {
-        let parts: Vec<&RunningUpdate> = replicas.iter().map(|r| &r[i]).collect();
-        RunningUpdate::pooled(&parts)?.apply()?;
-    }
-    Ok(())
+/// Applies updates held back by [`deferring`], in order.
+pub fn apply_held(updates: &[RunningUpdate]) -> Result<()> {
+    updates.iter().try_for_each(RunningUpdate::apply)
 }
 
 /// The batch statistics of one forward (biased variance), for the running
@@ -179,6 +140,26 @@ pub fn apply_pooled(replicas: &[Vec<RunningUpdate>]) -> Result<()> {
 struct Stats {
     mean: Vec<f64>,
     var: Vec<f64>,
+    /// Values per channel they are over (all replicas' when synchronised).
+    count: usize,
+}
+
+/// A data-parallel replica's place: its statistics are summed with the other
+/// replicas' ([`crate::sync`]).
+#[derive(Clone)]
+struct Replica {
+    group: Arc<crate::sync::SyncGroup>,
+    rank: usize,
+    layer: u64,
+}
+
+impl Replica {
+    fn sum(&self, what: &'static str, data: Vec<f64>) -> Result<Vec<f64>> {
+        self.group
+            .all_reduce(self.rank, what, self.layer, data)
+            .map(|v| v.to_vec())
+            .map_err(candle_core::Error::wrap)
+    }
 }
 
 /// (x, γ, β) -> γ·(x − μ)/√(σ² + ε) + β over channel dim 1.
@@ -188,6 +169,7 @@ struct BnTrain {
     inner: usize,
     eps: f64,
     stats: Arc<Mutex<Stats>>,
+    sync: Option<Replica>,
 }
 
 /// Per-channel sums over (N, inner) of f(value index) for x laid out (N,C,inner).
@@ -228,18 +210,21 @@ impl CustomOp3 for BnTrain {
         if x.len() != n * c * inner || g.len() != c || b.len() != c {
             candle_core::bail!("batch-norm: input or parameters do not match {c} channels");
         }
-        let m = (n * inner) as f64;
-        let mean: Vec<f64> = channel_sums(n, c, inner, |i| f64::from(x[i]))
-            .into_iter()
-            .map(|s| s / m)
-            .collect();
-        let var: Vec<f64> = channel_sums(n, c, inner, |i| {
+        let mut sums = channel_sums(n, c, inner, |i| f64::from(x[i]));
+        sums.push((n * inner) as f64);
+        if let Some(sync) = &self.sync {
+            sums = sync.sum("batch-norm sums", sums)?;
+        }
+        let m = sums[c];
+        let mean: Vec<f64> = sums[..c].iter().map(|s| s / m).collect();
+        let mut squares = channel_sums(n, c, inner, |i| {
             let d = f64::from(x[i]) - mean[(i / inner) % c];
             d * d
-        })
-        .into_iter()
-        .map(|s| s / m)
-        .collect();
+        });
+        if let Some(sync) = &self.sync {
+            squares = sync.sum("batch-norm squares", squares)?;
+        }
+        let var: Vec<f64> = squares.into_iter().map(|s| s / m).collect();
         // y = x·a + k per channel
         let a: Vec<f32> = (0..c)
             .map(|ci| (f64::from(g[ci]) / (var[ci] + self.eps).sqrt()) as f32)
@@ -258,7 +243,11 @@ impl CustomOp3 for BnTrain {
                     }
                 }
             });
-        *self.stats.lock().map_err(poisoned("batch-norm"))? = Stats { mean, var };
+        *self.stats.lock().map_err(poisoned("batch-norm"))? = Stats {
+            mean,
+            var,
+            count: m as usize,
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -278,6 +267,7 @@ impl CustomOp3 for BnTrain {
             eps: self.eps,
             gamma: g.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             stats,
+            sync: self.sync.clone(),
         };
         let packed = grad.contiguous()?.apply_op2_no_bwd(x, &op)?;
         let len = self.n * self.c * self.inner;
@@ -296,6 +286,7 @@ struct BnGrad {
     eps: f64,
     gamma: Vec<f32>,
     stats: Stats,
+    sync: Option<Replica>,
 }
 
 impl CustomOp2 for BnGrad {
@@ -317,15 +308,24 @@ impl CustomOp2 for BnGrad {
         if dy.len() != len || x.len() != len {
             candle_core::bail!("batch-norm backward: gradient and input sizes differ");
         }
-        let Stats { mean, var } = &self.stats;
+        let Stats { mean, var, .. } = &self.stats;
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let xhat = |i: usize| {
             let ci = (i / inner) % c;
             (f64::from(x[i]) - mean[ci]) * inv[ci]
         };
+        // γ's and β's gradients are this replica's own (the replicas'
+        // gradients are summed later); dx needs the sums over all replicas
         let db = channel_sums(n, c, inner, |i| f64::from(dy[i]));
         let dg = channel_sums(n, c, inner, |i| f64::from(dy[i]) * xhat(i));
-        let m = (n * inner) as f64;
+        let (db_all, dg_all) = match &self.sync {
+            Some(sync) => {
+                let all = sync.sum("batch-norm gradient sums", [&db[..], &dg[..]].concat())?;
+                (all[..c].to_vec(), all[c..].to_vec())
+            }
+            None => (db.clone(), dg.clone()),
+        };
+        let m = self.stats.count as f64;
         let mut out = vec![0f32; len + 2 * c];
         out[..len]
             .par_chunks_mut((c * inner).max(1))
@@ -333,7 +333,7 @@ impl CustomOp2 for BnGrad {
             .for_each(|(ni, o)| {
                 for ci in 0..c {
                     let s = f64::from(self.gamma[ci]) * inv[ci];
-                    let (mb, mg) = (db[ci] / m, dg[ci] / m);
+                    let (mb, mg) = (db_all[ci] / m, dg_all[ci] / m);
                     let base = (ni * c + ci) * inner;
                     for j in 0..inner {
                         let i = base + j;
@@ -417,37 +417,71 @@ mod tests {
         }
     }
 
-    /// Two replicas' held-back updates, pooled, move the running statistics
-    /// as one forward over both halves of the batch does (oracle: candle's
-    /// BatchNorm on the whole batch); and nothing moves while held back.
+    /// Two replicas, each with part of the batch on its own thread, give
+    /// what one forward over the whole batch gives (the oracle): the outputs,
+    /// the input gradient, the summed γ and β gradients, and (applying one
+    /// replica's held-back update) the running statistics.
     #[test]
-    fn pooled_updates_equal_one_forward_over_the_whole_batch() {
+    fn synchronised_replicas_equal_one_forward_over_the_whole_batch() {
         let (c, shape) = (3, [5, 3, 4, 4]);
         let (vm1, bn1) = bn(c, 7);
         let (vm2, bn2) = bn(c, 7);
         let x = rand(&shape, 8, 1.5, 0.4);
-        // unequal halves: 2 and 3 samples
-        let (a, b) = (x.narrow(0, 0, 2).unwrap(), x.narrow(0, 2, 3).unwrap());
-        let (_, ua) = deferring(|| forward_t(&bn1, &a, true).unwrap());
-        let (_, ub) = deferring(|| forward_t(&bn1, &b, true).unwrap());
-        assert_eq!((ua.len(), ub.len()), (1, 1));
+        let up = rand(&shape, 9, 1.0, 0.0);
+        // unequal parts: 2 and 3 samples
+        let cuts = [(0, 2), (2, 3)];
+        let group = crate::sync::SyncGroup::new(2);
+        let outs: Vec<(
+            Tensor,
+            Tensor,
+            candle_core::backprop::GradStore,
+            Vec<RunningUpdate>,
+        )> = std::thread::scope(|s| {
+            let hs: Vec<_> = cuts
+                .iter()
+                .enumerate()
+                .map(|(rank, &(at, len))| {
+                    let (group, bn1, x, up) = (&group, &bn1, &x, &up);
+                    s.spawn(move || {
+                        crate::sync::as_replica(group, rank, || {
+                            let xi = Var::from_tensor(&x.narrow(0, at, len).unwrap()).unwrap();
+                            let ((y, g), held) = deferring(|| {
+                                let y = forward_t(bn1, &xi, true).unwrap();
+                                let g = grads_of(&y, &up.narrow(0, at, len).unwrap());
+                                (y, g)
+                            });
+                            (xi.as_tensor().clone(), y, g, held)
+                        })
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
         {
             let d1 = vm1.data().lock().unwrap();
             let rm = d1["running_mean"].as_tensor();
             assert_eq!(max_diff(rm, &rm.zeros_like().unwrap()), 0.0, "held back");
         }
-        apply_pooled(&[ua, ub]).unwrap();
-        bn2.forward_train(&x).unwrap();
+        apply_held(&outs[0].3).unwrap();
+        let xw = Var::from_tensor(&x).unwrap();
+        let y = forward_t(&bn2, &xw, true).unwrap();
+        let g = grads_of(&y, &up);
+        let cat = |f: &dyn Fn(&(Tensor, Tensor, _, _)) -> Tensor| {
+            Tensor::cat(&outs.iter().map(f).collect::<Vec<_>>(), 0).unwrap()
+        };
+        assert!(max_diff(&cat(&|o| o.1.clone()), &y) < 1e-5, "outputs");
+        let dx = cat(&|o| o.2.get(&o.0).unwrap().clone());
+        assert!(max_diff(&dx, g.get(&xw).unwrap()) < 1e-4, "input gradient");
         let (d1, d2) = (vm1.data().lock().unwrap(), vm2.data().lock().unwrap());
+        for name in ["weight", "bias"] {
+            let (p, q) = (d1[name].as_tensor(), d2[name].as_tensor());
+            let sum = (outs[0].2.get(p).unwrap() + outs[1].2.get(p).unwrap()).unwrap();
+            assert!(max_diff(&sum, g.get(q).unwrap()) < 1e-4, "{name} gradient");
+        }
         for name in ["running_mean", "running_var"] {
             let (p, q) = (d1[name].as_tensor(), d2[name].as_tensor());
             assert!(max_diff(p, q) < 1e-6, "{name}");
         }
-        // updates of different layers do not pool
-        let (_vm3, bn3) = bn(c, 9);
-        let (_, u1) = deferring(|| forward_t(&bn1, &a, true).unwrap());
-        let (_, u3) = deferring(|| forward_t(&bn3, &a, true).unwrap());
-        assert!(apply_pooled(&[u1, u3]).is_err());
     }
 
     /// Evaluation mode and f64 inputs go through candle's BatchNorm unchanged.

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod pool;
+pub mod sync;
 pub mod synth;
 pub mod temporal;
 pub mod train;

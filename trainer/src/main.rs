@@ -119,20 +119,23 @@ struct TrainArgs {
 }
 
 /// Sets the compute threads: `n` in all (0 = all cores), shared out evenly
-/// among `replicas` data-parallel replicas (at least one each).
-fn set_threads(n: usize, replicas: usize) {
+/// among the data-parallel replicas. Returns how many replicas run: no more
+/// than there are threads.
+fn set_threads(n: usize, replicas: usize) -> usize {
     let total = if n > 0 {
         n
     } else {
         std::thread::available_parallelism().map_or(1, |p| p.get())
     };
+    let replicas = replicas.clamp(1, total);
     if n > 0 || replicas > 1 {
         // candle's CPU kernels and rayon read this before their pools start;
         // it is also each replica's pool size. A kernel asking gemm for more
         // threads than its replica's pool has cost half as much CPU again.
-        let per = (total / replicas.max(1)).max(1);
+        let per = (total / replicas).max(1);
         std::env::set_var("RAYON_NUM_THREADS", per.to_string());
     }
+    replicas
 }
 
 fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
@@ -158,10 +161,19 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(m) = max_minutes {
         cfg.training.max_minutes = m;
     }
-    set_threads(
+    let replicas = set_threads(
         threads.unwrap_or(cfg.hardware.threads),
         cfg.hardware.replicas,
     );
+    if replicas < cfg.hardware.replicas {
+        // the replicas compute the whole batch's step, so fewer of them give
+        // the same steps, more slowly
+        log::warn!(
+            "hardware.replicas = {} needs as many compute threads: {replicas} replica(s) run",
+            cfg.hardware.replicas
+        );
+        cfg.hardware.replicas = replicas;
+    }
     if cfg.hardware.mixed_precision {
         log::warn!("hardware.mixed_precision is ignored: training runs in f32");
     }

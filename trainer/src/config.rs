@@ -675,6 +675,30 @@ mod overrides {
         // a typo is refused by name, a malformed override too
         let e = refused("model.selecton=all");
         assert!(e.contains("selecton"), "{e}");
+        // replicas: at least one, and not with GradNorm or on CUDA
+        assert_eq!(with("hardware.replicas=2").unwrap().hardware.replicas, 2);
+        let e = refused("hardware.replicas=0");
+        assert!(e.contains("hardware.replicas"), "{e}");
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &[
+                "hardware.replicas=2".into(),
+                "training.weighting=\"gradnorm\"".into(),
+            ],
+        );
+        let e = c.unwrap_err().to_string();
+        assert!(
+            e.contains("hardware.replicas") && e.contains("GradNorm"),
+            "{e}"
+        );
+        let c = Config::load_with_overrides(
+            &dir.join("cpu-small.toml"),
+            &[
+                "hardware.replicas=2".into(),
+                "hardware.device=\"cuda:0\"".into(),
+            ],
+        );
+        assert!(c.unwrap_err().to_string().contains("for the CPU"));
         let e = refused("model");
         assert!(e.contains("KEY=VALUE"), "{e}");
         let e = refused("model.keyframe_ratio=2");

@@ -251,6 +251,12 @@ pub struct TrainingSection {
     /// starts from the classifier's posteriors rather than its all-blank
     /// plateau.
     pub ctc_init_from_classifier: bool,
+    /// Batches of clips of about one length (0 = off): each epoch's shuffled
+    /// clips are cut into pools of this many batches, each pool sorted by
+    /// length before it is cut into batches, and the batches shuffled. Less
+    /// of a step is padding, or, with replicas, waiting for the longer clip.
+    /// See `loader::epoch_batches`.
+    pub group_by_length: usize,
     /// Evaluate on dev every this many steps (0 = at the end of each epoch).
     pub eval_every: u64,
     /// Beam width for dev evaluation (1 = greedy).
@@ -284,6 +290,7 @@ impl Default for TrainingSection {
             frame_labels: "alignment".into(),
             ctc_warmup_steps: 0,
             ctc_init_from_classifier: false,
+            group_by_length: 0,
             eval_every: 0,
             eval_beam: 1,
             augment: AugmentSection::default(),

@@ -92,6 +92,46 @@ pub fn sample_indices(n: usize, max: usize) -> Vec<usize> {
         .collect()
 }
 
+/// One epoch's batches of clip indices: the clips shuffled by (seed, epoch)
+/// and cut into batches of `batch_size`.
+///
+/// With `group_by_length = g > 0` the shuffled order is cut into pools of
+/// `g × batch_size` clips, each pool sorted by length (ties keep the shuffled
+/// order), cut into batches, and the epoch's batches shuffled again: a batch
+/// holds clips of about the same length, so less of a step is padding (one
+/// thread) or waiting for the longer clip (replicas, which meet at every
+/// BatchNorm), and a pool small against the epoch keeps the batches' order
+/// random. `lengths[i]` is clip `i`'s frame count as the model will see it.
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    group_by_length: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let bs = batch_size.max(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    if group_by_length == 0 {
+        return order.chunks(bs).map(|c| c.to_vec()).collect();
+    }
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(order.len().div_ceil(bs));
+    for pool in order.chunks(group_by_length.saturating_mul(bs)) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| lengths[i]);
+        batches.extend(pool.chunks(bs).map(|c| c.to_vec()));
+    }
+    batches.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(
+        seed,
+        epoch,
+        0x6C65_6E67,
+    )));
+    batches
+}
+
 fn mix(seed: u64, epoch: u64, clip: u64) -> u64 {
     // splitmix64 of the three, so nearby inputs give unrelated streams
     let mut z =
@@ -349,6 +389,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad:") && e.contains("frame_0002.png"), "{e}");
+    }
+
+    #[test]
+    fn epoch_batches_without_grouping_are_the_shuffled_clips_in_chunks() {
+        let lengths = [5usize; 7];
+        let b = epoch_batches(&lengths, 2, 0, 3, 1);
+        assert_eq!(b.len(), 4);
+        assert!(b[..3].iter().all(|x| x.len() == 2) && b[3].len() == 1);
+        let mut all: Vec<usize> = b.concat();
+        assert_ne!(all, (0..7).collect::<Vec<_>>(), "shuffled");
+        all.sort();
+        assert_eq!(all, (0..7).collect::<Vec<_>>());
+        assert_eq!(
+            b,
+            epoch_batches(&lengths, 2, 0, 3, 1),
+            "a function of (seed, epoch)"
+        );
+        assert_ne!(b, epoch_batches(&lengths, 2, 0, 3, 2));
+    }
+
+    #[test]
+    fn grouped_batches_hold_clips_of_about_one_length() {
+        // 64 clips of lengths 10..=73 in a scrambled order
+        let lengths: Vec<usize> = (0..64).map(|i| 10 + (i * 37) % 64).collect();
+        let cost = |b: &[Vec<usize>]| -> usize {
+            b.iter()
+                .map(|x| x.len() * x.iter().map(|&i| lengths[i]).max().unwrap())
+                .sum()
+        };
+        let total: usize = lengths.iter().sum();
+        for epoch in 0..4 {
+            let plain = epoch_batches(&lengths, 2, 0, 9, epoch);
+            let grouped = epoch_batches(&lengths, 2, 8, 9, epoch);
+            // every clip once
+            let mut all = grouped.concat();
+            all.sort();
+            assert_eq!(all, (0..64).collect::<Vec<_>>());
+            assert!(grouped.iter().all(|x| x.len() == 2));
+            // within a pool of 16 the two clips of a batch are neighbours in
+            // length: at most one length in 16 between them on 64 spread ones
+            for x in &grouped {
+                let (a, b) = (lengths[x[0]], lengths[x[1]]);
+                assert!(a <= b, "sorted within the batch: {a} {b}");
+            }
+            // padded cost: brute force over the batches
+            assert!(cost(&grouped) < cost(&plain), "epoch {epoch}");
+            assert!(
+                (cost(&grouped) as f64) < 1.1 * total as f64,
+                "{} against {total}",
+                cost(&grouped)
+            );
+            // the batches' order is shuffled, not sorted by length
+            let firsts: Vec<usize> = grouped.iter().map(|x| lengths[x[0]]).collect();
+            assert!(firsts.windows(2).any(|w| w[0] > w[1]));
+            assert_eq!(grouped, epoch_batches(&lengths, 2, 8, 9, epoch));
+        }
+        // a pool as large as the epoch: the batches are the sorted pairs
+        let whole = epoch_batches(&lengths, 2, 32, 9, 0);
+        assert_eq!(
+            cost(&whole),
+            (0..32).map(|k| 2 * (11 + 2 * k)).sum::<usize>()
+        );
     }
 
     #[test]

@@ -22,8 +22,6 @@ use crate::optim::{
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::Serialize;
 use signrt_runtime::Vocab;
 use std::io::Write;
@@ -340,6 +338,68 @@ pub struct EvalReport {
     pub clips: usize,
 }
 
+/// What an evaluation adds up over its clips; parts evaluated apart merge
+/// into the sums of the whole.
+#[derive(Default)]
+struct EvalSums {
+    hyps: Vec<Hyp>,
+    counts: ErrorCounts,
+    cls_counts: ErrorCounts,
+    sims: Vec<f64>,
+    ratio: f64,
+    ent: f64,
+    nk: usize,
+    fa_ok: usize,
+    fa_n: usize,
+    blanks: usize,
+    frames: usize,
+}
+
+impl EvalSums {
+    fn merge(&mut self, o: EvalSums) {
+        self.hyps.extend(o.hyps);
+        self.counts.add(&o.counts);
+        self.cls_counts.add(&o.cls_counts);
+        self.sims.extend(o.sims);
+        self.ratio += o.ratio;
+        self.ent += o.ent;
+        self.nk += o.nk;
+        self.fa_ok += o.fa_ok;
+        self.fa_n += o.fa_n;
+        self.blanks += o.blanks;
+        self.frames += o.frames;
+    }
+
+    fn report(self) -> (EvalReport, Vec<Hyp>) {
+        let n = self.sims.len().max(1) as f64;
+        let mean = self.sims.iter().sum::<f64>() / n;
+        let std = (self
+            .sims
+            .iter()
+            .map(|s| (s - mean) * (s - mean))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let nk = self.nk.max(1) as f64;
+        (
+            EvalReport {
+                wer: self.counts.wer(),
+                sequence_accuracy: self.counts.sentence_accuracy(),
+                counts: self.counts,
+                alignment_similarity_mean: mean,
+                alignment_similarity_std: std,
+                keyframe_ratio: self.ratio / nk,
+                selection_entropy: self.ent / nk,
+                frame_accuracy: (self.fa_n > 0).then(|| self.fa_ok as f64 / self.fa_n as f64),
+                blank_ratio: self.blanks as f64 / self.frames.max(1) as f64,
+                classifier_wer: self.cls_counts.wer(),
+                clips: self.nk,
+            },
+            self.hyps,
+        )
+    }
+}
+
 /// Evaluates `model` on `clips` (no augmentation).
 pub fn evaluate(
     model: &FourStage,
@@ -350,6 +410,63 @@ pub fn evaluate(
     beam: usize,
     dev: &Device,
 ) -> Result<(EvalReport, Vec<Hyp>)> {
+    Ok(eval_sums(model, cfg, vocab, clips, samples, beam, dev)?.report())
+}
+
+/// [`evaluate`] with the clips cut into one consecutive part of whole batches
+/// per pool (the replicas' threads), the parts evaluated at the same time:
+/// the same report and hypotheses, in the same order.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_parallel(
+    pools: &[rayon::ThreadPool],
+    model: &FourStage,
+    cfg: &Config,
+    vocab: &Vocab,
+    clips: &[ClipSpec],
+    samples: &[data::Sample],
+    beam: usize,
+    dev: &Device,
+) -> Result<(EvalReport, Vec<Hyp>)> {
+    if pools.len() <= 1 || clips.len() <= 1 {
+        return evaluate(model, cfg, vocab, clips, samples, beam, dev);
+    }
+    // whole batches per part: each clip is batched as `evaluate` batches it
+    let bs = cfg.training.batch_size.max(1);
+    let per = clips.len().div_ceil(bs).div_ceil(pools.len()) * bs;
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = clips
+            .chunks(per)
+            .zip(pools)
+            .map(|(part, pool)| {
+                s.spawn(move || {
+                    pool.install(|| eval_sums(model, cfg, vocab, part, samples, beam, dev))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("an evaluation thread panicked"))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut sums = EvalSums::default();
+    for p in parts {
+        sums.merge(p?);
+    }
+    Ok(sums.report())
+}
+
+fn eval_sums(
+    model: &FourStage,
+    cfg: &Config,
+    vocab: &Vocab,
+    clips: &[ClipSpec],
+    samples: &[data::Sample],
+    beam: usize,
+    dev: &Device,
+) -> Result<EvalSums> {
     let clips = Arc::new(clips.to_vec());
     let bs = cfg.training.batch_size.max(1);
     let order: Vec<Vec<usize>> = (0..clips.len())
@@ -357,17 +474,13 @@ pub fn evaluate(
         .chunks(bs)
         .map(|c| c.to_vec())
         .collect();
-    let mut hyps = Vec::new();
-    let mut counts = ErrorCounts::default();
-    let mut cls_counts = ErrorCounts::default();
-    let (mut sims, mut ratio, mut ent, mut nk) = (Vec::new(), 0f64, 0f64, 0usize);
-    let (mut fa_ok, mut fa_n, mut blanks, mut frames) = (0usize, 0usize, 0usize, 0usize);
+    let mut e = EvalSums::default();
     let v = vocab.len();
     for batch in loader::spawn(clips.clone(), order, loader_options(cfg, false), 0) {
         let b = batch?;
         let x = batch_tensor(&b, cfg, dev)?;
         let out = model.forward(&x, &b.lengths, &b.targets, &b.sentences, false)?;
-        sims.extend(out.similarity.iter().map(|&s| s as f64));
+        e.sims.extend(out.similarity.iter().map(|&s| s as f64));
         let lp: Vec<Vec<Vec<f32>>> = out.ctc_log_probs.to_vec3()?;
         let fl: Vec<Vec<u32>> = out.frame_logits.argmax(candle_core::D::Minus1)?.to_vec2()?;
         let frame_logits: Vec<Vec<Vec<f32>>> = out.frame_logits.to_vec3()?;
@@ -387,7 +500,8 @@ pub fn evaluate(
                 .collect();
             let sample = samples.iter().find(|s| &s.id == id);
             let reference: Vec<String> = sample.map(|s| s.glosses.clone()).unwrap_or_default();
-            counts.add(&align_counts(&reference, &hyp, EditCosts::SCLITE));
+            e.counts
+                .add(&align_counts(&reference, &hyp, EditCosts::SCLITE));
             // the classifier's logits decoded as CTC's greedy decoder does (argmax is
             // the same on logits and log-probabilities)
             let flat: Vec<f32> = frame_logits[i][..k].iter().flatten().copied().collect();
@@ -397,18 +511,19 @@ pub fn evaluate(
                 .iter()
                 .filter_map(|&g| vocab.gloss(g as usize).map(String::from))
                 .collect();
-            cls_counts.add(&align_counts(&reference, &cls_hyp, EditCosts::SCLITE));
-            ratio += k as f64 / b.lengths[i].max(1) as f64;
-            ent += out.keyframes.entropy[i] as f64;
-            nk += 1;
+            e.cls_counts
+                .add(&align_counts(&reference, &cls_hyp, EditCosts::SCLITE));
+            e.ratio += k as f64 / b.lengths[i].max(1) as f64;
+            e.ent += out.keyframes.entropy[i] as f64;
+            e.nk += 1;
             for row in &lp[i][..k] {
                 let am = row
                     .iter()
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |(j, _)| j);
-                blanks += usize::from(am == 0);
-                frames += 1;
+                e.blanks += usize::from(am == 0);
+                e.frames += 1;
             }
             if let Some(spans) = sample.and_then(|s| s.spans.as_ref()) {
                 for (j, &fi) in out.keyframes.indices[i].iter().enumerate() {
@@ -418,36 +533,18 @@ pub fn evaluate(
                         .find(|s| s.start <= src && src <= s.end)
                         .and_then(|s| vocab.id(&s.gloss))
                         .unwrap_or(0);
-                    fa_ok += usize::from(fl[i][j] as usize == truth);
-                    fa_n += 1;
+                    e.fa_ok += usize::from(fl[i][j] as usize == truth);
+                    e.fa_n += 1;
                 }
             }
-            hyps.push(Hyp {
+            e.hyps.push(Hyp {
                 id: id.clone(),
                 hyp,
                 reference,
             });
         }
     }
-    let n = sims.len().max(1) as f64;
-    let mean = sims.iter().sum::<f64>() / n;
-    let std = (sims.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / n).sqrt();
-    Ok((
-        EvalReport {
-            wer: counts.wer(),
-            sequence_accuracy: counts.sentence_accuracy(),
-            counts,
-            alignment_similarity_mean: mean,
-            alignment_similarity_std: std,
-            keyframe_ratio: ratio / nk.max(1) as f64,
-            selection_entropy: ent / nk.max(1) as f64,
-            frame_accuracy: (fa_n > 0).then(|| fa_ok as f64 / fa_n as f64),
-            blank_ratio: blanks as f64 / frames.max(1) as f64,
-            classifier_wer: cls_counts.wer(),
-            clips: nk,
-        },
-        hyps,
-    ))
+    Ok(e)
 }
 
 /// Options of `signrt-train train`.
@@ -678,16 +775,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             best_dev_wer: best,
         };
     let replica_pools = replica_pools(cfg, dev)?;
+    let train_lengths: Vec<usize> = train_clips
+        .iter()
+        .map(|c| c.frames.len().min(cfg.model.max_frames))
+        .collect();
     'outer: while epoch < epochs && step < max_steps {
-        let mut order: Vec<usize> = (0..train_clips.len()).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            cfg.training.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
-        let batches: Vec<Vec<usize>> = order
-            .chunks(bs)
-            .map(|c| c.to_vec())
-            .skip(offset as usize)
-            .collect();
+        let batches: Vec<Vec<usize>> = loader::epoch_batches(
+            &train_lengths,
+            bs,
+            cfg.training.group_by_length,
+            cfg.training.seed,
+            epoch,
+        )
+        .into_iter()
+        .skip(offset as usize)
+        .collect();
         let nb = batches.len() as u64;
         for (bi, batch) in loader::spawn(
             train_clips.clone(),
@@ -797,8 +899,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     state.extend(ema.state_tensors()?);
                 }
                 if (eval_now || stop) && !dev_clips.is_empty() {
+                    // on the replicas' threads when there are replicas
                     let eval_dev = || {
-                        evaluate(
+                        evaluate_parallel(
+                            replica_pools.as_deref().unwrap_or(&[]),
                             &model,
                             cfg,
                             &vocab,
@@ -955,7 +1059,7 @@ mod span_label_tests {
 #[cfg(test)]
 mod replica_tests {
     use super::*;
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
 
     fn tiny() -> Config {
         let mut c = Config::default();

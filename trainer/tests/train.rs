@@ -57,15 +57,103 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resume_gives_the_same_next_steps() {
-    check_resume(0.0, 1);
+    check_resume(0.0, 1, 0);
 }
 
 /// With data-parallel replicas (two threads each running half of every
-/// batch) training is as deterministic: the resumed run repeats the
-/// uninterrupted one's losses.
+/// batch) and batches grouped by clip length training is as deterministic:
+/// the resumed run repeats the uninterrupted one's losses.
 #[test]
 fn resume_with_replicas_gives_the_same_next_steps() {
-    check_resume(0.0, 2);
+    check_resume(0.0, 2, 2);
+}
+
+/// Evaluation on the replicas' threads (the clips cut into one part per
+/// thread, evaluated at the same time) reports what one evaluation over all
+/// clips reports, with the hypotheses in the same order.
+#[test]
+fn evaluation_on_replica_threads_equals_one_evaluation() {
+    use signrt_trainer::train::{self, evaluate, evaluate_parallel};
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 2);
+    let mut c = tiny();
+    c.training.max_steps = 4;
+    train(&TrainOptions {
+        config: c,
+        data: data.clone(),
+        out: d.path().join("run"),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        progress: false,
+    })
+    .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (model, _vm, cfg, vocab) =
+        train::load_model(&d.path().join("run/last.safetensors"), &dev).unwrap();
+    let format = signrt_trainer::data::detect(&data).unwrap();
+    let (clips, samples) = train::clips(&data, format, "train", &vocab).unwrap();
+    assert!(clips.len() >= 5, "{} clips", clips.len());
+    let pools: Vec<rayon::ThreadPool> = (0..2)
+        .map(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for beam in [1, 3] {
+        let (a, ha) = evaluate(&model, &cfg, &vocab, &clips, &samples, beam, &dev).unwrap();
+        let (b, hb) =
+            evaluate_parallel(&pools, &model, &cfg, &vocab, &clips, &samples, beam, &dev).unwrap();
+        assert_eq!(a.clips, clips.len());
+        assert_eq!(b.clips, a.clips);
+        let ids = |h: &[train::Hyp]| -> Vec<(String, Vec<String>, Vec<String>)> {
+            h.iter()
+                .map(|x| (x.id.clone(), x.hyp.clone(), x.reference.clone()))
+                .collect()
+        };
+        assert_eq!(ids(&ha), ids(&hb), "beam {beam}");
+        let counts = |r: &train::EvalReport| {
+            let c = &r.counts;
+            (
+                c.sub,
+                c.del,
+                c.ins,
+                c.cor,
+                c.n_ref,
+                c.sentences,
+                c.sentences_correct,
+            )
+        };
+        assert_eq!(counts(&a), counts(&b));
+        for (x, y, what) in [
+            (a.wer, b.wer, "wer"),
+            (a.classifier_wer, b.classifier_wer, "classifier_wer"),
+            (
+                a.alignment_similarity_mean,
+                b.alignment_similarity_mean,
+                "similarity mean",
+            ),
+            (
+                a.alignment_similarity_std,
+                b.alignment_similarity_std,
+                "similarity std",
+            ),
+            (a.keyframe_ratio, b.keyframe_ratio, "keyframe ratio"),
+            (a.selection_entropy, b.selection_entropy, "entropy"),
+            (a.blank_ratio, b.blank_ratio, "blank ratio"),
+            (
+                a.frame_accuracy.unwrap(),
+                b.frame_accuracy.unwrap(),
+                "frame accuracy",
+            ),
+        ] {
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
+        }
+    }
 }
 
 /// With a moving average of the weights the resumed run also continues the
@@ -73,7 +161,7 @@ fn resume_with_replicas_gives_the_same_next_steps() {
 /// trained weights.
 #[test]
 fn resume_continues_the_weight_average() {
-    let d = check_resume(0.8, 1);
+    let d = check_resume(0.8, 1, 0);
     let load = |p: &str| {
         signrt_trainer::checkpoint::load(&d.path().join(p), &candle_core::Device::Cpu).unwrap()
     };
@@ -118,7 +206,7 @@ fn resume_continues_the_weight_average() {
 
 /// Trains 6 steps at once and 3 + 3 with `--resume` and checks that the
 /// step losses agree; returns the directory holding both runs.
-fn check_resume(ema_decay: f64, replicas: usize) -> tempfile::TempDir {
+fn check_resume(ema_decay: f64, replicas: usize, group_by_length: usize) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let data = ten_video_corpus(d.path(), 1);
     let opts = |out: &str, steps: u64, resume: bool| {
@@ -126,6 +214,7 @@ fn check_resume(ema_decay: f64, replicas: usize) -> tempfile::TempDir {
         c.training.max_steps = steps;
         c.training.ema_decay = ema_decay;
         c.hardware.replicas = replicas;
+        c.training.group_by_length = group_by_length;
         TrainOptions {
             config: c,
             data: data.clone(),

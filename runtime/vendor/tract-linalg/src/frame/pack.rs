@@ -1216,13 +1216,22 @@ where
 pub struct PackedI8K4 {
     pub r: usize,
     pub align: usize,
+    /// Each panel's K, padded up to a multiple of this (itself a multiple of 4). A kernel that
+    /// reads K in blocks larger than 4 needs its block here, or its last block reads past the
+    /// panel: the AMX kernels load 64 K per B tile.
+    pub k_pad: usize,
 }
 impl PackedI8K4 {
     pub fn new(r: usize) -> Self {
-        PackedI8K4 { r, align: 16 }
+        PackedI8K4 { r, align: 16, k_pad: 4 }
+    }
+    /// The same layout with each panel's K padded up to a multiple of `k_pad` (zero-filled).
+    pub fn with_k_pad(self, k_pad: usize) -> Self {
+        assert!(k_pad > 0 && k_pad % 4 == 0, "k_pad must be a positive multiple of 4");
+        PackedI8K4 { k_pad, ..self }
     }
     fn panel(&self, k: usize) -> usize {
-        (k.div_ceil(4) * 4) * self.r
+        (k.div_ceil(self.k_pad) * self.k_pad) * self.r
     }
     pub fn single_panel_len(&self, k: usize) -> usize {
         self.panel(k)
@@ -1252,14 +1261,13 @@ impl PackedI8K4 {
         ensure!(k_axis != mn_axis, "k_axis and mn_axis must differ (both are {k_axis})");
         let k = t.shape()[k_axis];
         let mn = t.shape()[mn_axis];
-        let kp = k.div_ceil(4) * 4;
-        let pl = kp * self.r;
+        let pl = self.panel(k);
         let panels = mn.div_ceil(self.r);
         let st = t.strides();
         let mut blob = unsafe { Blob::new_for_size_and_align(panels * pl, self.align) };
         blob.as_bytes_mut().fill(0);
         let (ks, ms) = (st[k_axis], st[mn_axis]);
-        let kblocks = kp / 4;
+        let kblocks = k.div_ceil(4);
         unsafe {
             let src = t.as_ptr_unchecked::<i8>();
             let dst = blob.as_mut_ptr() as *mut i8;
@@ -1292,7 +1300,11 @@ impl PackedI8K4 {
 }
 impl std::fmt::Display for PackedI8K4 {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "I8K4[{}]", self.r)
+        if self.k_pad == 4 {
+            write!(f, "I8K4[{}]", self.r)
+        } else {
+            write!(f, "I8K4[{},k{}]", self.r, self.k_pad)
+        }
     }
 }
 impl MMMInputFormat for PackedI8K4 {
@@ -1321,7 +1333,9 @@ impl MMMInputFormat for PackedI8K4 {
         &'a self,
         o: &'b dyn MMMInputFormat,
     ) -> Option<&'o dyn MMMInputFormat> {
-        o.downcast_ref::<PackedI8K4>().filter(|x| x.r == self.r).map(|_| self as _)
+        o.downcast_ref::<PackedI8K4>()
+            .filter(|x| x.r == self.r && x.k_pad == self.k_pad)
+            .map(|_| self as _)
     }
     fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
         mn.divceil(self.r) * self.panel(k.to_usize().unwrap_or(0))
@@ -1637,13 +1651,14 @@ mod test {
     //                             in K-OUTER order (for each k, all mn).
     // Both must equal the canonical layout
     //     out[panel*pl + (k/4)*r*4 + local_mn*4 + (k%4)] = src[k, panel*r+local_mn]
-    // with pl = ceil(K/4)*4 * r, and every padding byte (K%4 tail, partial last
-    // mn panel) left at zero.
+    // with pl = ceil(K/k_pad)*k_pad * r, and every padding byte (K tail, partial
+    // last mn panel) left at zero.
     #[derive(Debug, Clone)]
     struct PackI8K4Problem {
         k: usize,
         mn: usize,
         r: usize,
+        k_pad: usize,
         // false: input tensor is [k, mn] (k_axis=0, mn_axis=1) — contiguous read.
         // true : input tensor is [mn, k] (k_axis=1, mn_axis=0) — strided read,
         //        mirroring how the "A" operand is fed.
@@ -1658,8 +1673,12 @@ mod test {
             })
         }
 
+        fn packer(&self) -> super::PackedI8K4 {
+            super::PackedI8K4::new(self.r).with_k_pad(self.k_pad)
+        }
+
         fn panel_len(&self) -> usize {
-            (self.k.div_ceil(4) * 4) * self.r
+            (self.k.div_ceil(self.k_pad) * self.k_pad) * self.r
         }
 
         // The layout every producer must reproduce.
@@ -1685,7 +1704,7 @@ mod test {
         // The matmul path: pack a TensorView, then read it back panel by panel.
         fn pack_view_bytes(&self) -> Vec<i8> {
             let logical = self.logical();
-            let packer = super::PackedI8K4::new(self.r);
+            let packer = self.packer();
             let (tensor, k_axis, mn_axis) = if self.is_a {
                 // [mn, k] with entry [m, kk] == logical[kk, m]; reads are strided.
                 let a = Array2::from_shape_fn((self.mn, self.k), |(m, kk)| logical[[kk, m]]);
@@ -1712,7 +1731,7 @@ mod test {
         // The conv path: feed the writer in K-outer order (for each k, all mn).
         fn writer_bytes(&self) -> Vec<i8> {
             let logical = self.logical();
-            let packer = super::PackedI8K4::new(self.r);
+            let packer = self.packer();
             let total = packer.len(self.k, self.mn);
             assert_eq!(total, self.mn.div_ceil(self.r) * self.panel_len());
             let mut buf = vec![0i8; total];
@@ -1747,8 +1766,14 @@ mod test {
         type Strategy = BoxedStrategy<PackI8K4Problem>;
         fn arbitrary_with(_: ()) -> Self::Strategy {
             // r is the tile width used by the int8 kernels (SMOPA 32, SDOT 8, ...).
-            (any::<bool>(), prop::sample::select(vec![4usize, 8, 16, 32]), 1usize..40, 1usize..40)
-                .prop_map(|(is_a, r, k, mn)| PackI8K4Problem { k, mn, r, is_a })
+            (
+                any::<bool>(),
+                prop::sample::select(vec![4usize, 8, 16, 32]),
+                prop::sample::select(vec![4usize, 64]),
+                1usize..140,
+                1usize..40,
+            )
+                .prop_map(|(is_a, r, k_pad, k, mn)| PackI8K4Problem { k, mn, r, k_pad, is_a })
                 .boxed()
         }
     }
@@ -1761,7 +1786,18 @@ mod test {
     }
 
     fn k4(k: usize, mn: usize, r: usize, is_a: bool) -> PackI8K4Problem {
-        PackI8K4Problem { k, mn, r, is_a }
+        PackI8K4Problem { k, mn, r, k_pad: 4, is_a }
+    }
+
+    #[test]
+    fn i8k4_k_padded_to_amx_tile() {
+        // The AMX kernels read B 64 K at a time: each panel must hold whole 64-K blocks.
+        for k in [1, 27, 63, 64, 65, 147] {
+            for is_a in [false, true] {
+                PackI8K4Problem { k, mn: 33, r: 16, k_pad: 64, is_a }.check();
+                PackI8K4Problem { k, mn: 9, r: 8, k_pad: 64, is_a }.check();
+            }
+        }
     }
 
     #[test]

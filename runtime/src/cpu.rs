@@ -1,27 +1,30 @@
-//! How tract dispatches on this CPU, and the one correction we make to it.
+//! How tract dispatches on this CPU, and the corrections we make to it.
 //!
-//! tract 0.23.9 picks its int8 matrix kernel by instruction set. On an x86-64
-//! CPU with AVX2 but neither AVX-512 nor AVX-VNNI (AMD Zen 1–3, Intel cores
-//! from Haswell to Comet Lake) that is `avx2_mmm_i32_8x8`, whose
-//! inner loop reads each column of A with a legacy-SSE `movq` between 256-bit
-//! VEX instructions. Mixing the two encodings while the upper halves of the
-//! YMM registers are in use costs a state transition on every iteration: on
-//! the AMD EPYC host of the README it made the default int8 encoder take
-//! 9–10 ms a frame on a quiet machine (22–25 ms beside a build) against
-//! 0.24–0.5 ms for the float one, and a
-//! two-instruction loop reproduces it in C (277 ns a step with `movq`, 4.5 ns
-//! with `vmovq`; ARCHITECTURE.md, "int8 on AVX2-only x86-64").
+//! tract 0.23.9 picks its int8 matrix kernel by instruction set. Two tiers are
+//! steered away from by default, on the CPUs concerned only:
 //!
-//! tract's own knob `TRACT_CPU_ISA` edits the instruction set it dispatches
-//! on. With `-avx2` it takes the 128-bit `avx_mmm_i32_8x4` kernel instead,
-//! which is VEX throughout; the float matrix kernels (AVX + FMA) stay. The
-//! price is that tract's AVX2 sigmoid/tanh/exp routines fall back to its
-//! portable ones, so only processes that run int8 graphs take it.
-//! [`prepare`] installs that edit as a *deployment default*
-//! (`tract_core::knobs::set_config_global`), on affected CPUs only, before
-//! the first graph is loaded: the environment variable `TRACT_CPU_ISA`, when
-//! set, wins over it, so a user can always choose otherwise (an empty value
-//! keeps tract's own choice).
+//! - **AVX2 without AVX-512 or AVX-VNNI** (AMD Zen 1–3, Intel cores from Haswell
+//!   to Comet Lake): tract would run `avx2_mmm_i32_8x8`, whose inner loop reads
+//!   each column of A with a legacy-SSE `movq` between 256-bit VEX instructions.
+//!   Mixing the two encodings while the upper halves of the YMM registers are in
+//!   use costs a state transition on every iteration, which makes it many times
+//!   slower than it should be (figures and a C reproduction: docs/experiments.md,
+//!   "int8 on AVX2-only x86-64"). `-avx2` gives the 128-bit `avx_mmm_i32_8x4`
+//!   kernel instead, VEX throughout; the float kernels (AVX + FMA) stay. The
+//!   price is that tract's AVX2 sigmoid/tanh/exp fall back to portable ones, so
+//!   only processes that run int8 graphs take it.
+//! - **Intel AMX** (`amx-int8`, Sapphire Rapids and later): tract's AMX kernels
+//!   are correct with our patch (they read past the end of their B panels, a
+//!   SIGSEGV whenever a panel ended at a mapping's edge: runtime/vendor/PATCHES.md),
+//!   but on our encoders' products they are slower than the AVX-512 VNNI kernels
+//!   beside them (docs/BENCHMARKS.md): tile set-up does not pay for itself at
+//!   these sizes. `-amx-int8` keeps tract on AVX-512 VNNI.
+//!
+//! tract's own knob `TRACT_CPU_ISA` edits the instruction set it dispatches on.
+//! [`prepare`] installs the edit as a *deployment default*
+//! (`tract_core::knobs::set_config_global`), before the first graph is loaded:
+//! the environment variable `TRACT_CPU_ISA`, when set, wins over it, so a user
+//! can always choose otherwise (an empty value keeps tract's own choice).
 
 use std::sync::OnceLock;
 
@@ -32,6 +35,8 @@ pub struct X86Features {
     pub fma: bool,
     pub avx512f: bool,
     pub avxvnni: bool,
+    /// Intel AMX with int8 tiles (CPUID leaf 7: AMX-TILE and AMX-INT8).
+    pub amx_int8: bool,
 }
 
 impl X86Features {
@@ -44,6 +49,7 @@ impl X86Features {
                 fma: std::arch::is_x86_feature_detected!("fma"),
                 avx512f: std::arch::is_x86_feature_detected!("avx512f"),
                 avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
+                amx_int8: cpuid_amx_int8(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -56,6 +62,21 @@ impl X86Features {
     pub fn int8_needs_avx_kernel(&self) -> bool {
         self.avx2 && self.fma && !self.avx512f && !self.avxvnni
     }
+
+    /// True when tract would run int8 matrix products on its AMX kernels
+    /// (it also needs AVX-512 for their epilogue).
+    pub fn int8_would_use_amx(&self) -> bool {
+        self.amx_int8 && self.avx512f
+    }
+}
+
+/// CPUID leaf 7, sub-leaf 0, EDX bits 24 (AMX-TILE) and 25 (AMX-INT8): std's
+/// feature detection has no stable name for them.
+#[cfg(target_arch = "x86_64")]
+fn cpuid_amx_int8() -> bool {
+    // leaf 7 reads as zeros ("no AMX") on CPUs too old to have it
+    let r = std::arch::x86_64::__cpuid_count(7, 0);
+    r.edx & (3 << 24) == 3 << 24
 }
 
 /// What [`prepare`] did, for `signrt info` and `signrt bench`.
@@ -65,6 +86,8 @@ pub enum Dispatch {
     Default,
     /// `TRACT_CPU_ISA=-avx2` installed as the deployment default.
     AvoidAvx2Int8,
+    /// `TRACT_CPU_ISA=-amx-int8` installed as the deployment default.
+    AvoidAmxInt8,
     /// The user set `TRACT_CPU_ISA` (value kept): it is theirs.
     User(String),
     /// Another deployment config set the knob first (tract's message).
@@ -79,6 +102,10 @@ impl std::fmt::Display for Dispatch {
                 f,
                 "TRACT_CPU_ISA=-avx2 (AVX2 without AVX-512/AVX-VNNI: tract's AVX2 int8 kernel is avoided; set TRACT_CPU_ISA to choose otherwise)"
             ),
+            Dispatch::AvoidAmxInt8 => write!(
+                f,
+                "TRACT_CPU_ISA=-amx-int8 (Intel AMX: int8 runs on AVX-512 VNNI, faster than AMX on our encoders; set TRACT_CPU_ISA= to use AMX)"
+            ),
             Dispatch::User(v) => write!(f, "TRACT_CPU_ISA={v:?} from the environment"),
             Dispatch::Config(e) => write!(f, "TRACT_CPU_ISA left as a tract config set it ({e})"),
         }
@@ -92,6 +119,7 @@ pub fn decide(features: &X86Features, env: Option<&str>, int8: bool) -> Dispatch
     match env {
         Some(v) => Dispatch::User(v.to_string()),
         None if int8 && features.int8_needs_avx_kernel() => Dispatch::AvoidAvx2Int8,
+        None if int8 && features.int8_would_use_amx() => Dispatch::AvoidAmxInt8,
         None => Dispatch::Default,
     }
 }
@@ -107,8 +135,13 @@ pub fn prepare(int8: bool) -> &'static Dispatch {
     let d = DECIDED.get_or_init(|| {
         let env = std::env::var("TRACT_CPU_ISA").ok();
         let d = decide(&X86Features::detect(), env.as_deref(), int8);
-        let d = if d == Dispatch::AvoidAvx2Int8 {
-            match tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-avx2") {
+        let edit = match d {
+            Dispatch::AvoidAvx2Int8 => Some("-avx2"),
+            Dispatch::AvoidAmxInt8 => Some("-amx-int8"),
+            _ => None,
+        };
+        let d = if let Some(edit) = edit {
+            match tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", edit) {
                 Ok(()) => d,
                 Err(e) => {
                     log::warn!("cannot set tract's TRACT_CPU_ISA: {e:#}");
@@ -134,6 +167,17 @@ pub fn prepare(int8: bool) -> &'static Dispatch {
     d
 }
 
+/// tract's int8/float kernel tiers for this CPU as dispatched (after [`prepare`]'s
+/// edit), highest first, e.g. `avx512vnni-int8 > avx512 > fma > generic`.
+pub fn tract_tiers() -> String {
+    let isa = tract_linalg::isa::native();
+    tract_linalg::mmm_tiers::for_isa(&isa)
+        .iter()
+        .map(|t| t.name)
+        .collect::<Vec<_>>()
+        .join(" > ")
+}
+
 /// The decision [`prepare`] made, if it ran.
 pub fn decided() -> Option<&'static Dispatch> {
     DECIDED.get()
@@ -144,22 +188,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_avx2_without_avx512_or_avxvnni_is_steered() {
-        // every combination of the four features, against the rule written out
-        for bits in 0u8..16 {
+    fn only_avx2_without_avx512_or_avxvnni_and_amx_are_steered() {
+        // every combination of the five features, against the rules written out
+        for bits in 0u8..32 {
             let f = X86Features {
                 avx2: bits & 1 != 0,
                 fma: bits & 2 != 0,
                 avx512f: bits & 4 != 0,
                 avxvnni: bits & 8 != 0,
+                amx_int8: bits & 16 != 0,
             };
-            let zen2 = bits == 0b0011;
+            let zen2 = bits & 0b1111 == 0b0011;
+            let amx = bits & 16 != 0 && bits & 4 != 0;
             assert_eq!(f.int8_needs_avx_kernel(), zen2, "{f:?}");
+            assert_eq!(f.int8_would_use_amx(), amx, "{f:?}");
             for int8 in [false, true] {
-                let want = if zen2 && int8 {
-                    Dispatch::AvoidAvx2Int8
-                } else {
-                    Dispatch::Default
+                let want = match (int8, zen2, amx) {
+                    (true, true, _) => Dispatch::AvoidAvx2Int8,
+                    (true, false, true) => Dispatch::AvoidAmxInt8,
+                    _ => Dispatch::Default,
                 };
                 assert_eq!(decide(&f, None, int8), want, "{f:?} int8 {int8}");
                 // the user's setting always wins, even an empty one

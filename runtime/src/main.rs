@@ -453,6 +453,7 @@ fn info(dir: &std::path::Path) -> Result<()> {
         "dispatch    {}",
         signrt_runtime::cpu::prepare(b.manifest.int8_compute())
     );
+    println!("tiers       {}", signrt_runtime::cpu::tract_tiers());
     Ok(())
 }
 

@@ -16,8 +16,17 @@ fn prepare_reaches_tract_before_its_first_probe() {
             assert!(!has_avx2, "tract still dispatches on AVX2: {:?}", native());
         }
         Dispatch::Default => {
-            assert!(!f.int8_needs_avx_kernel());
+            assert!(!f.int8_needs_avx_kernel() && !f.int8_would_use_amx());
             assert_eq!(has_avx2, f.avx2, "{:?}", native());
+        }
+        Dispatch::AvoidAmxInt8 => {
+            assert!(f.int8_would_use_amx());
+            assert!(
+                !native().has(Isa::X86_64AmxInt8),
+                "tract still dispatches on AMX: {:?}",
+                native()
+            );
+            assert!(native().has(Isa::X86_64Avx512Vnni), "{:?}", native());
         }
         // the environment's TRACT_CPU_ISA is the user's: nothing to check
         Dispatch::User(_) | Dispatch::Config(_) => {}

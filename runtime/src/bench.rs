@@ -116,6 +116,7 @@ pub fn test_frame(w: usize, h: usize, seed: usize) -> Frame {
         width: w,
         height: h,
         rgb,
+        epoch: 0,
     }
 }
 

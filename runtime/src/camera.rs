@@ -147,6 +147,8 @@ mod device {
         height: usize,
         stride: usize,
         fps: Option<f32>,
+        /// Reconnections so far (the frames' epoch).
+        epoch: u64,
     }
 
     fn dev_err(path: &str, what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -166,6 +168,7 @@ mod device {
                 height: 0,
                 stride: 0,
                 fps: None,
+                epoch: 0,
             };
             me.connect()?;
             Ok(me)
@@ -299,12 +302,18 @@ mod device {
                     }),
                 };
                 match outcome {
-                    Ok(true) => return Ok(true),
+                    Ok(true) => {
+                        frame.epoch = self.epoch;
+                        return Ok(true);
+                    }
                     Ok(false) => continue,
                     Err(e) => {
-                        // unplugged or stalled: reconnect with backoff, then give up
+                        // unplugged or stalled: reconnect with backoff, then give up;
+                        // the frames after a reconnect start a new stream (its
+                        // format may differ)
                         log::warn!("{}: capture failed ({e}); reconnecting", self.cfg.path);
                         self.connect()?;
+                        self.epoch += 1;
                     }
                 }
             }

@@ -4,9 +4,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
 use signrt_runtime::memory::{self, CountingAlloc};
-use signrt_runtime::pipeline::{Pipeline, RunOptions, Settings};
+use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -138,10 +140,15 @@ fn default_bundle(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-fn open_source(src: &str, fps: f32, size: (u32, u32)) -> Result<Box<dyn FrameSource + Send>> {
+fn open_source(
+    src: &str,
+    fps: f32,
+    size: (u32, u32),
+    stop: &Arc<AtomicBool>,
+) -> Result<Box<dyn FrameSource + Send>> {
     if src == "-" {
         return Ok(Box::new(
-            Y4mSource::stdin().context("reading Y4M from stdin")?,
+            Y4mSource::stdin_stoppable(stop.clone()).context("reading Y4M from stdin")?,
         ));
     }
     if src.starts_with("/dev/video") {
@@ -215,7 +222,99 @@ struct RunArgs {
     reference: Option<String>,
 }
 
-fn run_cmd(a: RunArgs) -> Result<()> {
+/// Exit status of `signrt run` stopped by SIGINT / SIGTERM (the shell's 128 + signal).
+const EXIT_SIGINT: i32 = 130;
+const EXIT_SIGTERM: i32 = 143;
+
+/// SIGINT and SIGTERM end the run at the next frame, as if the stream had
+/// ended: the pending glosses and the summary are still printed. A second
+/// signal exits at once. Returns the flags telling which signal came.
+fn install_signal_handlers(stop: &Arc<AtomicBool>) -> Result<[Arc<AtomicBool>; 2]> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let got = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    for (sig, code, flag) in [
+        (SIGINT, EXIT_SIGINT, &got[0]),
+        (SIGTERM, EXIT_SIGTERM, &got[1]),
+    ] {
+        signal_hook::flag::register_conditional_shutdown(sig, code, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
+            .context("installing the signal handlers")?;
+    }
+    Ok(got)
+}
+
+/// Prints one event as it happens.
+fn print_event(format: Format, e: Event<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = match (format, e) {
+        (Format::Jsonl, Event::Gloss(g)) => {
+            let mut v = serde_json::to_value(g).unwrap_or_default();
+            v["type"] = "gloss".into();
+            writeln!(o, "{v}")
+        }
+        (Format::Jsonl, Event::Reset(r)) => {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["type"] = "reset".into();
+            writeln!(o, "{v}")
+        }
+        (Format::Text, Event::Gloss(g)) => writeln!(
+            o,
+            "{:>8.2}s  {:<16} {:.2}",
+            g.start_time, g.gloss, g.confidence
+        ),
+        (Format::Text, Event::Reset(r)) => writeln!(o, "{:>8.2}s  -- reset: {}", r.time, r.reason),
+    };
+    let _ = o.flush();
+}
+
+fn print_summary(format: Format, summary: &Summary, reference: Option<&str>) -> Result<()> {
+    match format {
+        Format::Jsonl => {
+            let mut v = serde_json::to_value(summary)?;
+            v["type"] = "summary".into();
+            if let Some(r) = reference {
+                v["reference"] = r.into();
+                v["wer"] = reference_wer(r, &summary.glosses).into();
+            }
+            println!("{v}");
+        }
+        Format::Text => {
+            println!("glosses:   {}", summary.glosses);
+            if let Some(r) = reference {
+                let wer = reference_wer(r, &summary.glosses);
+                println!("reference: {r}");
+                println!(
+                    "{}",
+                    if wer == 0.0 {
+                        "match: yes (WER 0%)".to_string()
+                    } else {
+                        format!("match: no (WER {:.1}%)", 100.0 * wer)
+                    }
+                );
+            }
+            println!(
+                "frames: {} processed, {} dropped, {:.1} fps; peak heap {}",
+                summary.frames_processed,
+                summary.frames_dropped,
+                summary.fps,
+                memory::mib(summary.peak_heap_bytes)
+            );
+            if summary.end != StreamEnd::Eof {
+                println!("ended:     {:?}", summary.end);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `signrt run`; returns the exit status (0: the stream ended; 1: it failed,
+/// after the summary of what came before; 130 / 143: SIGINT / SIGTERM).
+fn run_cmd(a: RunArgs) -> Result<i32> {
     let RunArgs {
         bundle,
         source,
@@ -243,76 +342,44 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         .map(|b| memory::parse_size(&b))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let mut src = open_source(source, fps, size)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = install_signal_handlers(&stop)?;
+    let exit_stopped = || {
+        if got[1].load(Ordering::Relaxed) {
+            EXIT_SIGTERM
+        } else {
+            EXIT_SIGINT
+        }
+    };
+    let mut src = match open_source(source, fps, size, &stop) {
+        Err(_) if stop.load(Ordering::Relaxed) => return Ok(exit_stopped()),
+        r => r?,
+    };
     let mut pipe = Pipeline::with_settings(
         &bundle,
         Settings {
             budget,
             beam,
             threads,
+            frame_size: src.size(),
         },
     )?;
     log::info!(
-        "bundle {} needs {} with {} encoder thread{}",
+        "bundle {} needs {} with {} encoder thread{} for {} frames",
         dir.display(),
         pipe.need.describe(),
         threads,
-        if threads == 1 { "" } else { "s" }
+        if threads == 1 { "" } else { "s" },
+        src.size()
+            .map_or("640x480".into(), |(w, h)| format!("{w}x{h}"))
     );
-    let out = std::io::stdout();
+    pipe.set_stop_handle(stop);
     let opts = RunOptions {
         fps,
         memory_budget: budget,
     };
-    let summary = pipe.run(src.as_mut(), &opts, |g| {
-        use std::io::Write;
-        let mut o = out.lock();
-        let _ = match format {
-            Format::Jsonl => {
-                let mut v = serde_json::to_value(g).unwrap_or_default();
-                v["type"] = "gloss".into();
-                writeln!(o, "{v}")
-            }
-            Format::Text => writeln!(
-                o,
-                "{:>8.2}s  {:<16} {:.2}",
-                g.start_time, g.gloss, g.confidence
-            ),
-        };
-    })?;
-    match format {
-        Format::Jsonl => {
-            let mut v = serde_json::to_value(&summary)?;
-            v["type"] = "summary".into();
-            if let Some(r) = &reference {
-                v["reference"] = r.as_str().into();
-                v["wer"] = reference_wer(r, &summary.glosses).into();
-            }
-            println!("{v}");
-        }
-        Format::Text => {
-            println!("glosses:   {}", summary.glosses);
-            if let Some(r) = &reference {
-                let wer = reference_wer(r, &summary.glosses);
-                println!("reference: {r}");
-                println!(
-                    "{}",
-                    if wer == 0.0 {
-                        "match: yes (WER 0%)".to_string()
-                    } else {
-                        format!("match: no (WER {:.1}%)", 100.0 * wer)
-                    }
-                );
-            }
-            println!(
-                "frames: {} processed, {} dropped, {:.1} fps; peak heap {}",
-                summary.frames_processed,
-                summary.frames_dropped,
-                summary.fps,
-                memory::mib(summary.peak_heap_bytes)
-            );
-        }
-    }
+    let summary = pipe.run_events(src.as_mut(), &opts, |e| print_event(format, e))?;
+    print_summary(format, &summary, reference.as_deref())?;
     if let (Some(b), Some(rss)) = (budget, summary.peak_rss_bytes) {
         if rss > b {
             log::warn!(
@@ -322,18 +389,31 @@ fn run_cmd(a: RunArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(match summary.end {
+        StreamEnd::Eof => 0,
+        StreamEnd::Stopped => exit_stopped(),
+        StreamEnd::SourceError | StreamEnd::Budget => {
+            eprintln!(
+                "error: {}",
+                summary.error.as_deref().unwrap_or("the stream ended early")
+            );
+            1
+        }
+    })
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(Cli::parse()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Run {
             bundle,
@@ -376,10 +456,10 @@ fn run(cli: Cli) -> Result<()> {
                 &camera,
                 json,
             )?;
-            match compare {
-                Some(other) => compare_cmd(bundle, &other, iters),
-                None => Ok(()),
+            if let Some(other) = compare {
+                compare_cmd(bundle, &other, iters)?;
             }
+            Ok(0)
         }
         Cmd::Info { bundle, ops } => {
             let dir = default_bundle(bundle)?;
@@ -394,7 +474,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("  {op:<28} {dts:<20} {name}");
                 }
             }
-            Ok(())
+            Ok(0)
         }
     }
 }

@@ -63,6 +63,14 @@ pub fn peak_rss() -> Option<usize> {
     Some(kb * 1024)
 }
 
+/// Resident set size of this process now in bytes (Linux `VmRSS`), if known.
+pub fn current_rss() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Parses sizes like `512M`, `1.5G`, `300MiB`, `2000000` (bytes).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();

@@ -15,12 +15,19 @@ use crate::source::{Frame, FrameSource, SourceError};
 use crate::stream::{Emitted, Model, Stream, StreamConfig, WindowReport};
 use crate::workers::EncoderPool;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Frames in flight between the capture thread and inference (+1 for heapless' spare slot).
 pub const QUEUE: usize = 4;
 /// The summary keeps the last this many glosses (a stream can be endless).
 pub const SUMMARY_GLOSSES: usize = 256;
+/// Version of the `--format jsonl` lines (docs/output-schema.md); raised when a
+/// field changes meaning or goes away, not when one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+/// With a memory budget, resident memory is read every this many frames.
+const BUDGET_CHECK_FRAMES: u64 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -71,9 +78,46 @@ pub struct GlossEvent {
     pub confidence: f32,
 }
 
+/// The source restarted (a camera reconnected): what came before was decoded to
+/// its end, and the stream starts afresh at `frame`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResetEvent {
+    /// Frames processed before the restart (the first frame of the new segment).
+    pub frame: u64,
+    pub time: f64,
+    pub reason: String,
+}
+
+/// What a run reports, in stream order.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    Gloss(&'a GlossEvent),
+    Reset(&'a ResetEvent),
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEnd {
+    /// The source ended.
+    Eof,
+    /// Stopped from outside (a signal: [`Pipeline::stop_handle`]).
+    Stopped,
+    /// The source failed and gave up (`error` says why).
+    SourceError,
+    /// Resident memory passed the memory budget (`error` says when).
+    Budget,
+}
+
 /// The final line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    pub end: StreamEnd,
+    /// Why the stream ended early, for `source_error` and `budget`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The recognised glosses (the last 256 of a longer stream), space-separated.
     pub glosses: String,
     /// How many glosses were emitted in all.
@@ -86,6 +130,8 @@ pub struct Summary {
     pub frames_processed: u64,
     pub frames_dropped: u64,
     pub windows: u64,
+    /// Times the source restarted (a reset event each).
+    pub resets: u64,
     /// Processed frames per second of wall time.
     pub fps: f64,
     pub peak_heap_bytes: usize,
@@ -111,6 +157,8 @@ pub struct Settings {
     /// Encoder threads, each running whole frames ([`crate::workers`]); 1 runs
     /// everything on the calling thread. The output does not depend on it.
     pub threads: usize,
+    /// The source's frame size, for the memory need (None: 640x480).
+    pub frame_size: Option<(usize, usize)>,
 }
 
 impl Default for Settings {
@@ -119,6 +167,7 @@ impl Default for Settings {
             budget: None,
             beam: 1,
             threads: 1,
+            frame_size: None,
         }
     }
 }
@@ -134,6 +183,10 @@ pub struct Pipeline {
     input: Vec<f32>,
     features: Vec<f32>,
     pub need: memory::MemoryNeed,
+    budget: Option<usize>,
+    stop: Arc<AtomicBool>,
+    /// Frames before the current segment (a source restart starts a new one).
+    offset: u64,
 }
 
 impl Pipeline {
@@ -154,7 +207,7 @@ impl Pipeline {
             Settings {
                 budget,
                 beam,
-                threads: 1,
+                ..Settings::default()
             },
         )
     }
@@ -165,6 +218,7 @@ impl Pipeline {
             budget,
             beam,
             threads,
+            frame_size,
         } = settings;
         let threads = threads.max(1);
         let heap0 = memory::heap_now();
@@ -191,6 +245,9 @@ impl Pipeline {
             input: vec![0.0; 3 * m.input.height * m.input.width],
             features: Vec::with_capacity(d),
             need: memory::MemoryNeed::default(),
+            budget,
+            stop: Arc::new(AtomicBool::new(false)),
+            offset: 0,
         };
         // warm-up: one encoder run and one full window, measuring the heap peak
         memory::reset_heap_peak();
@@ -207,13 +264,14 @@ impl Pipeline {
                 .map_err(PipelineError::Stream)?;
         }
         let serial = memory::heap_peak().saturating_sub(before);
-        // a VGA camera frame; larger sources grow the pool once
-        let frame_bytes = 640 * 480 * 3;
+        // the source's frames (a VGA camera's when not known)
+        let (fw, fh) = frame_size.unwrap_or((640, 480));
+        let frame_bytes = fw * fh * 3;
         // with encoder threads, each runs a frame while the window runs here,
         // and each has its slots (a copy of a camera frame, the input, the
         // features) and its own resampler
         let resampler_bytes = Resampler::new(
-            (640, 480),
+            (fw, fh),
             (me.model.encoder().width(), me.model.encoder().height()),
             me.mean,
             me.std,
@@ -241,10 +299,15 @@ impl Pipeline {
                     .sum::<usize>()
             },
             activations,
+            // the stream, the input tensor, the threads' slots, the frames in the
+            // capture queue and in hand, the source's own raw frame and read buffers,
+            // and the serial path's resampler
             buffers: me.stream.buffer_bytes()
                 + 4 * me.input.len()
                 + slots
-                + (QUEUE + 2) * frame_bytes,
+                + (QUEUE + 3) * frame_bytes
+                + (2 << 20)
+                + resampler_bytes,
             baseline: rss0.saturating_sub(heap0).max(4 << 20),
         };
         if let Some(b) = budget {
@@ -274,10 +337,10 @@ impl Pipeline {
                 .cloned()
                 .unwrap_or_else(|| format!("#{}", e.id)),
             id: e.id,
-            start_frame: e.start,
-            end_frame: e.end,
-            start_time: e.start as f64 / fps as f64,
-            end_time: (e.end + 1) as f64 / fps as f64,
+            start_frame: e.start + self.offset,
+            end_frame: e.end + self.offset,
+            start_time: (e.start + self.offset) as f64 / fps as f64,
+            end_time: (e.end + self.offset + 1) as f64 / fps as f64,
             confidence: e.confidence,
         }
     }
@@ -379,170 +442,300 @@ impl Pipeline {
     }
 
     /// Runs a whole source, calling `on_gloss` for each gloss as it is emitted.
+    /// A source that fails mid-stream is an error here (see [`Pipeline::run_events`]
+    /// for a run that keeps what was recognised before the failure).
     pub fn run(
         &mut self,
         source: &mut (dyn FrameSource + Send),
         opts: &RunOptions,
         mut on_gloss: impl FnMut(&GlossEvent),
     ) -> Result<Summary, PipelineError> {
+        let (summary, failed) = self.run_inner(source, opts, |e| {
+            if let Event::Gloss(g) = e {
+                on_gloss(g)
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(summary),
+        }
+    }
+
+    /// Runs a source until it ends, fails, or [`Pipeline::stop_handle`] is set,
+    /// calling `on_event` for each gloss and each reset in stream order. Whatever
+    /// ended the stream, the glosses still pending are flushed first; the summary
+    /// says how it ended (`end`, and `error` for a failed source). Errors of the
+    /// model itself are returned as errors.
+    pub fn run_events(
+        &mut self,
+        source: &mut (dyn FrameSource + Send),
+        opts: &RunOptions,
+        on_event: impl FnMut(Event<'_>),
+    ) -> Result<Summary, PipelineError> {
+        Ok(self.run_inner(source, opts, on_event)?.0)
+    }
+
+    /// A flag that ends a run at the next frame, as if the source had ended
+    /// (a signal handler sets it). It stays set: clear it to run again.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Uses `stop` as the stop flag (shared with a source that watches it too,
+    /// e.g. [`crate::source::Y4mSource::stdin_stoppable`]).
+    pub fn set_stop_handle(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
+    fn run_inner(
+        &mut self,
+        source: &mut (dyn FrameSource + Send),
+        opts: &RunOptions,
+        on_event: impl FnMut(Event<'_>),
+    ) -> Result<(Summary, Option<SourceError>), PipelineError> {
         let fps = source.fps().filter(|f| *f > 0.0).unwrap_or(opts.fps);
+        let mut out = Output::new(on_event, fps);
+        let budget = opts.memory_budget.or(self.budget);
         let encoder = self.model.encoder().clone();
         // the serial path's resizer, and the one each encoder thread copies
         let pre = FrameResizer::new((encoder.width(), encoder.height()), self.mean, self.std);
-        let mut resizer = pre.clone();
-        let mut emitted = Vec::new();
-        let mut recent: heapless::Deque<u32, SUMMARY_GLOSSES> = heapless::Deque::new();
-        let (mut count, mut conf_sum) = (0u64, 0f64);
-        let mut record = |ev: &GlossEvent| {
-            if recent.is_full() {
-                recent.pop_front();
-            }
-            let _ = recent.push_back(ev.id);
-            count += 1;
-            conf_sum += ev.confidence as f64;
+        let mut run = RunState {
+            resizer: pre.clone(),
+            emitted: Vec::new(),
+            last: None,
+            epoch: None,
+            budget,
         };
-        let mut last = None;
         let started = Instant::now();
-        let mut dropped = 0u64;
-        let mut processed = 0u64;
-        let mut handle = |me: &mut Self,
-                          pool: &mut Option<EncoderPool>,
-                          frame: &Frame,
-                          emitted: &mut Vec<Emitted>,
-                          last: &mut Option<WindowReport>|
-         -> Result<(), PipelineError> {
-            match pool {
-                Some(p) => me.step_parallel(p, frame, emitted, last),
-                None => me.step(&mut resizer, frame, emitted, last),
-            }
-        };
         let feature_len = self.model.feature_len();
         let threads = self.threads;
-        std::thread::scope(|scope| -> Result<(), PipelineError> {
+        let ended = std::thread::scope(|scope| -> Result<Ended, PipelineError> {
             let mut pool = (threads > 1)
                 .then(|| EncoderPool::spawn(scope, &encoder, &pre, threads, feature_len));
-            if source.is_live() {
-                let mut queue: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
-                let mut fpool: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
-                let (mut tx, mut rx) = queue.split();
-                let (mut ptx, mut prx) = fpool.split();
-                for _ in 0..QUEUE - 1 {
-                    let _ = ptx.enqueue(Frame::default());
-                }
-                let consumer = std::thread::current();
-                let done = std::sync::atomic::AtomicBool::new(false);
-                let capture_result: Result<(u64, u64), SourceError> = std::thread::scope(|s| {
-                    let cap = s.spawn(|| {
-                        let mut spare = Frame::default();
-                        let (mut n, mut drops) = (0u64, 0u64);
-                        let r = loop {
-                            if done.load(std::sync::atomic::Ordering::Relaxed) {
-                                break Ok(());
-                            }
-                            let mut f = prx.dequeue().unwrap_or_else(|| std::mem::take(&mut spare));
-                            match source.next_frame(&mut f) {
-                                Ok(true) => {
-                                    n += 1;
-                                    if let Err(f) = tx.enqueue(f) {
-                                        drops += 1;
-                                        spare = f;
-                                    }
-                                    consumer.unpark();
-                                }
-                                Ok(false) => break Ok(()),
-                                Err(e) => break Err(e),
-                            }
-                        };
-                        done.store(true, std::sync::atomic::Ordering::Relaxed);
-                        consumer.unpark();
-                        r.map(|_| (n, drops))
-                    });
-                    let mut err = None;
-                    loop {
-                        match rx.dequeue() {
-                            Some(f) => {
-                                if err.is_none() {
-                                    if let Err(e) =
-                                        handle(self, &mut pool, &f, &mut emitted, &mut last)
-                                    {
-                                        err = Some(e);
-                                        done.store(true, std::sync::atomic::Ordering::Relaxed);
-                                    }
-                                    processed += 1;
-                                    for e in emitted.drain(..) {
-                                        let ev = self.gloss(&e, fps);
-                                        on_gloss(&ev);
-                                        record(&ev);
-                                    }
-                                }
-                                let _ = ptx.enqueue(f);
-                            }
-                            None if done.load(std::sync::atomic::Ordering::Relaxed) => break,
-                            None => {
-                                // no camera frame waiting: put what the encoder
-                                // threads have finished into the stream now
-                                if let (None, Some(p)) = (&err, pool.as_mut()) {
-                                    if let Err(e) =
-                                        self.push_finished(p, false, &mut emitted, &mut last)
-                                    {
-                                        err = Some(e);
-                                        done.store(true, std::sync::atomic::Ordering::Relaxed);
-                                    }
-                                    for e in emitted.drain(..) {
-                                        let ev = self.gloss(&e, fps);
-                                        on_gloss(&ev);
-                                        record(&ev);
-                                    }
-                                }
-                                std::thread::park_timeout(std::time::Duration::from_millis(5))
-                            }
-                        }
-                    }
-                    let r = cap.join().unwrap_or(Ok((0, 0)));
-                    if let Some(e) = err {
-                        return Err(SourceError::Device(e.to_string()));
-                    }
-                    r
-                });
-                let (_, drops) = capture_result?;
-                dropped = drops;
+            let ended = if source.is_live() {
+                self.run_live(source, &mut pool, &mut run, &mut out)?
             } else {
-                let mut frame = Frame::default();
-                while source.next_frame(&mut frame)? {
-                    handle(self, &mut pool, &frame, &mut emitted, &mut last)?;
-                    processed += 1;
-                    for e in emitted.drain(..) {
-                        let ev = self.gloss(&e, fps);
-                        on_gloss(&ev);
-                        record(&ev);
-                    }
-                }
-            }
+                self.run_serial(source, &mut pool, &mut run, &mut out)?
+            };
             if let Some(p) = &mut pool {
-                self.push_finished(p, true, &mut emitted, &mut last)?;
+                self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
             }
-            Ok(())
+            Ok(ended)
         })?;
         if let Some(rep) = self
             .stream
-            .flush(&mut self.model, &mut emitted)
+            .flush(&mut self.model, &mut run.emitted)
             .map_err(PipelineError::Stream)?
         {
-            last = Some(rep);
+            run.last = Some(rep);
         }
-        for e in emitted.drain(..) {
-            let ev = self.gloss(&e, fps);
-            on_gloss(&ev);
-            record(&ev);
+        out.glosses(self, &mut run.emitted);
+        let summary = self.summary(&out, &run, &ended, started.elapsed().as_secs_f64());
+        Ok((summary, ended.failed))
+    }
+
+    /// A file or pipe: every frame, in order, on this thread.
+    fn run_serial<F: FnMut(Event<'_>)>(
+        &mut self,
+        source: &mut (dyn FrameSource + Send),
+        pool: &mut Option<EncoderPool>,
+        run: &mut RunState,
+        out: &mut Output<F>,
+    ) -> Result<Ended, PipelineError> {
+        let mut frame = Frame::default();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(Ended::new(StreamEnd::Stopped, 0));
+            }
+            match source.next_frame(&mut frame) {
+                Ok(true) => {}
+                // a source that ends or fails once a stop is requested (a pipe
+                // whose writer got the same signal) was stopped
+                Ok(false) | Err(_) if self.stop.load(Ordering::Relaxed) => {
+                    return Ok(Ended::new(StreamEnd::Stopped, 0))
+                }
+                Ok(false) => return Ok(Ended::new(StreamEnd::Eof, 0)),
+                Err(e) => return Ok(Ended::failed(e, 0)),
+            }
+            if let Some(e) = self.consume(pool, &frame, run, out)? {
+                return Ok(e);
+            }
         }
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        let last = last.unwrap_or_default();
-        let confidence = if count == 0 {
+    }
+
+    /// A camera: frames are captured on their own thread and dropped (counted)
+    /// while inference is behind, never queued without bound.
+    fn run_live<F: FnMut(Event<'_>)>(
+        &mut self,
+        source: &mut (dyn FrameSource + Send),
+        pool: &mut Option<EncoderPool>,
+        run: &mut RunState,
+        out: &mut Output<F>,
+    ) -> Result<Ended, PipelineError> {
+        let mut queue: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
+        let mut fpool: heapless::spsc::Queue<Frame, QUEUE> = heapless::spsc::Queue::new();
+        let (mut tx, mut rx) = queue.split();
+        let (mut ptx, mut prx) = fpool.split();
+        for _ in 0..QUEUE - 1 {
+            let _ = ptx.enqueue(Frame::default());
+        }
+        let consumer = std::thread::current();
+        let done = AtomicBool::new(false);
+        let stop = self.stop.clone();
+        std::thread::scope(|s| {
+            let cap = s.spawn(|| {
+                let mut spare = Frame::default();
+                let mut drops = 0u64;
+                let end = loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break Ended::new(StreamEnd::Stopped, drops);
+                    }
+                    if done.load(Ordering::Relaxed) {
+                        break Ended::new(StreamEnd::Eof, drops);
+                    }
+                    let mut f = prx.dequeue().unwrap_or_else(|| std::mem::take(&mut spare));
+                    match source.next_frame(&mut f) {
+                        Ok(true) => {
+                            if let Err(f) = tx.enqueue(f) {
+                                drops += 1;
+                                spare = f;
+                            }
+                            consumer.unpark();
+                        }
+                        Ok(false) | Err(_) if stop.load(Ordering::Relaxed) => {
+                            break Ended::new(StreamEnd::Stopped, drops)
+                        }
+                        Ok(false) => break Ended::new(StreamEnd::Eof, drops),
+                        Err(e) => break Ended::failed(e, drops),
+                    }
+                };
+                done.store(true, Ordering::Relaxed);
+                consumer.unpark();
+                end
+            });
+            let mut result = Ok(None);
+            loop {
+                match rx.dequeue() {
+                    Some(f) => {
+                        if matches!(result, Ok(None)) {
+                            result = self.consume(pool, &f, run, out);
+                            if !matches!(result, Ok(None)) {
+                                done.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        let _ = ptx.enqueue(f);
+                    }
+                    None if done.load(Ordering::Relaxed) => break,
+                    None => {
+                        // no camera frame waiting: put what the encoder threads
+                        // have finished into the stream now
+                        if let (Ok(None), Some(p)) = (&result, pool.as_mut()) {
+                            result = self
+                                .push_finished(p, false, &mut run.emitted, &mut run.last)
+                                .map(|()| None);
+                            out.glosses(self, &mut run.emitted);
+                        }
+                        std::thread::park_timeout(std::time::Duration::from_millis(5))
+                    }
+                }
+            }
+            let captured = cap.join().unwrap_or_else(|_| {
+                Ended::failed(SourceError::Device("capture thread panicked".into()), 0)
+            });
+            match result? {
+                // a budget stop decided here; the drops are the capture thread's
+                Some(mut e) => {
+                    e.dropped = captured.dropped;
+                    Ok(e)
+                }
+                None => Ok(captured),
+            }
+        })
+    }
+
+    /// One frame from the source: a new segment if the source restarted, then
+    /// preprocess, encode, push, and emit. `Some` ends the stream (the budget).
+    fn consume<F: FnMut(Event<'_>)>(
+        &mut self,
+        pool: &mut Option<EncoderPool>,
+        frame: &Frame,
+        run: &mut RunState,
+        out: &mut Output<F>,
+    ) -> Result<Option<Ended>, PipelineError> {
+        match run.epoch {
+            Some(e) if e != frame.epoch => self.new_segment(pool, frame, run, out)?,
+            _ => {}
+        }
+        run.epoch = Some(frame.epoch);
+        match pool {
+            Some(p) => self.step_parallel(p, frame, &mut run.emitted, &mut run.last)?,
+            None => self.step(&mut run.resizer, frame, &mut run.emitted, &mut run.last)?,
+        }
+        out.processed += 1;
+        out.glosses(self, &mut run.emitted);
+        if let Some(b) = run.budget {
+            if out.processed % BUDGET_CHECK_FRAMES == 0 {
+                if let Some(rss) = memory::current_rss().filter(|&r| r > b) {
+                    return Ok(Some(Ended {
+                        end: StreamEnd::Budget,
+                        error: Some(format!(
+                            "resident memory {} passed the memory budget {} at frame {}; the stream was stopped",
+                            memory::mib(rss),
+                            memory::mib(b),
+                            out.processed
+                        )),
+                        failed: None,
+                        dropped: 0,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The source restarted (a camera reconnected, perhaps with another
+    /// format): the frames before it are decoded to the end as a stream of
+    /// their own, then the recurrent state and the ring start afresh.
+    fn new_segment<F: FnMut(Event<'_>)>(
+        &mut self,
+        pool: &mut Option<EncoderPool>,
+        frame: &Frame,
+        run: &mut RunState,
+        out: &mut Output<F>,
+    ) -> Result<(), PipelineError> {
+        if let Some(p) = pool {
+            self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
+        }
+        if let Some(rep) = self
+            .stream
+            .flush(&mut self.model, &mut run.emitted)
+            .map_err(PipelineError::Stream)?
+        {
+            run.last = Some(rep);
+        }
+        out.glosses(self, &mut run.emitted);
+        self.stream.reset();
+        self.offset = out.processed;
+        out.reset(&ResetEvent {
+            frame: out.processed,
+            time: out.processed as f64 / out.fps as f64,
+            reason: format!(
+                "the source restarted ({}x{} frames): the stream starts afresh",
+                frame.width, frame.height
+            ),
+        });
+        Ok(())
+    }
+
+    fn summary<F>(&self, out: &Output<F>, run: &RunState, ended: &Ended, secs: f64) -> Summary {
+        let last = run.last.clone().unwrap_or_default();
+        let confidence = if out.count == 0 {
             0.0
         } else {
-            (conf_sum / count as f64) as f32
+            (out.conf_sum / out.count as f64) as f32
         };
-        let glosses = recent
+        let glosses = out
+            .recent
             .iter()
             .map(|&id| {
                 self.vocab
@@ -552,18 +745,350 @@ impl Pipeline {
             })
             .collect::<Vec<_>>()
             .join(" ");
-        Ok(Summary {
+        Summary {
+            schema_version: SCHEMA_VERSION,
+            end: ended.end,
+            error: ended.error.clone(),
             glosses,
-            gloss_count: count,
+            gloss_count: out.count,
             confidence,
-            keyframe_indices: last.keyframes,
+            keyframe_indices: last.keyframes.iter().map(|k| k + self.offset).collect(),
             frame_scores: last.scores,
-            frames_processed: processed,
-            frames_dropped: dropped,
+            frames_processed: out.processed,
+            frames_dropped: ended.dropped,
             windows: self.stream.windows_run,
-            fps: processed as f64 / secs,
+            resets: out.resets,
+            fps: out.processed as f64 / secs.max(1e-9),
             peak_heap_bytes: memory::heap_peak(),
             peak_rss_bytes: memory::peak_rss(),
-        })
+        }
+    }
+}
+
+/// A run's working state outside the pipeline.
+struct RunState {
+    resizer: FrameResizer,
+    emitted: Vec<Emitted>,
+    last: Option<WindowReport>,
+    /// The epoch of the frames seen so far (None before the first).
+    epoch: Option<u64>,
+    budget: Option<usize>,
+}
+
+/// How the frames stopped coming.
+struct Ended {
+    end: StreamEnd,
+    error: Option<String>,
+    failed: Option<SourceError>,
+    dropped: u64,
+}
+
+impl Ended {
+    fn new(end: StreamEnd, dropped: u64) -> Self {
+        Self {
+            end,
+            error: None,
+            failed: None,
+            dropped,
+        }
+    }
+
+    fn failed(e: SourceError, dropped: u64) -> Self {
+        Self {
+            end: StreamEnd::SourceError,
+            error: Some(e.to_string()),
+            failed: Some(e),
+            dropped,
+        }
+    }
+}
+
+/// Hands events to the caller and keeps what the summary needs.
+struct Output<F> {
+    on_event: F,
+    fps: f32,
+    recent: heapless::Deque<u32, SUMMARY_GLOSSES>,
+    count: u64,
+    conf_sum: f64,
+    processed: u64,
+    resets: u64,
+}
+
+impl<F: FnMut(Event<'_>)> Output<F> {
+    fn new(on_event: F, fps: f32) -> Self {
+        Self {
+            on_event,
+            fps,
+            recent: heapless::Deque::new(),
+            count: 0,
+            conf_sum: 0.0,
+            processed: 0,
+            resets: 0,
+        }
+    }
+
+    /// Emits (and drains) the glosses the stream produced.
+    fn glosses(&mut self, pipe: &Pipeline, emitted: &mut Vec<Emitted>) {
+        for e in emitted.drain(..) {
+            let ev = pipe.gloss(&e, self.fps);
+            (self.on_event)(Event::Gloss(&ev));
+            if self.recent.is_full() {
+                self.recent.pop_front();
+            }
+            let _ = self.recent.push_back(ev.id);
+            self.count += 1;
+            self.conf_sum += ev.confidence as f64;
+        }
+    }
+
+    fn reset(&mut self, ev: &ResetEvent) {
+        self.resets += 1;
+        (self.on_event)(Event::Reset(ev));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Camera faults through a fault-injecting source: what a run reports when
+    //! the source fails, stalls, or restarts with another format, against runs
+    //! over the same frames without the fault (the oracle).
+    use super::*;
+    use crate::source::SourceError;
+    use crate::toy::{write_toy_bundle, ToySpec};
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    /// One step of a scripted source.
+    #[derive(Clone)]
+    enum Step {
+        /// Frames of this size; their content follows the frame count.
+        Frames(usize, (usize, usize)),
+        Stall(Duration),
+        /// The device went away and came back (perhaps with another format).
+        Reconnect,
+        Fail(&'static str),
+    }
+
+    struct FaultSource {
+        steps: VecDeque<Step>,
+        live: bool,
+        made: usize,
+        epoch: u64,
+    }
+
+    impl FaultSource {
+        fn new(steps: &[Step], live: bool) -> Self {
+            Self {
+                steps: steps.iter().cloned().collect(),
+                live,
+                made: 0,
+                epoch: 0,
+            }
+        }
+    }
+
+    fn fill(frame: &mut Frame, (w, h): (usize, usize), i: usize) {
+        frame.width = w;
+        frame.height = h;
+        frame.rgb.clear();
+        for y in 0..h {
+            for x in 0..w {
+                let seg = (i / 7) as u8;
+                let g = ((x * 7 + y * 3 + i) % 32) as u8;
+                frame.rgb.extend_from_slice(&[
+                    seg.wrapping_mul(97).wrapping_add(g),
+                    seg.wrapping_mul(53).wrapping_add(g / 2),
+                    seg.wrapping_mul(151).wrapping_add(31 - g),
+                ]);
+            }
+        }
+    }
+
+    impl FrameSource for FaultSource {
+        fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, SourceError> {
+            loop {
+                match self.steps.front_mut() {
+                    None => return Ok(false),
+                    Some(Step::Frames(0, _)) => {}
+                    Some(Step::Frames(n, size)) => {
+                        *n -= 1;
+                        let size = *size;
+                        fill(frame, size, self.made);
+                        frame.epoch = self.epoch;
+                        self.made += 1;
+                        if self.live {
+                            // a camera's pace, so that inference keeps up and drops nothing
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        return Ok(true);
+                    }
+                    Some(Step::Stall(d)) => std::thread::sleep(*d),
+                    Some(Step::Reconnect) => self.epoch += 1,
+                    Some(Step::Fail(m)) => return Err(SourceError::Device(m.to_string())),
+                }
+                self.steps.pop_front();
+            }
+        }
+        fn size(&self) -> Option<(usize, usize)> {
+            None
+        }
+        fn fps(&self) -> Option<f32> {
+            Some(25.0)
+        }
+        fn is_live(&self) -> bool {
+            self.live
+        }
+        fn name(&self) -> String {
+            "faults".into()
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Gloss(GlossEvent),
+        Reset(u64),
+    }
+
+    fn toy() -> (tempfile::TempDir, Bundle) {
+        let d = tempfile::tempdir().unwrap();
+        write_toy_bundle(d.path(), ToySpec::default()).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        (d, b)
+    }
+
+    fn pipeline(b: &Bundle, threads: usize) -> Pipeline {
+        let s = Settings {
+            threads,
+            beam: 3,
+            ..Settings::default()
+        };
+        Pipeline::with_settings(b, s).unwrap()
+    }
+
+    fn run(b: &Bundle, threads: usize, src: &mut FaultSource) -> (Vec<Ev>, Summary) {
+        let opts = RunOptions {
+            fps: 25.0,
+            memory_budget: None,
+        };
+        let mut evs = Vec::new();
+        let s = pipeline(b, threads)
+            .run_events(src, &opts, |e| {
+                evs.push(match e {
+                    Event::Gloss(g) => Ev::Gloss(g.clone()),
+                    Event::Reset(r) => Ev::Reset(r.frame),
+                })
+            })
+            .unwrap();
+        (evs, s)
+    }
+
+    /// Moves a run's events `by` frames later (the oracle of a later segment).
+    fn shifted(evs: Vec<Ev>, by: u64) -> Vec<Ev> {
+        evs.into_iter()
+            .map(|e| match e {
+                Ev::Gloss(mut g) => {
+                    g.start_frame += by;
+                    g.end_frame += by;
+                    g.start_time = g.start_frame as f64 / 25.0;
+                    g.end_time = (g.end_frame + 1) as f64 / 25.0;
+                    Ev::Gloss(g)
+                }
+                r => r,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_source_that_gives_up_still_flushes_its_glosses_and_summary() {
+        let (_d, b) = toy();
+        for (live, threads) in [(false, 1), (false, 2), (true, 1), (true, 2)] {
+            let frames = Step::Frames(45, (20, 24));
+            let (want, clean) = run(&b, threads, &mut FaultSource::new(&[frames.clone()], live));
+            assert!(!want.is_empty(), "the oracle run recognised nothing");
+            let fail = Step::Fail("unplugged");
+            let (got, s) = run(&b, threads, &mut FaultSource::new(&[frames, fail], live));
+            let what = format!("live {live}, {threads} threads");
+            assert_eq!(s.end, StreamEnd::SourceError, "{what}");
+            assert!(s.error.as_deref().unwrap().contains("unplugged"), "{what}");
+            assert_eq!(clean.end, StreamEnd::Eof, "{what}");
+            if s.frames_dropped == 0 && clean.frames_dropped == 0 {
+                assert_eq!(got, want, "{what}");
+                assert_eq!(s.glosses, clean.glosses, "{what}");
+            }
+            assert_eq!(s.gloss_count as usize, got.len(), "{what}");
+        }
+        // and `run` (the plain API) reports the failure as an error
+        let mut p = pipeline(&b, 1);
+        let opts = RunOptions {
+            fps: 25.0,
+            memory_budget: None,
+        };
+        let steps = [Step::Frames(5, (20, 24)), Step::Fail("unplugged")];
+        let e = p.run(&mut FaultSource::new(&steps, false), &opts, |_| {});
+        assert!(e.unwrap_err().to_string().contains("unplugged"));
+    }
+
+    #[test]
+    fn a_reconnect_resets_the_stream_and_says_so() {
+        let (_d, b) = toy();
+        for (live, threads) in [(false, 1), (false, 2), (true, 2)] {
+            let a = Step::Frames(40, (20, 24));
+            let c = Step::Frames(37, (32, 16));
+            // the oracle: each segment as a stream of its own, the second made by
+            // a source that has already made 40 frames (the same content)
+            let (first, _) = run(&b, threads, &mut FaultSource::new(&[a.clone()], live));
+            let mut second_src = FaultSource::new(&[c.clone()], live);
+            second_src.made = 40;
+            let (second, _) = run(&b, threads, &mut second_src);
+            assert!(
+                !first.is_empty() && !second.is_empty(),
+                "the oracle runs recognised nothing"
+            );
+            let mut want = first;
+            want.push(Ev::Reset(40));
+            want.extend(shifted(second, 40));
+            let steps = [
+                a,
+                Step::Stall(Duration::from_millis(30)),
+                Step::Reconnect,
+                c,
+            ];
+            let (got, s) = run(&b, threads, &mut FaultSource::new(&steps, live));
+            let what = format!("live {live}, {threads} threads");
+            assert_eq!(s.resets, 1, "{what}");
+            assert_eq!(s.end, StreamEnd::Eof, "{what}");
+            if s.frames_dropped == 0 {
+                assert_eq!(got, want, "{what}");
+            } else {
+                assert!(got.iter().any(|e| matches!(e, Ev::Reset(_))), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_stop_handle_ends_the_run_with_the_glosses_so_far() {
+        let (_d, b) = toy();
+        for threads in [1, 2] {
+            let mut p = pipeline(&b, threads);
+            let stop = p.stop_handle();
+            let opts = RunOptions {
+                fps: 25.0,
+                memory_budget: None,
+            };
+            let mut glosses = 0;
+            let steps = [Step::Frames(400, (20, 24))];
+            let s = p
+                .run_events(&mut FaultSource::new(&steps, false), &opts, |e| {
+                    if let Event::Gloss(_) = e {
+                        glosses += 1;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                })
+                .unwrap();
+            assert_eq!(s.end, StreamEnd::Stopped);
+            assert!(s.frames_processed < 400, "{}", s.frames_processed);
+            assert_eq!(s.gloss_count, glosses);
+            assert!(glosses >= 1);
+        }
     }
 }

@@ -5,8 +5,12 @@
 
 use crate::natural::natural_cmp;
 use crate::y4m::{Y4mError, Y4mReader};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -41,6 +45,9 @@ pub struct Frame {
     pub width: usize,
     pub height: usize,
     pub rgb: Vec<u8>,
+    /// The source's restart count when it made this frame: a frame whose epoch
+    /// differs from the one before starts a new stream (a camera reconnected).
+    pub epoch: u64,
 }
 
 /// A source of frames of one fixed size.
@@ -216,6 +223,17 @@ impl Y4mSource {
         })
     }
 
+    /// Y4M on stdin, read on a thread of its own ([`StoppableReader`]), so that
+    /// setting `stop` ends the stream even while the writer is silent.
+    pub fn stdin_stoppable(stop: Arc<AtomicBool>) -> Result<Self, SourceError> {
+        let r = StoppableReader::spawn(std::io::stdin(), stop);
+        let r: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::with_capacity(1 << 20, r));
+        Ok(Self {
+            reader: Y4mReader::new(r, "stdin")?,
+            name: "stdin".into(),
+        })
+    }
+
     pub fn from_reader(r: Box<dyn BufRead + Send>, name: &str) -> Result<Self, SourceError> {
         Ok(Self {
             reader: Y4mReader::new(r, name)?,
@@ -243,6 +261,107 @@ impl FrameSource for Y4mSource {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+}
+
+/// Bytes a [`StoppableReader`] reads at a time, and chunks in flight.
+const CHUNK: usize = 1 << 16;
+const CHUNKS: usize = 4;
+
+/// A reader over another reader (a pipe) that runs on its own thread, so that
+/// a stop request is seen even while the writer is silent: `read` waits for
+/// data a little at a time and between waits checks `stop`, and once it is set
+/// fails with [`StoppableReader::STOPPED`]. The thread is left blocked in its
+/// read when the stream stops (it ends with the process). Chunks are recycled:
+/// steady reading allocates nothing.
+pub struct StoppableReader {
+    rx: Receiver<std::io::Result<Vec<u8>>>,
+    free: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    stop: Arc<AtomicBool>,
+}
+
+impl StoppableReader {
+    /// The message of the error `read` returns once stopped.
+    pub const STOPPED: &'static str = "stopped";
+
+    pub fn spawn<R: Read + Send + 'static>(mut inner: R, stop: Arc<AtomicBool>) -> Self {
+        let (tx, rx) = sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS);
+        // every chunk is made here, once: the reader waits for a free one
+        let (free, free_rx) = sync_channel::<Vec<u8>>(CHUNKS + 2);
+        for _ in 0..CHUNKS + 2 {
+            let _ = free.try_send(vec![0u8; CHUNK]);
+        }
+        let reader = move || {
+            while let Ok(mut chunk) = free_rx.recv() {
+                chunk.resize(CHUNK, 0);
+                let read = loop {
+                    match inner.read(&mut chunk) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => break r,
+                    }
+                };
+                let more = match read {
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        tx.send(Ok(chunk)).is_ok() && n > 0
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        false
+                    }
+                };
+                if !more {
+                    break;
+                }
+            }
+        };
+        // a failed spawn leaves `rx` disconnected: read() then reports it
+        let _ = std::thread::Builder::new()
+            .name("signrt-read".into())
+            .spawn(reader);
+        Self {
+            rx,
+            free,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+            stop,
+        }
+    }
+}
+
+impl Read for StoppableReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other(Self::STOPPED));
+            }
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(c)) => {
+                    self.eof = c.is_empty();
+                    let old = std::mem::replace(&mut self.buf, c);
+                    if old.capacity() > 0 {
+                        let _ = self.free.try_send(old);
+                    }
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(std::io::Error::other("the reading thread ended"))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -257,6 +257,14 @@ impl Stream {
             + self.log_probs.capacity())
     }
 
+    /// Starts afresh, as [`Stream::new`] left it (the buffers are made anew: a
+    /// restart is rare); only the count of windows run goes on.
+    pub fn reset(&mut self) {
+        let windows = self.windows_run;
+        *self = Self::new(self.cfg, self.d, self.v, self.scorer_state.len());
+        self.windows_run = windows;
+    }
+
     pub fn frames_seen(&self) -> u64 {
         self.seen
     }

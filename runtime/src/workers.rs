@@ -263,6 +263,7 @@ mod tests {
                     width: w,
                     height: h,
                     rgb,
+                    epoch: 0,
                 }
             })
             .collect()

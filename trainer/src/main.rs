@@ -130,8 +130,9 @@ fn set_threads(n: usize, replicas: usize) -> usize {
     let replicas = replicas.clamp(1, total);
     if n > 0 || replicas > 1 {
         // candle's CPU kernels and rayon read this before their pools start;
-        // it is also each replica's pool size. A kernel asking gemm for more
-        // threads than its replica's pool has cost half as much CPU again.
+        // it is also each replica's pool size. A kernel that asks gemm for
+        // more threads than its replica's pool has burns CPU time for nothing
+        // (docs/experiments.md, "Data-parallel replicas").
         let per = (total / replicas).max(1);
         std::env::set_var("RAYON_NUM_THREADS", per.to_string());
     }
@@ -295,11 +296,7 @@ fn samples_cmd(
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut refs = String::new();
     for s in chosen {
-        let mut frame = Frame {
-            width: 0,
-            height: 0,
-            rgb: Vec::new(),
-        };
+        let mut frame = Frame::default();
         let mut w: Option<signrt_runtime::y4m::Y4mWriter<Vec<u8>>> = None;
         for p in &s.frames {
             decode_rgb(p, &mut frame)?;

@@ -337,11 +337,7 @@ fn samples_writes_y4m_clips_with_references() {
     let mut r = signrt_runtime::y4m::Y4mReader::new(std::io::BufReader::new(f), "clip").unwrap();
     let (mut rgb, mut frame) = (
         Vec::new(),
-        signrt_runtime::source::Frame {
-            width: 0,
-            height: 0,
-            rgb: Vec::new(),
-        },
+        signrt_runtime::source::Frame::default(),
     );
     let mut n = 0;
     while r.next_rgb(&mut rgb).unwrap() {

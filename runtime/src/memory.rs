@@ -108,7 +108,9 @@ pub struct MemoryNeed {
     pub activations: usize,
     /// Frame pool, preprocessed input, feature ring and window buffers.
     pub buffers: usize,
-    /// Process baseline: code, the allocator, thread stacks (measured, fixed).
+    /// Process baseline: what was resident after loading and a warm-up (code,
+    /// libraries, memory the allocator kept) less the weights and activations,
+    /// plus each encoder thread's stack and allocator arena.
     pub baseline: usize,
 }
 

@@ -26,6 +26,9 @@ pub const SUMMARY_GLOSSES: usize = 256;
 /// Version of the `--format jsonl` lines (docs/output-schema.md); raised when a
 /// field changes meaning or goes away, not when one is added.
 pub const SCHEMA_VERSION: u32 = 1;
+/// Resident memory an encoder thread adds beyond what it allocates: its stack
+/// and the allocator's arena for it.
+const THREAD_OVERHEAD: usize = 4 << 20;
 /// With a memory budget, resident memory is read every this many frames.
 const BUDGET_CHECK_FRAMES: u64 = 32;
 
@@ -37,9 +40,11 @@ pub enum PipelineError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Stream(String),
-    #[error("the pipeline needs {need}, more than the memory budget of {budget}; raise --memory-budget or use a smaller (e.g. int8) bundle{hint}")]
+    #[error("the pipeline needs {need} for {frames} frames, more than the memory budget of {budget}; raise --memory-budget, or use a smaller (e.g. int8) bundle or camera size{hint}")]
     Budget {
         need: String,
+        /// The source's frame size, WxH.
+        frames: String,
         budget: String,
         /// Extra advice (fewer threads) when it applies.
         hint: String,
@@ -264,6 +269,9 @@ impl Pipeline {
                 .map_err(PipelineError::Stream)?;
         }
         let serial = memory::heap_peak().saturating_sub(before);
+        // everything resident so far: code, the loaded graphs, what loading and
+        // the warm-up touched (an allocator keeps freed memory resident)
+        let rss_warm = memory::peak_rss().unwrap_or(0);
         // the source's frames (a VGA camera's when not known)
         let (fw, fh) = frame_size.unwrap_or((640, 480));
         let frame_bytes = fw * fh * 3;
@@ -287,17 +295,18 @@ impl Pipeline {
         } else {
             (serial, 0)
         };
+        let weights = if heap_model > 0 {
+            heap_model
+        } else {
+            2 * bundle
+                .manifest
+                .files
+                .values()
+                .map(|f| f.bytes as usize)
+                .sum::<usize>()
+        };
         me.need = memory::MemoryNeed {
-            weights: if heap_model > 0 {
-                heap_model
-            } else {
-                2 * bundle
-                    .manifest
-                    .files
-                    .values()
-                    .map(|f| f.bytes as usize)
-                    .sum::<usize>()
-            },
+            weights,
             activations,
             // the stream, the input tensor, the threads' slots, the frames in the
             // capture queue and in hand, the source's own raw frame and read buffers,
@@ -308,12 +317,23 @@ impl Pipeline {
                 + (QUEUE + 3) * frame_bytes
                 + (2 << 20)
                 + resampler_bytes,
-            baseline: rss0.saturating_sub(heap0).max(4 << 20),
+            // the resident memory after the warm-up less what is counted above,
+            // plus each encoder thread's stack and allocator arena
+            baseline: rss_warm
+                .saturating_sub(weights + serial)
+                .max(rss0.saturating_sub(heap0))
+                .max(4 << 20)
+                + if threads > 1 {
+                    threads * THREAD_OVERHEAD
+                } else {
+                    0
+                },
         };
         if let Some(b) = budget {
             if me.need.total() > b {
                 return Err(PipelineError::Budget {
                     need: me.need.describe(),
+                    frames: format!("{fw}x{fh}"),
                     budget: memory::mib(b),
                     hint: if threads > 1 {
                         format!(

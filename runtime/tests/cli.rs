@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+mod hostile;
+
 const BIN: &str = env!("CARGO_BIN_EXE_signrt");
 
 /// Grey frames (exact through Y4M 4:4:4) whose brightness pattern changes over time.

@@ -50,11 +50,11 @@ esac
 
 # ---------------------------------------------------------------------------------------------------
 # 1. Debian packages: Rust 1.96 (rustc-web/cargo-web) with the arm64 std, the aarch64 gcc + libc for
-#    the arm64 std's link dependencies, libclang + aarch64 kernel headers for the v4l crate's bindgen,
+#    the arm64 std's link dependencies (the V4L2 bindings are pre-generated: no libclang),
 #    qemu for running the result, file/binutils for the checks below.
 # ---------------------------------------------------------------------------------------------------
 PKGS=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      linux-libc-dev-arm64-cross binutils-aarch64-linux-gnu libclang-dev qemu-user-static file
+      binutils-aarch64-linux-gnu qemu-user-static file
       python3-venv)
 
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
@@ -131,10 +131,6 @@ sysroot=$("$RUSTC" --print sysroot)
   die "$RUSTC has no $TARGET standard library in $sysroot/lib/rustlib (package libstd-rust-web-dev:arm64)"
 # A rustup toolchain file or RUSTUP_TOOLCHAIN must not redirect our explicit tools.
 unset RUSTUP_TOOLCHAIN CARGO_BUILD_TARGET || true
-
-# bindgen (v4l2-sys-mit) parses <linux/videodev2.h> with the host libclang for the aarch64 target:
-# point it at the aarch64 sysroot Debian's cross packages install.
-export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include"
 
 feature_args=()
 case $FEATURES in

@@ -123,20 +123,22 @@ impl<R: BufRead> Y4mReader<R> {
         let text = String::from_utf8_lossy(&line[10..line.len() - 1]).to_string();
         let (mut w, mut h, mut fps, mut chroma, mut full) = (None, None, None, Chroma::C420, false);
         for tok in text.split_ascii_whitespace() {
-            let (k, v) = tok.split_at(1);
+            // the key is the token's first character, which need not be ASCII
+            let k = tok.chars().next().unwrap_or(' ');
+            let v = &tok[k.len_utf8()..];
             match k {
-                "W" => w = Some(v.parse::<usize>().map_err(|_| hdr(format!("bad width `{v}`")))?),
-                "H" => h = Some(v.parse::<usize>().map_err(|_| hdr(format!("bad height `{v}`")))?),
-                "F" => {
+                'W' => w = Some(v.parse::<usize>().map_err(|_| hdr(format!("bad width `{v}`")))?),
+                'H' => h = Some(v.parse::<usize>().map_err(|_| hdr(format!("bad height `{v}`")))?),
+                'F' => {
                     let (n, d) = v.split_once(':').ok_or_else(|| hdr(format!("bad frame rate `{v}`")))?;
                     let n = n.parse().map_err(|_| hdr(format!("bad frame rate `{v}`")))?;
                     let d = d.parse().map_err(|_| hdr(format!("bad frame rate `{v}`")))?;
                     fps = Some((n, d));
                 }
-                "I" if v != "p" && v != "?" => {
+                'I' if v != "p" && v != "?" => {
                     log::warn!("{name}: interlaced Y4M (I{v}) is read as progressive");
                 }
-                "C" => {
+                'C' => {
                     chroma = match v {
                         "420jpeg" | "420paldv" | "420mpeg2" | "420" => Chroma::C420,
                         "422" => Chroma::C422,
@@ -149,7 +151,7 @@ impl<R: BufRead> Y4mReader<R> {
                         }
                     }
                 }
-                "X" => {
+                'X' => {
                     if let Some(r) = v.strip_prefix("COLORRANGE=") {
                         full = r.eq_ignore_ascii_case("FULL");
                     }

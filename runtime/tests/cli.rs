@@ -1,6 +1,9 @@
-//! `signrt run` end to end on a toy bundle: the same frames from a folder, a
-//! .y4m file and stdin give the same gloss stream; bad input and the memory
-//! budget give clear errors; a 20k-frame stream runs in bounded memory.
+//! The runtime's integration tests. Here: `signrt run` end to end on a toy
+//! bundle (the same frames from a folder, a .y4m file and stdin give the same
+//! gloss stream; bad input and the memory budget give clear errors; a
+//! 20k-frame stream runs in bounded memory). `hostile`: the default model fed
+//! real clients' streams and broken input. `parsers`: property tests of the
+//! parsers of untrusted input.
 
 use signrt_runtime::toy::{write_toy_bundle, ToySpec};
 use signrt_runtime::y4m::Y4mWriter;
@@ -9,6 +12,61 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod hostile;
+mod parsers;
+
+/// Heap bytes counted per thread (the parser tests' allocation bound; this
+/// binary's tests run on threads of their own, so they do not see each other).
+mod thread_heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<usize> = const { Cell::new(0) };
+        static PEAK: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    // SAFETY: System's allocation, with plain thread-local counters beside it
+    // (const-initialised, no destructor: usable at any point of a thread's life).
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(l) };
+            if !p.is_null() {
+                let now = LIVE.with(|c| c.get()) + l.size();
+                LIVE.with(|c| c.set(now));
+                PEAK.with(|c| c.set(c.get().max(now)));
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(l) };
+            if !p.is_null() {
+                let now = LIVE.with(|c| c.get()) + l.size();
+                LIVE.with(|c| c.set(now));
+                PEAK.with(|c| c.set(c.get().max(now)));
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            unsafe { System.dealloc(p, l) };
+            LIVE.with(|c| c.set(c.get().saturating_sub(l.size())));
+        }
+    }
+
+    #[global_allocator]
+    static A: Counting = Counting;
+
+    pub fn live() -> usize {
+        LIVE.with(|c| c.get())
+    }
+    pub fn peak() -> usize {
+        PEAK.with(|c| c.get())
+    }
+    pub fn reset_peak() {
+        PEAK.with(|c| c.set(LIVE.with(|l| l.get())));
+    }
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_signrt");
 
@@ -363,4 +421,210 @@ fn bench_reports_each_thread_count() {
         per[0]["e2e_over_encoder"].as_f64(),
         per[0]["e2e_over_tract_threads"].as_f64()
     );
+}
+
+/// The fields of each line type in docs/output-schema.md: name -> (type, always).
+fn documented_schema() -> std::collections::HashMap<String, Vec<(String, String, bool)>> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/output-schema.md"),
+    )
+    .unwrap();
+    let mut out: std::collections::HashMap<String, Vec<(String, String, bool)>> =
+        Default::default();
+    let mut section = None;
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            section = Some(h.trim().to_string());
+            continue;
+        }
+        let (Some(s), Some(row)) = (&section, line.strip_prefix("| `")) else {
+            continue;
+        };
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let field = cells[0].trim_end_matches('`').to_string();
+        out.entry(s.clone())
+            .or_default()
+            .push((field, cells[1].to_string(), cells[2] == "yes"));
+    }
+    out
+}
+
+fn has_type(v: &serde_json::Value, ty: &str) -> bool {
+    match ty {
+        "integer" => v.is_u64() || v.is_i64(),
+        "number" => v.is_number(),
+        "string" => v.is_string(),
+        "integer[]" => v.as_array().is_some_and(|a| a.iter().all(|x| x.is_u64())),
+        "number[]" => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_number())),
+        other => panic!("docs/output-schema.md names an unknown type `{other}`"),
+    }
+}
+
+/// Checks one jsonl line against the documented fields of its type.
+fn check_line(
+    line: &serde_json::Value,
+    schema: &std::collections::HashMap<String, Vec<(String, String, bool)>>,
+) {
+    let kind = line["type"].as_str().expect("a line without type");
+    let fields = schema
+        .get(kind)
+        .unwrap_or_else(|| panic!("line type `{kind}` is not documented"));
+    let obj = line.as_object().unwrap();
+    for (k, v) in obj {
+        let (_, ty, _) = fields
+            .iter()
+            .find(|(f, _, _)| f == k)
+            .unwrap_or_else(|| panic!("{kind}.{k} is written but not documented"));
+        assert!(
+            has_type(v, ty),
+            "{kind}.{k} = {v} is not of the documented type {ty}"
+        );
+    }
+    for (f, _, always) in fields {
+        assert!(
+            !always || obj.contains_key(f),
+            "{kind}.{f} is documented as always written: {line}"
+        );
+    }
+}
+
+/// Real `--format jsonl` output (the shipped model on a shipped sample, and a
+/// cut clip for the error fields) and a reset line, against docs/output-schema.md.
+#[test]
+fn jsonl_output_matches_the_documented_schema() {
+    let schema = documented_schema();
+    assert!(
+        ["gloss", "reset", "summary"]
+            .iter()
+            .all(|k| schema.contains_key(*k)),
+        "{schema:?}"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sample = root.join("models/samples/s14_v00362.y4m");
+    let bundle = root.join("models/demo");
+    let d = tempfile::tempdir().unwrap();
+    let cut = d.path().join("cut.y4m");
+    let bytes = std::fs::read(&sample).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let mut kinds = std::collections::HashSet::new();
+    for (src, want) in [(&sample, 0), (&cut, 1)] {
+        let args = [
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--source",
+            src.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ];
+        let (code, out, err) = run(&args, None);
+        assert_eq!(code, want, "{err}");
+        for l in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            kinds.insert(v["type"].as_str().unwrap().to_string());
+            check_line(&v, &schema);
+        }
+        let s = summary(&out);
+        assert_eq!(s["end"], if want == 0 { "eof" } else { "source_error" });
+    }
+    let reset = signrt_runtime::pipeline::ResetEvent {
+        frame: 40,
+        time: 1.6,
+        reason: "camera reconnected".into(),
+    };
+    let line = signrt_runtime::pipeline::Event::Reset(&reset).to_jsonl();
+    check_line(&line, &schema);
+    assert!(
+        kinds.contains("gloss") && kinds.contains("summary"),
+        "{kinds:?}"
+    );
+}
+
+/// runtime/examples/recognize.rs (the README's library example) runs and
+/// recognises the shipped sample.
+#[test]
+fn the_library_example_recognises_the_sample() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/recognize");
+    let out = Command::new(&example)
+        .output()
+        .expect("running the recognize example (cargo test builds it; else cargo build --example recognize)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.trim_end()
+            .ends_with("Eof: HOUSE WARM COLD NORTH WARM TOMORROW"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        7,
+        "six glosses and the summary: {text}"
+    );
+}
+
+/// `signrt doctor` on the shipped model: every check passes or warns, the
+/// sample is recognised; a broken bundle and a budget below the need fail.
+#[test]
+fn doctor_checks_machine_bundle_memory_and_sample() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let demo = root.join("models/demo");
+    let (code, out, err) = run(&["doctor", "--bundle", demo.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for what in ["cpu", "bundle", "dispatch", "memory", "sample"] {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(what)),
+            "no {what} line:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("HOUSE WARM COLD NORTH WARM TOMORROW") || out.contains("s14_v00360"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    let (code, out, _) = run(
+        &[
+            "doctor",
+            "--bundle",
+            demo.to_str().unwrap(),
+            "--memory-budget",
+            "1M",
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL  memory") && l.contains("budget")),
+        "{out}"
+    );
+    let (_d, toy) = toy_bundle();
+    std::fs::write(toy.join("scorer.onnx"), b"not onnx").unwrap();
+    let (code, out, _) = run(&["doctor", "--bundle", toy.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL  bundle") && l.contains("scorer.onnx")),
+        "{out}"
+    );
+    // SIGNRT_BUNDLE reaches every subcommand through clap
+    let out = Command::new(BIN)
+        .args(["info"])
+        .env("SIGNRT_BUNDLE", &demo)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(demo.to_str().unwrap()));
 }

@@ -324,3 +324,70 @@ fn synthetic_corpus_reads_back_through_the_seed_reader() {
         }
     }
 }
+
+/// Annotation files mutated at random (the seed's CSV and PHOENIX's `|`-separated
+/// corpus): loading never panics, and every error names the annotation file
+/// or a frame folder under the root.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid body, then bytes cut and changed, and random lines added.
+    fn body(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<prop::sample::Index>(),
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..5),
+            prop::collection::vec("[ -~|,\"\t]{0,30}|\\.\\./x,A|/abs,A", 0..3),
+        )
+            .prop_map(move |(cut, flips, extra)| {
+                let mut b = valid.as_bytes().to_vec();
+                b.truncate(cut.index(b.len() + 1));
+                for (at, v) in flips {
+                    if !b.is_empty() {
+                        let i = at.index(b.len());
+                        b[i] = v;
+                    }
+                }
+                for l in extra {
+                    b.extend_from_slice(l.as_bytes());
+                    b.push(b'\n');
+                }
+                b
+            })
+    }
+
+    fn check(root: &Path, format: Format, file: &str) -> Result<(), TestCaseError> {
+        for opts in [OPTS, SKIP] {
+            if let Err(e) = load_split(root, format, "train", &opts) {
+                let m = e.to_string();
+                prop_assert!(
+                    m.contains(file) || m.contains(&root.display().to_string()),
+                    "{m}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn seed_csv(b in body("folder_name,gloss_text\nv1,HELLO WORLD\nv2,\"RAIN, HELLO\"\n")) {
+            let d = tempfile::tempdir().unwrap();
+            seed(d.path(), "");
+            std::fs::write(d.path().join("annotations/train_gloss_eng.csv"), &b).unwrap();
+            check(d.path(), Format::Seed, "train_gloss_eng.csv")?;
+        }
+
+        #[test]
+        fn phoenix_corpus(b in body("id|folder|signer|annotation\nv1|v1/1/*.png|Signer04|__ON__ LIEB __OFF__\n")) {
+            let d = tempfile::tempdir().unwrap();
+            let m = d.path().join("annotations/manual");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::write(m.join("train.corpus.csv"), &b).unwrap();
+            frames(&d.path().join("features/fullFrame-210x260px/train/v1/1"), &["a.png", "b.png"]);
+            check(d.path(), Format::Phoenix2014, "train.corpus.csv")?;
+        }
+    }
+}

@@ -437,3 +437,121 @@ mod tests {
         assert!((s.median_ms - 2.0).abs() < 1e-9 && (s.p99_ms - 3.0).abs() < 1e-9);
     }
 }
+
+/// One reading of a soak run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct SoakSample {
+    pub frames: u64,
+    pub rss_bytes: usize,
+    pub heap_bytes: usize,
+}
+
+/// `signrt bench --soak N`: a long stream's resident memory over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    pub bundle: String,
+    pub threads: usize,
+    pub camera: (usize, usize),
+    pub frames: u64,
+    pub seconds: f64,
+    pub samples: Vec<SoakSample>,
+    /// Resident memory at the end less at the end of the warm-up (the first
+    /// tenth of the stream), and the same for the live heap.
+    pub rss_growth_after_warmup: i64,
+    pub heap_growth_after_warmup: i64,
+    pub peak_rss_bytes: Option<usize>,
+}
+
+/// A source that records the process's memory every `every` frames, from the
+/// thread the pipeline reads its source on.
+struct Sampling {
+    inner: MemorySource,
+    every: u64,
+    n: u64,
+    samples: Vec<SoakSample>,
+}
+
+impl crate::source::FrameSource for Sampling {
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, crate::source::SourceError> {
+        if self.n % self.every == 0 {
+            self.samples.push(SoakSample {
+                frames: self.n,
+                rss_bytes: crate::memory::current_rss().unwrap_or(0),
+                heap_bytes: crate::memory::heap_now(),
+            });
+        }
+        let more = self.inner.next_frame(frame)?;
+        self.n += more as u64;
+        Ok(more)
+    }
+    fn size(&self) -> Option<(usize, usize)> {
+        self.inner.size()
+    }
+    fn fps(&self) -> Option<f32> {
+        self.inner.fps()
+    }
+    fn name(&self) -> String {
+        "soak".into()
+    }
+}
+
+/// Streams `frames` camera-like frames of `camera` size through the pipeline
+/// on `threads` encoder threads, reading the resident memory `samples` times.
+pub fn soak(
+    bundle: &Bundle,
+    threads: usize,
+    camera: (usize, usize),
+    frames: u64,
+    samples: u64,
+) -> Result<SoakReport, PipelineError> {
+    let m = &bundle.manifest;
+    // a few different frames, so that glosses come and go as in a real stream
+    let pattern: Vec<Frame> = (0..48)
+        .map(|i| test_frame(camera.0, camera.1, i / 6))
+        .collect();
+    let mut p = Pipeline::with_settings(
+        bundle,
+        Settings {
+            threads,
+            beam: 5,
+            frame_size: Some(camera),
+            ..Settings::default()
+        },
+    )?;
+    let mut src = Sampling {
+        inner: MemorySource::new(pattern, frames as usize, m.stream.fps),
+        every: (frames / samples.max(1)).max(1),
+        n: 0,
+        samples: Vec::new(),
+    };
+    let opts = RunOptions {
+        fps: m.stream.fps,
+        memory_budget: None,
+    };
+    let t0 = Instant::now();
+    let s = p.run(&mut src, &opts, |_| {})?;
+    let seconds = t0.elapsed().as_secs_f64();
+    src.samples.push(SoakSample {
+        frames: s.frames_processed,
+        rss_bytes: crate::memory::current_rss().unwrap_or(0),
+        heap_bytes: crate::memory::heap_now(),
+    });
+    let warm = src
+        .samples
+        .iter()
+        .find(|x| x.frames >= frames / 10)
+        .copied()
+        .unwrap_or(src.samples[0]);
+    let end = *src.samples.last().unwrap_or(&warm);
+    Ok(SoakReport {
+        bundle: bundle.dir.display().to_string(),
+        threads,
+        camera,
+        frames: s.frames_processed,
+        seconds,
+        rss_growth_after_warmup: end.rss_bytes as i64 - warm.rss_bytes as i64,
+        heap_growth_after_warmup: end.heap_bytes as i64 - warm.heap_bytes as i64,
+        samples: src.samples,
+        peak_rss_bytes: crate::memory::peak_rss(),
+    })
+}

@@ -1,5 +1,6 @@
-//! The model bundle: the one contract between the trainer, the quantizer and the
-//! runtime.
+//! The model bundle: the contract between training and deployment: what the
+//! trainer writes, the quantizer rewrites and the runtime runs (the crates also
+//! share runtime modules: ARCHITECTURE.md, "Crate boundaries").
 //!
 //! A bundle is a directory:
 //!

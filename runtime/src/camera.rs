@@ -4,7 +4,7 @@
 //! choice of pixel format, YUYV and MJPEG conversion to RGB, and the retry
 //! policy for a camera that cannot be opened or disappears mid-stream. The
 //! device itself (format negotiation, mmap streaming) needs the `v4l2` cargo
-//! feature (on by default; it runs bindgen, so the build needs libclang).
+//! feature (on by default; its bindings are pre-generated: no libclang needed).
 
 use std::time::Duration;
 
@@ -115,6 +115,21 @@ impl Backoff {
             }
         }
     }
+}
+
+/// The V4L2 devices present (`/dev/video*`), in natural order.
+pub fn video_devices() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("video"))
+                .map(|n| format!("/dev/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| crate::natural::natural_cmp(a, b));
+    v
 }
 
 /// Capture settings.
@@ -262,6 +277,17 @@ mod device {
         }
     }
 
+    /// The pixel formats a device offers (fourcc codes), for `signrt doctor`.
+    pub fn offered_formats(path: &str) -> Result<Vec<String>, SourceError> {
+        let dev = Device::with_path(path).map_err(|e| dev_err(path, "cannot open", e))?;
+        Ok(dev
+            .enum_formats()
+            .map_err(|e| dev_err(path, "cannot list formats", e))?
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.fourcc.repr).into_owned())
+            .collect())
+    }
+
     impl FrameSource for V4l2Source {
         fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, SourceError> {
             loop {
@@ -338,7 +364,7 @@ mod device {
 }
 
 #[cfg(feature = "v4l2")]
-pub use device::V4l2Source;
+pub use device::{offered_formats, V4l2Source};
 
 #[cfg(test)]
 mod tests {

@@ -154,7 +154,7 @@ pub fn prepare(int8: bool) -> &'static Dispatch {
         log::debug!("tract dispatch: {d}");
         if d == Dispatch::AvoidAvx2Int8 {
             log::info!(
-                "this CPU has AVX2 but no AVX-512/AVX-VNNI: int8 graphs run on tract's 128-bit kernel, at about half the speed of a float bundle here (quantize/README.md)"
+                "this CPU has AVX2 but no AVX-512/AVX-VNNI: int8 graphs run on tract's 128-bit kernel, still slower than a float bundle here (README, Troubleshooting)"
             );
         }
         d

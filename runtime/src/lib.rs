@@ -6,13 +6,16 @@
 //! **model bundle contract** ([`bundle`]): the manifest, the vocabulary and the
 //! checksummed ONNX files that the trainer writes, `signrt-quantize` rewrites and
 //! the `signrt` binary runs. The trainer and the quantizer depend on this crate
-//! for the bundle types; this crate depends on no other crate of ours.
+//! for the bundle types and for the code both sides must share (preprocessing,
+//! keyframe selection, decoding, WER, the ONNX builder); this crate depends on
+//! no other crate of ours.
 
 pub mod bench;
 pub mod bundle;
 pub mod camera;
 pub mod cpu;
 pub mod decode;
+pub mod doctor;
 pub mod engine;
 pub mod fsutil;
 pub mod keyframes;

@@ -26,7 +26,15 @@ enum Format {
 #[command(
     name = "signrt",
     version,
-    about = "Offline continuous sign-language recognition on the edge"
+    about = "Offline continuous sign-language recognition on the edge",
+    after_help = "Examples:
+  signrt run --source /dev/video0 --format text       recognise from a camera
+  ffmpeg -i clip.mp4 -f yuv4mpegpipe - | signrt run --source -
+  signrt doctor                                       is this machine ready?
+  signrt info --bundle models/demo                    check a bundle
+
+Environment: SIGNRT_BUNDLE (the bundle when --bundle is not given), TRACT_CPU_ISA (tract's kernel
+choice), RUST_LOG (log level). Output schema and exit statuses: docs/output-schema.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,9 +44,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Recognise signs from a camera, a folder of frames, a .y4m file or Y4M on stdin.
+    #[command(after_help = "Examples:
+  signrt run --source /dev/video0 --format text --memory-budget 256M
+  signrt run --source clip.y4m --format jsonl --beam 1
+  ffmpeg -loglevel error -f v4l2 -i /dev/video0 -f yuv4mpegpipe - | signrt run --source -
+  signrt run --source frames/ --fps 30
+
+Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143).")]
     Run {
-        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
-        #[arg(long)]
+        /// Bundle directory (default: models/demo).
+        #[arg(long, env = "SIGNRT_BUNDLE")]
         bundle: Option<PathBuf>,
         /// /dev/videoN, a folder of frames, a .y4m file, or - for Y4M on stdin.
         #[arg(long)]
@@ -46,8 +61,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
         /// Refuse to start if the pipeline needs more than this (e.g. 256M, 1G).
-        #[arg(long)]
-        memory_budget: Option<String>,
+        #[arg(long, value_parser = parse_size_arg)]
+        memory_budget: Option<usize>,
         /// Frame rate for timestamps of sources without one (folders), and the
         /// rate requested from a camera.
         #[arg(long, default_value_t = 25.0)]
@@ -73,8 +88,8 @@ enum Cmd {
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
-        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
-        #[arg(long)]
+        /// Bundle directory (default: models/demo).
+        #[arg(long, env = "SIGNRT_BUNDLE")]
         bundle: Option<PathBuf>,
         /// Timed repetitions per stage.
         #[arg(long, default_value_t = 50)]
@@ -97,11 +112,34 @@ enum Cmd {
         /// the same run on one thread (e.g. a float and its int8 bundle), and print the ratio.
         #[arg(long)]
         compare: Option<PathBuf>,
+        /// Instead: stream this many frames through the pipeline (at the first
+        /// --threads count, default all cores) and report resident memory at
+        /// intervals and its growth after the warm-up (the first tenth).
+        #[arg(long)]
+        soak: Option<u64>,
+    },
+    /// Check this machine, a bundle, the cameras and the memory need, and recognise a sample.
+    Doctor {
+        /// Bundle directory (default: models/demo).
+        #[arg(long, env = "SIGNRT_BUNDLE")]
+        bundle: Option<PathBuf>,
+        /// Encoder threads to size the memory need for (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Camera frame size to size the memory need for, WxH.
+        #[arg(long, default_value = "640x480", value_parser = parse_camera_arg)]
+        camera: (usize, usize),
+        /// The memory budget to check the need against (e.g. 256M).
+        #[arg(long, value_parser = parse_size_arg)]
+        memory_budget: Option<usize>,
+        /// A clip to recognise (default: the first sample in the bundle's ../samples).
+        #[arg(long)]
+        sample: Option<PathBuf>,
     },
     /// Print a bundle's manifest, its files and the result of checking their checksums.
     Info {
-        /// Bundle directory (default: $SIGNRT_BUNDLE, else models/demo).
-        #[arg(long)]
+        /// Bundle directory (default: models/demo).
+        #[arg(long, env = "SIGNRT_BUNDLE")]
         bundle: Option<PathBuf>,
         /// Also list the ops tract runs for the encoder once optimised (with
         /// their output types: an int8 bundle shows its integer matmuls).
@@ -110,14 +148,20 @@ enum Cmd {
     },
 }
 
+fn parse_size_arg(s: &str) -> Result<usize, String> {
+    memory::parse_size(s)
+}
+
+fn parse_camera_arg(s: &str) -> Result<(usize, usize), String> {
+    parse_camera(s).map_err(|e| e.to_string())
+}
+
+/// `--bundle` (or `$SIGNRT_BUNDLE`, through clap), else the shipped model.
 fn default_bundle(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(b) = given {
         return Ok(b);
     }
     let mut tried = Vec::new();
-    if let Some(b) = std::env::var_os("SIGNRT_BUNDLE") {
-        return Ok(PathBuf::from(b));
-    }
     tried.push(PathBuf::from(DEFAULT_BUNDLE));
     if let Ok(exe) = std::env::current_exe() {
         // target/<profile>/signrt -> the repository's models/
@@ -135,7 +179,7 @@ fn default_bundle(given: Option<PathBuf>) -> Result<PathBuf> {
         }
     }
     bail!(
-        "no --bundle given and no default model found (looked in $SIGNRT_BUNDLE, {}); pass --bundle DIR",
+        "no --bundle given, SIGNRT_BUNDLE not set, and no default model found (looked in {}); pass --bundle DIR",
         tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }
@@ -214,7 +258,7 @@ struct RunArgs {
     bundle: Option<PathBuf>,
     source: String,
     format: Format,
-    budget: Option<String>,
+    budget: Option<usize>,
     fps: f32,
     size: (u32, u32),
     beam: usize,
@@ -252,16 +296,7 @@ fn print_event(format: Format, e: Event<'_>) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     let _ = match (format, e) {
-        (Format::Jsonl, Event::Gloss(g)) => {
-            let mut v = serde_json::to_value(g).unwrap_or_default();
-            v["type"] = "gloss".into();
-            writeln!(o, "{v}")
-        }
-        (Format::Jsonl, Event::Reset(r)) => {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            v["type"] = "reset".into();
-            writeln!(o, "{v}")
-        }
+        (Format::Jsonl, e) => writeln!(o, "{}", e.to_jsonl()),
         (Format::Text, Event::Gloss(g)) => writeln!(
             o,
             "{:>8.2}s  {:<16} {:.2}",
@@ -275,8 +310,7 @@ fn print_event(format: Format, e: Event<'_>) {
 fn print_summary(format: Format, summary: &Summary, reference: Option<&str>) -> Result<()> {
     match format {
         Format::Jsonl => {
-            let mut v = serde_json::to_value(summary)?;
-            v["type"] = "summary".into();
+            let mut v = summary.to_jsonl();
             if let Some(r) = reference {
                 v["reference"] = r.into();
                 v["wer"] = reference_wer(r, &summary.glosses).into();
@@ -338,10 +372,6 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     };
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
-    let budget = budget
-        .map(|b| memory::parse_size(&b))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
     let stop = Arc::new(AtomicBool::new(false));
     let got = install_signal_handlers(&stop)?;
     let exit_stopped = || {
@@ -446,7 +476,11 @@ fn run(cli: Cli) -> Result<i32> {
             camera,
             json,
             compare,
+            soak,
         } => {
+            if let Some(n) = soak {
+                return soak_cmd(bundle, n, threads.first().copied(), &camera, json);
+            }
             bench_cmd(
                 bundle.clone(),
                 iters,
@@ -461,6 +495,13 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Doctor {
+            bundle,
+            threads,
+            camera,
+            memory_budget,
+            sample,
+        } => doctor_cmd(bundle, threads, camera, memory_budget, sample),
         Cmd::Info { bundle, ops } => {
             let dir = default_bundle(bundle)?;
             info(&dir)?;
@@ -548,11 +589,7 @@ fn bench_cmd(
 ) -> Result<()> {
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
-    let (w, h) = camera
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
-        .filter(|(w, h)| *w > 0 && *h > 0)
-        .with_context(|| format!("--camera `{camera}`: expected WIDTHxHEIGHT, e.g. 640x480"))?;
+    let (w, h) = parse_camera(camera)?;
     if threads.is_empty() {
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         threads = if all > 1 { vec![1, all] } else { vec![1] };
@@ -624,6 +661,93 @@ fn bench_cmd(
         println!("peak RSS {}", memory::mib(rss));
     }
     Ok(())
+}
+
+fn parse_camera(camera: &str) -> Result<(usize, usize)> {
+    camera
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .with_context(|| format!("--camera `{camera}`: expected WIDTHxHEIGHT, e.g. 640x480"))
+}
+
+fn soak_cmd(
+    bundle: Option<PathBuf>,
+    frames: u64,
+    threads: Option<usize>,
+    camera: &str,
+    json: bool,
+) -> Result<i32> {
+    let dir = default_bundle(bundle)?;
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let size = parse_camera(camera)?;
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let r = signrt_runtime::bench::soak(&bundle, threads, size, frames.max(1), 20)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    println!(
+        "soak: {} frames of {}x{} on {} thread(s) in {:.0} s ({:.0} frames/s), bundle {}",
+        r.frames,
+        size.0,
+        size.1,
+        threads,
+        r.seconds,
+        r.frames as f64 / r.seconds.max(1e-9),
+        r.bundle
+    );
+    println!("{:>12}  {:>12}  {:>12}", "frames", "RSS", "live heap");
+    for s in &r.samples {
+        println!(
+            "{:>12}  {:>12}  {:>12}",
+            s.frames,
+            memory::mib(s.rss_bytes),
+            memory::mib(s.heap_bytes)
+        );
+    }
+    let kib = |b: i64| format!("{:+.1} KiB", b as f64 / 1024.0);
+    println!(
+        "growth after the warm-up (the first tenth): RSS {}, live heap {}",
+        kib(r.rss_growth_after_warmup),
+        kib(r.heap_growth_after_warmup)
+    );
+    Ok(0)
+}
+
+fn doctor_cmd(
+    bundle: Option<PathBuf>,
+    threads: Option<usize>,
+    camera: (usize, usize),
+    budget: Option<usize>,
+    sample: Option<PathBuf>,
+) -> Result<i32> {
+    use signrt_runtime::doctor::{self, DoctorOptions, Verdict};
+    let dir = default_bundle(bundle)?;
+    let opts = DoctorOptions {
+        threads: threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
+        camera,
+        budget,
+        sample,
+    };
+    let checks = doctor::run(&dir, &opts);
+    for c in &checks {
+        let v = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        println!("{v}  {:<9} {}", c.what, c.detail);
+    }
+    Ok(if checks.iter().any(|c| c.verdict == Verdict::Fail) {
+        1
+    } else {
+        0
+    })
 }
 
 fn compare_cmd(bundle: Option<PathBuf>, other: &Path, iters: usize) -> Result<()> {

@@ -100,6 +100,19 @@ pub enum Event<'a> {
     Reset(&'a ResetEvent),
 }
 
+impl Event<'_> {
+    /// The event as its `--format jsonl` line (docs/output-schema.md).
+    pub fn to_jsonl(&self) -> serde_json::Value {
+        let (v, kind) = match self {
+            Event::Gloss(g) => (serde_json::to_value(g), "gloss"),
+            Event::Reset(r) => (serde_json::to_value(r), "reset"),
+        };
+        let mut v = v.unwrap_or_default();
+        v["type"] = kind.into();
+        v
+    }
+}
+
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +154,15 @@ pub struct Summary {
     pub fps: f64,
     pub peak_heap_bytes: usize,
     pub peak_rss_bytes: Option<usize>,
+}
+
+impl Summary {
+    /// The summary as its `--format jsonl` line (docs/output-schema.md).
+    pub fn to_jsonl(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["type"] = "summary".into();
+        v
+    }
 }
 
 /// Options of a run.

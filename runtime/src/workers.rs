@@ -4,10 +4,9 @@
 //!
 //! This is how `signrt run --threads N` uses N cores. Splitting each frame's
 //! convolutions across cores (tract's own multithreading) leaves cores idle on
-//! the small matrices of a 4×4..56×56 feature map: on the 2-core build machine
-//! a ResNet-18 encoder at 224×224 ran 1.2–1.35× faster per frame on two
-//! frame-parallel workers than on tract's two-thread executor (six `signrt
-//! bench` runs; ARCHITECTURE.md, "Threads"). Each worker runs tract single-threaded, so a frame's features are
+//! the small matrices of a 4×4..56×56 feature map, so whole frames in parallel
+//! encode faster than tract's N-thread executor (figures: docs/BENCHMARKS.md).
+//! Each worker runs tract single-threaded, so a frame's features are
 //! bit-for-bit those of the serial path, and the stream sees them in arrival
 //! order: the glosses do not depend on the thread count.
 //!

@@ -335,10 +335,7 @@ fn samples_writes_y4m_clips_with_references() {
     );
     let f = std::fs::File::open(out.join(format!("{}.y4m", pick.id))).unwrap();
     let mut r = signrt_runtime::y4m::Y4mReader::new(std::io::BufReader::new(f), "clip").unwrap();
-    let (mut rgb, mut frame) = (
-        Vec::new(),
-        signrt_runtime::source::Frame::default(),
-    );
+    let (mut rgb, mut frame) = (Vec::new(), signrt_runtime::source::Frame::default());
     let mut n = 0;
     while r.next_rgb(&mut rgb).unwrap() {
         signrt_runtime::source::decode_rgb(&pick.frames[n], &mut frame).unwrap();

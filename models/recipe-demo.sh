@@ -14,8 +14,8 @@
 # recipe reproduces it; CONFIG=trainer/configs/cpu-small.toml trains today's small config).
 # Training is bounded by a step count so that the recipe is reproducible on any machine: the
 # corpus, the initialisation and the batch order are seeded, and dropout and augmentation are
-# off, so the same steps give the same weights (measured: see EVAL.md). 2900 steps took 29 min
-# with THREADS=1 here (cpu-small.toml, batch 2), while another training run used the other core.
+# off, so the same steps give the same weights (docs/experiments.md, "The default model"). The
+# training time of the shipped model is in models/demo/EVAL.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-target/recipe-demo}
@@ -39,9 +39,9 @@ bin=target/debug
 # that the 12 or so in train vary enough for the model to carry over to unseen ones.
 videos=400 glosses=10 signers=16
 # L_cls learns from the synthetic corpus's own gloss spans (training.frame_labels = "spans"):
-# with labels derived from the model's CTC alignment (the only choice on real data) no run within
-# this CPU budget has left CTC's all-blank plateau (README, "Measured"). Without augmentation and
-# dropout, for the same reason.
+# labels derived from the model's CTC alignment (the only choice on real data) learn far more
+# slowly within this CPU budget (docs/BENCHMARKS.md, "Training benchmark"). Without augmentation
+# and dropout, for the same reason.
 overrides=(--set training.frame_labels=spans
   --set model.dropout=0.0 --set training.augment.crop_min=1.0 --set training.augment.color_jitter=0.0
   --set training.augment.rotation_deg=0.0 --set training.augment.temporal_rescale=0.0)

@@ -94,7 +94,8 @@ struct QuantArgs {
     /// Split of --eval.
     #[arg(long, default_value = "test")]
     split: String,
-    /// CTC beam width for the --eval runs (1 = greedy; `signrt run --beam`).
+    /// CTC beam width for the --eval runs (1 = greedy; `signrt run --beam`,
+    /// whose default is 5: pass --beam 5 to score what `signrt run` outputs).
     #[arg(long, default_value_t = 1)]
     beam: usize,
     /// Also write the report as JSON to this file.

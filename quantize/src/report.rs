@@ -134,7 +134,7 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct WerPair {
     pub split: String,
-    /// CTC beam width of the runs (1 = greedy, as `signrt run` by default).
+    /// CTC beam width of the runs (1 = greedy; `signrt run` defaults to 5).
     pub beam: usize,
     pub float: ErrorCounts,
     pub int8: ErrorCounts,

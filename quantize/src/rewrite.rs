@@ -32,8 +32,10 @@ pub struct Form {
 }
 
 impl Form {
-    /// The default: what measured fastest in tract with accuracy kept (see
-    /// quantize/README.md): symmetric i8 activations, per-tensor weights.
+    /// The default: symmetric i8 activations, per-tensor weights. A zero
+    /// point of 0 spares tract its zero-point compensation and per-tensor
+    /// scales spare it a per-channel rescale, so it is the fastest form in
+    /// tract (quantize/README.md; figures in docs/BENCHMARKS.md).
     pub const DEFAULT: Form = Form {
         act: ActScheme::I8Sym,
         per_channel: false,

@@ -5,9 +5,9 @@
 #
 # Usage: trainer/scripts/ablation.sh [WORK_DIR]        (default: target/ablation)
 # Environment: MINUTES (training budget per row, default 30), THREADS (per row, default 1),
-#   JOBS (rows trained at once, default 2: one per core of this machine; one run alone made 218
-#   frames/s on 1 thread and 327 on 2, two 1-thread rows side by side ~200 each (2026-12-01), so
-#   two 1-thread rows use the cores best),
+#   JOBS (rows trained at once, default 2: one per core of a 2-core machine; one run does not
+#   use a second thread fully, so two 1-thread rows side by side train more frames in all than
+#   one 2-thread row; docs/experiments.md),
 #   VIDEOS (corpus size, default 750 = 600 train / 75 dev / 75 test), SIGNERS (default 40),
 #   ROWS (space-separated subset of: full all random no-align gradnorm ctc-only seed-gradient global-clip;
 #   default the first six, the table).

@@ -242,8 +242,7 @@ pub struct TrainingSection {
     /// L_ctc is left out of the total for this many first steps (0 = never).
     /// While CTC sits on its all-blank plateau its gradient dominates the
     /// shared encoder and LSTM and holds back L_cls, which is what makes the
-    /// features discriminative (measured: L_cls alone 2.4 → 1.4 in 150 steps,
-    /// with CTC still 2.0).
+    /// features discriminative (docs/experiments.md, "CTC waits").
     pub ctc_warmup_steps: u64,
     /// When L_ctc joins (after `ctc_warmup_steps > 0` steps), the CTC head
     /// starts as a copy of the frame classifier (same input, same outputs:
@@ -312,9 +311,10 @@ pub struct HardwareSection {
     /// Data-parallel replicas on the CPU (1 = off): each step's batch is split
     /// into this many parts, whose forwards and backwards run at the same time
     /// on their own threads (the compute threads shared out among them), and
-    /// whose gradients are summed into one update. BatchNorm then normalises
-    /// each part by its own statistics; the running statistics are moved once
-    /// by all parts together. Not with GradNorm weighting.
+    /// whose gradients are summed into one update. The replicas compute the
+    /// whole batch's step: BatchNorm is synchronised between them (it
+    /// normalises by the statistics of all parts' frames, `sync.rs`) and the
+    /// running statistics move once. Not with GradNorm weighting.
     pub replicas: usize,
 }
 
@@ -647,6 +647,21 @@ mod shipped {
                 small.training.batch_size,
                 small.training.grad_clip_per_module
             )
+        );
+        // the training benchmark (docs/BENCHMARKS.md) is the small config with
+        // the protocol's keys changed
+        let bench = Config::load(&dir.join("benchmark.toml")).unwrap();
+        assert_eq!(bench.model.backbone, small.model.backbone);
+        assert_eq!(bench.training.batch_size, small.training.batch_size);
+        assert_eq!((bench.hardware.threads, bench.hardware.replicas), (2, 2));
+        assert_eq!(bench.training.frame_labels, "spans");
+        assert_eq!(bench.training.max_minutes, 30.0);
+        assert_eq!(
+            bench.training.schedule,
+            Schedule::Cosine {
+                steps: 9000,
+                min_scale: 0.05
+            }
         );
     }
 }

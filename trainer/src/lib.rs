@@ -37,12 +37,11 @@ pub mod visual;
 
 /// Training allocates and frees activations of tens of MB every step. glibc
 /// serves blocks that large with mmap and unmaps them at free, so every step
-/// faulted its memory in afresh (a fifth of a step in `perf`; training ran
-/// ~30 % faster without it). Serves everything from the heap and keeps freed
-/// memory for the next step instead. Every thread allocates from that one
-/// heap: the data-parallel replicas' threads otherwise get arenas of their
-/// own, which glibc shrinks and grows again every step (five times the page
-/// faults and twice the system time of one replica in a 60-step probe).
+/// would fault its memory in afresh. Serves everything from the heap and keeps
+/// freed memory for the next step instead. Every thread allocates from that
+/// one heap: the data-parallel replicas' threads would otherwise get arenas of
+/// their own, which glibc shrinks and grows again every step. What each of
+/// these cost is in docs/experiments.md ("glibc keeps freed memory").
 /// Call it before training starts; other allocators and platforms are left
 /// alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

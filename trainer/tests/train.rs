@@ -257,8 +257,8 @@ fn check_resume(ema_decay: f64, replicas: usize, group_by_length: usize) -> temp
 /// It trains through the `signrt-train` binary, as a user does: there the
 /// training runs on the main thread, whose allocator keeps freed memory
 /// ([`signrt_trainer::keep_freed_memory`]); on a test-harness thread glibc's
-/// per-thread arena faulted every step's memory in again (1 min 45 s of
-/// system time in a 4.7-minute run).
+/// per-thread arena faulted every step's memory in again, which made the test
+/// several times slower (docs/experiments.md, "The overfit test").
 #[test]
 fn the_model_overfits_eight_videos() {
     use signrt_trainer::data::Format;
@@ -323,8 +323,8 @@ fn the_model_overfits_eight_videos() {
     );
 }
 
-/// Steps for [`the_model_overfits_eight_videos`]: measured here with clips of
-/// at most 24 frames, train WER was 10.8 % after 100 steps and 0 after 125 and
-/// 150; 200 leaves a margin for other CPUs' rounding. About 37 s in the test
-/// profile on 2 cores (at most 48 frames: 0 after 200 steps, 250 run, ~90 s).
+/// Steps for [`the_model_overfits_eight_videos`]: well past the step at which
+/// train WER first reached 0 with clips of at most 24 frames, a margin for
+/// other CPUs' rounding (the measured steps are in docs/experiments.md, "The
+/// overfit test").
 const OVERFIT_STEPS: u64 = 200;

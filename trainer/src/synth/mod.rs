@@ -498,9 +498,9 @@ fn pose_at(body: &Body, vocab: &[GlossSpec], step: Step, amp: f32) -> Pose {
 }
 
 /// Hand radius in body units. Hands carry the signs: at 0.1 a 64-pixel frame
-/// showed them 4–5 px wide, and a small CNN trained from scratch on 200 clips
-/// could not tell the glosses apart even with frame labels (L_cls stayed at
-/// chance for 110 steps); 0.16 makes them ~7 px.
+/// showed them 4–5 px wide, too small for a small CNN trained from scratch to
+/// tell the glosses apart even with frame labels (docs/experiments.md, "The
+/// synthetic signer's hands"); 0.16 makes them ~7 px.
 const HAND: f32 = 0.16;
 
 fn draw(cv: &mut Canvas, st: &Style, body: &Body, p: &Pose, shift: (f32, f32)) {

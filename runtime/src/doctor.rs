@@ -75,7 +75,7 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
 fn cpu_check() -> Check {
     let f = crate::cpu::X86Features::detect();
     let arch = std::env::consts::ARCH;
-    let mut detail = format!("{arch}");
+    let mut detail = arch.to_string();
     if arch == "x86_64" {
         detail += &format!(
             ": avx2 {} fma {} avx512f {} avx-vnni {} amx-int8 {}",

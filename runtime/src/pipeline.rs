@@ -1045,7 +1045,11 @@ mod tests {
         let (_d, b) = toy();
         for (live, threads) in [(false, 1), (false, 2), (true, 1), (true, 2)] {
             let frames = Step::Frames(45, (20, 24));
-            let (want, clean) = run(&b, threads, &mut FaultSource::new(&[frames.clone()], live));
+            let (want, clean) = run(
+                &b,
+                threads,
+                &mut FaultSource::new(std::slice::from_ref(&frames), live),
+            );
             assert!(!want.is_empty(), "the oracle run recognised nothing");
             let fail = Step::Fail("unplugged");
             let (got, s) = run(&b, threads, &mut FaultSource::new(&[frames, fail], live));
@@ -1078,8 +1082,12 @@ mod tests {
             let c = Step::Frames(37, (32, 16));
             // the oracle: each segment as a stream of its own, the second made by
             // a source that has already made 40 frames (the same content)
-            let (first, _) = run(&b, threads, &mut FaultSource::new(&[a.clone()], live));
-            let mut second_src = FaultSource::new(&[c.clone()], live);
+            let (first, _) = run(
+                &b,
+                threads,
+                &mut FaultSource::new(std::slice::from_ref(&a), live),
+            );
+            let mut second_src = FaultSource::new(std::slice::from_ref(&c), live);
             second_src.made = 40;
             let (second, _) = run(&b, threads, &mut second_src);
             assert!(

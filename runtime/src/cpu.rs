@@ -114,7 +114,7 @@ impl std::fmt::Display for Dispatch {
 
 /// The decision, from the features, the user's `TRACT_CPU_ISA` (if any) and
 /// whether int8 graphs will run (a float-only process keeps tract's AVX2
-/// routines: its LSTM window measured ~30 % slower without them).
+/// routines, which its LSTM window needs: docs/experiments.md).
 pub fn decide(features: &X86Features, env: Option<&str>, int8: bool) -> Dispatch {
     match env {
         Some(v) => Dispatch::User(v.to_string()),

@@ -1,7 +1,7 @@
 //! Integration tests across the signrt crates live in `tests/tests/`. This
 //! library holds helpers they share.
 
-use signrt_trainer::config::Config;
+use signrt_trainer::config::{Backbone, Config};
 use signrt_trainer::model::FourStage;
 use signrt_trainer::train::{self, TrainOptions};
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::path::Path;
 /// good one.
 pub fn tiny_config() -> Config {
     let mut c = Config::default();
-    c.model.backbone = "small".into();
+    c.model.backbone = Backbone::Small;
     c.model.feature_dim = 8;
     c.model.grid = 2;
     c.model.hidden_dim = 4;

@@ -1,12 +1,20 @@
 //! The training configuration: TOML mirroring the seed's `config.yaml`
 //! (`model`, `training` with its per-module `learning_rates` and `loss_weights`,
 //! and `hardware`), plus the keys the seed leaves implicit (backbone, input size,
-//! augmentation, schedule). Unknown keys are refused, so a typo never silently
-//! falls back to a default.
+//! augmentation, schedule). Unknown keys are refused, and so is an unknown
+//! value of a choice (the enums: `model.backbone`, `hardware.device`, ...),
+//! naming the key and the allowed values; so a typo never silently falls back
+//! to a default. `Config::validate` keeps the rules serde cannot express.
 
 use crate::optim::Schedule;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use crate::visual::Backbone;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,11 +59,144 @@ fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads a choice (one of the enums below) from its config spelling, with
+/// serde's message for an unknown one: "unknown variant `x`, expected one of
+/// `a`, `b`", the message a config file gets from its parser. Behind the
+/// choices' `FromStr`.
+pub fn parse_choice<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::{value::Error, IntoDeserializer};
+    T::deserialize(IntoDeserializer::<Error>::into_deserializer(s)).map_err(|e| e.to_string())
+}
+
+/// Implements `as_str` (the config's spelling, which serde's `rename_all`
+/// also gives), `Display` and `FromStr` for a choice.
+macro_rules! spelling {
+    ($t:ident { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// The config's spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => $s),+
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                parse_choice(s)
+            }
+        }
+    };
+}
+
+spelling!(Backbone {
+    Small => "small",
+    Resnet18 => "resnet18",
+    Resnet34 => "resnet34",
+    Resnet50 => "resnet50",
+});
+
+/// `model.selection`: how the frames the BiLSTM sees are chosen (see
+/// `keyframe::Selection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The seed: top-K by the ConvGRU's scores.
+    Learned,
+    /// No selection: every frame.
+    All,
+    /// K frames at random (seeded by `training.seed`), in time order.
+    Random,
+}
+spelling!(Selection { Learned => "learned", All => "all", Random => "random" });
+
+/// `training.weighting`: how the four losses are weighted (see
+/// `loss::Weighting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weighting {
+    /// The config's `loss_weights`, throughout.
+    Fixed,
+    /// GradNorm, from the config's `loss_weights`.
+    GradNorm,
+}
+spelling!(Weighting { Fixed => "fixed", GradNorm => "gradnorm" });
+
+/// `training.frame_labels`: where L_cls's frame labels come from (see
+/// `model::FrameLabels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameLabels {
+    /// Derived: flat start, then the model's CTC alignment.
+    Alignment,
+    /// The dataset's own gloss spans (the synthetic corpus has them).
+    Spans,
+}
+spelling!(FrameLabels { Alignment => "alignment", Spans => "spans" });
+
+/// `hardware.device` (and `--device`): `auto`, `cpu`, `cuda` or `cuda:N`.
+/// Written as it was read: `cuda` stays `cuda`, `cuda:0` stays `cuda:0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// CUDA device 0 if there is one, else the CPU.
+    Auto,
+    Cpu,
+    /// `cuda` (None, device 0) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(None) => f.write_str("cuda"),
+            Device::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(None)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(Some(n))),
+                _ => Err(format!(
+                    "unknown variant `{s}`, expected one of `auto`, `cpu`, `cuda`, `cuda:N`"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     /// `small` (fast CPU backbone), `resnet18`, `resnet34` or `resnet50`.
-    pub backbone: String,
+    pub backbone: Backbone,
     /// Optional torchvision-named safetensors to initialise the backbone from.
     pub backbone_weights: Option<PathBuf>,
     /// Output channels of the small backbone's stride-2 3×3 conv stages, one
@@ -73,7 +214,7 @@ pub struct ModelSection {
     pub lstm_layers: usize,
     pub keyframe_ratio: f64,
     /// `learned` (the seed), `all` (no selection) or `random`.
-    pub selection: String,
+    pub selection: Selection,
     /// Scale selected features by their normalised scores so the CTC gradient reaches the scorer.
     pub score_scaling: bool,
     /// Whether the scorer's losses (L_gru, and the CTC gradient through the
@@ -99,7 +240,7 @@ pub struct ModelSection {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            backbone: "resnet18".into(),
+            backbone: Backbone::Resnet18,
             backbone_weights: None,
             small_channels: crate::visual::SMALL_CHANNELS.to_vec(),
             feature_dim: 512,
@@ -108,7 +249,7 @@ impl Default for ModelSection {
             lstm_hidden: 256,
             lstm_layers: 2,
             keyframe_ratio: 0.7,
-            selection: "learned".into(),
+            selection: Selection::Learned,
             score_scaling: true,
             scorer_trains_encoder: true,
             gru_bptt: 0,
@@ -210,7 +351,7 @@ pub struct TrainingSection {
     pub learning_rates: LearningRates,
     pub loss_weights: LossWeightsSection,
     /// `fixed` (the config's weights) or `gradnorm`.
-    pub weighting: String,
+    pub weighting: Weighting,
     pub gradnorm_alpha: f64,
     /// AdamW decoupled weight decay: the seed's L2 term.
     pub weight_decay: f64,
@@ -238,7 +379,7 @@ pub struct TrainingSection {
     /// then the model's CTC alignment; real data has no frame labels) or
     /// `spans` (the dataset's own gloss spans, which the synthetic corpus
     /// has; clips without them fall back to the alignment).
-    pub frame_labels: String,
+    pub frame_labels: FrameLabels,
     /// L_ctc is left out of the total for this many first steps (0 = never).
     /// While CTC sits on its all-blank plateau its gradient dominates the
     /// shared encoder and LSTM and holds back L_cls, which is what makes the
@@ -273,7 +414,7 @@ impl Default for TrainingSection {
             seed: 0,
             learning_rates: LearningRates::default(),
             loss_weights: LossWeightsSection::default(),
-            weighting: "fixed".into(),
+            weighting: Weighting::Fixed,
             gradnorm_alpha: 0.12,
             weight_decay: 0.01,
             grad_clip: 1.0,
@@ -286,7 +427,7 @@ impl Default for TrainingSection {
             },
             flat_start_steps: 0,
             flat_start_centre: 1.0,
-            frame_labels: "alignment".into(),
+            frame_labels: FrameLabels::Alignment,
             ctc_warmup_steps: 0,
             ctc_init_from_classifier: false,
             group_by_length: 0,
@@ -300,8 +441,8 @@ impl Default for TrainingSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HardwareSection {
-    /// `auto`, `cpu` or `cuda:N`.
-    pub device: String,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: Device,
     /// Frame-decoding worker threads.
     pub num_workers: usize,
     /// Accepted for the seed's sake; training runs in f32 (a warning is logged if true).
@@ -321,7 +462,7 @@ pub struct HardwareSection {
 impl Default for HardwareSection {
     fn default() -> Self {
         Self {
-            device: "auto".into(),
+            device: Device::Auto,
             num_workers: 2,
             mixed_precision: false,
             threads: 0,
@@ -347,11 +488,23 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates; `path` is used in messages only.
+    /// Parses and validates; `path` is used in messages only. A value the
+    /// parser refuses (an unknown choice, a wrong type) is reported with its
+    /// dotted key, e.g. `hardware.device`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            match e.span().and_then(|s| key_at(text, s)) {
+                Some(field) => ConfigError::Invalid {
+                    path: path.into(),
+                    field,
+                    message,
+                },
+                None => ConfigError::Parse {
+                    path: path.into(),
+                    message,
+                },
+            }
         })?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -393,15 +546,6 @@ impl Config {
             })
         };
         let m = &self.model;
-        if !["small", "resnet18", "resnet34", "resnet50"].contains(&m.backbone.as_str()) {
-            return bad(
-                "model.backbone",
-                format!(
-                    "`{}`: expected small, resnet18, resnet34 or resnet50",
-                    m.backbone
-                ),
-            );
-        }
         if m.small_channels.is_empty() || m.small_channels.contains(&0) {
             return bad(
                 "model.small_channels",
@@ -409,12 +553,6 @@ impl Config {
                     "{:?}: expected one positive channel count per stage",
                     m.small_channels
                 ),
-            );
-        }
-        if !["learned", "all", "random"].contains(&m.selection.as_str()) {
-            return bad(
-                "model.selection",
-                format!("`{}`: expected learned, all or random", m.selection),
             );
         }
         if !(m.keyframe_ratio > 0.0 && m.keyframe_ratio <= 1.0) {
@@ -452,18 +590,6 @@ impl Config {
             return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
         let t = &self.training;
-        if !["fixed", "gradnorm"].contains(&t.weighting.as_str()) {
-            return bad(
-                "training.weighting",
-                format!("`{}`: expected fixed or gradnorm", t.weighting),
-            );
-        }
-        if !["alignment", "spans"].contains(&t.frame_labels.as_str()) {
-            return bad(
-                "training.frame_labels",
-                format!("`{}`: expected alignment or spans", t.frame_labels),
-            );
-        }
         let lr = &t.learning_rates;
         for (f, v) in [
             ("training.learning_rates.visual_encoder", lr.visual_encoder),
@@ -530,21 +656,12 @@ impl Config {
                 format!("{} is not a probability", a.hflip),
             );
         }
-        let d = self.hardware.device.as_str();
-        let cuda_ok = d
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !(d == "auto" || d == "cpu" || d == "cuda" || cuda_ok) {
-            return bad(
-                "hardware.device",
-                format!("`{d}`: expected auto, cpu or cuda:N"),
-            );
-        }
+        let d = self.hardware.device;
         let r = self.hardware.replicas;
         if r == 0 {
             return bad("hardware.replicas", "must be at least 1 (1 = off)".into());
         }
-        if r > 1 && t.weighting == "gradnorm" {
+        if r > 1 && t.weighting == Weighting::GradNorm {
             return bad(
                 "hardware.replicas",
                 format!(
@@ -553,7 +670,7 @@ impl Config {
                 ),
             );
         }
-        if r > 1 && d.starts_with("cuda") {
+        if r > 1 && matches!(d, Device::Cuda(_)) {
             return bad(
                 "hardware.replicas",
                 format!("{r} replicas on `{d}`: data-parallel replicas are for the CPU"),
@@ -561,6 +678,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The dotted key whose value spans `span` in the TOML `text` (a
+/// deserialisation error carries the span of the value it refuses, and
+/// `toml`'s message shows the line but not the table it is in).
+fn key_at(text: &str, span: Range<usize>) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(table: &DeTable, span: &Range<usize>, prefix: &str) -> Option<String> {
+        for (k, v) in table.iter() {
+            let key = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            if v.span() == *span {
+                return Some(key);
+            }
+            if let DeValue::Table(t) = v.get_ref() {
+                if let Some(found) = walk(t, span, &key) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+    walk(DeTable::parse(text).ok()?.get_ref(), &span, "")
 }
 
 #[cfg(test)]
@@ -626,8 +769,8 @@ mod shipped {
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let small = Config::load(&dir.join("cpu-small.toml")).unwrap();
-        assert_eq!(small.model.backbone, "small");
-        assert_eq!(small.hardware.device, "cpu");
+        assert_eq!(small.model.backbone, Backbone::Small);
+        assert_eq!(small.hardware.device, Device::Cpu);
         let gpu = Config::load(&dir.join("resnet18-phoenix.toml")).unwrap();
         assert_eq!(
             (gpu.model.backbone.as_str(), gpu.model.feature_dim),
@@ -635,7 +778,7 @@ mod shipped {
         );
         // real data has no frame labels: the GPU recipe derives them with a flat
         // start and a CTC warm-up (derived from step 0, L_cls only teaches blank)
-        assert_eq!(gpu.training.frame_labels, "alignment");
+        assert_eq!(gpu.training.frame_labels, FrameLabels::Alignment);
         assert!(gpu.training.flat_start_steps > 0 && gpu.training.ctc_warmup_steps > 0);
         // models/recipe-demo.sh retrains the shipped model from its recorded config
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/train-config.toml");
@@ -654,7 +797,7 @@ mod shipped {
         assert_eq!(bench.model.backbone, small.model.backbone);
         assert_eq!(bench.training.batch_size, small.training.batch_size);
         assert_eq!((bench.hardware.threads, bench.hardware.replicas), (2, 2));
-        assert_eq!(bench.training.frame_labels, "spans");
+        assert_eq!(bench.training.frame_labels, FrameLabels::Spans);
         assert_eq!(bench.training.max_minutes, 30.0);
         assert_eq!(
             bench.training.schedule,
@@ -687,9 +830,9 @@ mod overrides {
             ],
         )
         .unwrap();
-        assert_eq!(c.model.selection, "all");
+        assert_eq!(c.model.selection, Selection::All);
         assert_eq!(c.training.loss_weights.cross_modal, 0.0);
-        assert_eq!(c.training.weighting, "gradnorm");
+        assert_eq!(c.training.weighting, Weighting::GradNorm);
         assert_eq!(c.training.batch_size, 3);
         // everything else is the file's
         assert_eq!(c.model.lstm_hidden, base.model.lstm_hidden);
@@ -757,5 +900,98 @@ mod overrides {
             let e = refused(&format!("training.ema_decay={bad}"));
             assert!(e.contains("training.ema_decay"), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod choices {
+    use super::*;
+
+    /// Each choice's dotted key and every spelling it accepts.
+    const CHOICES: [(&str, &[&str]); 5] = [
+        (
+            "model.backbone",
+            &["small", "resnet18", "resnet34", "resnet50"],
+        ),
+        ("model.selection", &["learned", "all", "random"]),
+        ("training.weighting", &["fixed", "gradnorm"]),
+        ("training.frame_labels", &["alignment", "spans"]),
+        ("hardware.device", &["auto", "cpu", "cuda", "cuda:N"]),
+    ];
+
+    /// A config file setting only `key` to `value`.
+    fn file(key: &str, value: &str) -> String {
+        let (section, name) = key.split_once('.').unwrap();
+        format!("[{section}]\n{name} = \"{value}\"\n")
+    }
+
+    /// The value of `key` as the program spells it (`Display`).
+    fn spelled(c: &Config, key: &str) -> String {
+        match key {
+            "model.backbone" => c.model.backbone.to_string(),
+            "model.selection" => c.model.selection.to_string(),
+            "training.weighting" => c.training.weighting.to_string(),
+            "training.frame_labels" => c.training.frame_labels.to_string(),
+            "hardware.device" => c.hardware.device.to_string(),
+            _ => unreachable!("{key}"),
+        }
+    }
+
+    fn small() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cpu-small.toml")
+    }
+
+    #[test]
+    fn an_unknown_choice_is_refused_naming_the_key_and_the_allowed_values() {
+        for (key, allowed) in CHOICES {
+            let in_file = Config::parse(&file(key, "bogus"), Path::new("cfg.toml"))
+                .unwrap_err()
+                .to_string();
+            let by_set = Config::load_with_overrides(&small(), &[format!("{key}=bogus")])
+                .unwrap_err()
+                .to_string();
+            for (e, path) in [(in_file, "cfg.toml"), (by_set, "cpu-small.toml")] {
+                assert!(e.contains(path), "{e}");
+                assert!(e.contains(&format!("`{key}`")), "{e}");
+                assert!(e.contains("unknown variant `bogus`"), "{e}");
+                for a in allowed {
+                    assert!(e.contains(&format!("`{a}`")), "{key}: no {a} in {e}");
+                }
+            }
+        }
+        // a near miss of `cuda:N` too
+        for bad in ["cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = Config::load_with_overrides(&small(), &[format!("hardware.device={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`hardware.device`") && e.contains("`cuda:N`"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_choice_is_read_and_written_back_as_it_was() {
+        for (key, allowed) in CHOICES {
+            let (section, name) = key.split_once('.').unwrap();
+            for &v in allowed {
+                let v = if v == "cuda:N" { "cuda:3" } else { v };
+                let c = Config::parse(&file(key, v), Path::new("cfg.toml")).unwrap();
+                assert_eq!(spelled(&c, key), v);
+                // the run directory's config.toml and the checkpoint's JSON metadata
+                assert!(c.to_toml().contains(&format!("{name} = \"{v}\"")), "{key}");
+                assert_eq!(serde_json::to_value(&c).unwrap()[section][name], v);
+                // `--set` takes the bare word or a TOML string
+                for set in [format!("{key}={v}"), format!("{key}=\"{v}\"")] {
+                    let s = Config::load_with_overrides(&small(), &[set]).unwrap();
+                    assert_eq!(spelled(&s, key), v);
+                }
+            }
+        }
+        assert_eq!("resnet34".parse::<Backbone>(), Ok(Backbone::Resnet34));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(None)));
+        assert_eq!("cuda:0".parse::<Device>(), Ok(Device::Cuda(Some(0))));
+        assert!("gpu".parse::<Device>().unwrap_err().contains("`cuda:N`"));
     }
 }

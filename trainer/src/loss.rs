@@ -55,8 +55,6 @@ pub enum LossError {
         value: f64,
         message: &'static str,
     },
-    #[error("training.weighting = {0:?}: expected `fixed` or `gradnorm`")]
-    UnknownWeighting(String),
     #[error("{name} is not a scalar: shape {shape:?}")]
     NotScalar {
         name: &'static str,
@@ -376,14 +374,20 @@ pub enum Weighting {
 
 impl Weighting {
     /// From the config: `mode` is `training.weighting` (`fixed` | `gradnorm`).
-    pub fn from_config(mode: &str, initial: LossWeights, alpha: f64, lr: f64) -> Result<Self> {
+    pub fn from_config(
+        mode: crate::config::Weighting,
+        initial: LossWeights,
+        alpha: f64,
+        lr: f64,
+    ) -> Result<Self> {
         match mode {
-            "fixed" => {
+            crate::config::Weighting::Fixed => {
                 initial.validate()?;
                 Ok(Self::Fixed(initial))
             }
-            "gradnorm" => Ok(Self::GradNorm(GradNorm::new(initial, alpha, lr)?)),
-            other => Err(LossError::UnknownWeighting(other.to_string())),
+            crate::config::Weighting::GradNorm => {
+                Ok(Self::GradNorm(GradNorm::new(initial, alpha, lr)?))
+            }
         }
     }
 
@@ -418,6 +422,7 @@ impl Weighting {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Weighting as ConfigWeighting;
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -474,7 +479,7 @@ mod tests {
         let back: LossWeights = serde_json::from_value(j).unwrap();
         assert_eq!(back, w);
 
-        let mut g = Weighting::from_config("gradnorm", w, 0.12, 0.025).unwrap();
+        let mut g = Weighting::from_config(ConfigWeighting::GradNorm, w, 0.12, 0.025).unwrap();
         if let Weighting::GradNorm(gn) = &mut g {
             gn.step([1.0, 2.0, 3.0, 4.0], [1.0, 0.5, 2.0, 0.1]).unwrap();
         }
@@ -491,17 +496,21 @@ mod tests {
             assert!((x - y).abs() <= 1e-15 * x.abs());
         }
         assert!(s.contains("\"mode\":\"gradnorm\""));
-        assert!(Weighting::from_config("adaptive", w, 0.12, 0.025)
+        // an unknown mode is refused, by name, where it is read
+        assert!("adaptive"
+            .parse::<ConfigWeighting>()
             .unwrap_err()
             .to_string()
             .contains("adaptive"));
         let neg = LossWeights { ctc: -1.0, ..w };
-        assert!(Weighting::from_config("fixed", neg, 0.12, 0.025)
-            .unwrap_err()
-            .to_string()
-            .contains("ctc"));
+        assert!(
+            Weighting::from_config(ConfigWeighting::Fixed, neg, 0.12, 0.025)
+                .unwrap_err()
+                .to_string()
+                .contains("ctc")
+        );
         let zero = LossWeights { gru: 0.0, ..w };
-        assert!(Weighting::from_config("fixed", zero, 0.12, 0.025).is_ok());
+        assert!(Weighting::from_config(ConfigWeighting::Fixed, zero, 0.12, 0.025).is_ok());
         assert!(GradNorm::new(zero, 0.12, 0.025).is_err());
         assert!(GradNorm::new(w, 0.12, 0.0).is_err());
     }
@@ -510,7 +519,9 @@ mod tests {
     fn fixed_weighting_never_changes() {
         let x = Var::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
         let l = x.as_tensor().sqr().unwrap().sum_all().unwrap();
-        let mut wt = Weighting::from_config("fixed", LossWeights::default(), 0.12, 0.025).unwrap();
+        let mut wt =
+            Weighting::from_config(ConfigWeighting::Fixed, LossWeights::default(), 0.12, 0.025)
+                .unwrap();
         assert!(!wt.is_adaptive());
         for _ in 0..3 {
             let w = wt

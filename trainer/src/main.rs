@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signrt_trainer::{config::Config, data, synth, train};
+use signrt_trainer::config::{Config, Device};
+use signrt_trainer::{data, synth, train};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -75,8 +76,9 @@ enum Cmd {
         /// Write `id<TAB>hypothesis<TAB>reference` lines here.
         #[arg(long)]
         hyp_out: Option<PathBuf>,
+        /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: Device,
         /// Compute threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -110,9 +112,9 @@ struct TrainArgs {
     /// shared out among the data-parallel replicas (hardware.replicas).
     #[arg(long)]
     threads: Option<usize>,
-    /// auto, cpu or cuda:N (default: hardware.device).
+    /// auto, cpu, cuda or cuda:N (default: hardware.device).
     #[arg(long)]
-    device: Option<String>,
+    device: Option<Device>,
     /// Override a config key, e.g. `--set model.selection=all` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -178,7 +180,7 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     if cfg.hardware.mixed_precision {
         log::warn!("hardware.mixed_precision is ignored: training runs in f32");
     }
-    let dev = train::device(device.as_deref().unwrap_or(&cfg.hardware.device))?;
+    let dev = train::device(device.unwrap_or(cfg.hardware.device))?;
     let s = train::train(&train::TrainOptions {
         config: cfg,
         data,
@@ -236,9 +238,9 @@ fn eval_cmd(
     split: String,
     beam: usize,
     hyp_out: Option<PathBuf>,
-    device: String,
+    device: Device,
 ) -> anyhow::Result<()> {
-    let dev = train::device(&device)?;
+    let dev = train::device(device)?;
     let (model, _vm, cfg, vocab) = train::load_model(&checkpoint, &dev)?;
     let format = data::detect(&data_dir)?;
     let (clips, samples) = train::clips(&data_dir, format, &split, &vocab)?;

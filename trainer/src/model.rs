@@ -8,11 +8,11 @@
 //! (temporal_lstm), `ctc.` (ctc_projection).
 
 use crate::align::{AlignConfig, Aligner, TextSource};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::ctc::{ctc_loss, forced_align, CtcHead, CtcReduction};
 use crate::keyframe::{KeyframeConfig, KeyframeOutput, KeyframeSelector, Selection};
 use crate::temporal::{frame_ce_loss, TemporalConfig, TemporalModel};
-use crate::visual::{Backbone, VisualConfig, VisualEncoder};
+use crate::visual::{VisualConfig, VisualEncoder};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -117,10 +117,9 @@ impl FourStage {
     ) -> anyhow::Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
         let m = &cfg.model;
-        let backbone: Backbone = m.backbone.parse().map_err(anyhow::Error::msg)?;
         let visual = VisualEncoder::new(
             VisualConfig {
-                backbone,
+                backbone: m.backbone,
                 feature_dim: m.feature_dim,
                 grid: m.grid,
                 small_channels: m.small_channels.clone(),
@@ -134,12 +133,12 @@ impl FourStage {
             },
             vb.pp("align"),
         )?;
-        let selection = match m.selection.as_str() {
-            "all" => Selection::All,
-            "random" => Selection::Random {
+        let selection = match m.selection {
+            config::Selection::Learned => Selection::Learned,
+            config::Selection::All => Selection::All,
+            config::Selection::Random => Selection::Random {
                 seed: cfg.training.seed,
             },
-            _ => Selection::Learned,
         };
         let keyframe = KeyframeSelector::new(
             KeyframeConfig {

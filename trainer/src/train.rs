@@ -10,7 +10,7 @@
 //! and BatchNorm statistics are in the checkpoint.
 
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::data::{self, Format, LoadOptions};
 use crate::loader::{self, Batch, ClipSpec, LoaderOptions};
 use crate::loss::{LossWeights, Weighting};
@@ -33,20 +33,12 @@ pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Picks the device: `auto`, `cpu`, `cuda` or `cuda:N`.
-pub fn device(spec: &str) -> Result<Device> {
+pub fn device(spec: config::Device) -> Result<Device> {
     match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = s
-                .strip_prefix("cuda:")
-                .unwrap_or("0")
-                .parse()
-                .context("cuda:N")?;
-            Device::new_cuda(n)
-                .with_context(|| format!("{s}: CUDA is not available (build with --features cuda)"))
-        }
-        other => bail!("--device `{other}`: expected auto, cpu or cuda:N"),
+        config::Device::Cpu => Ok(Device::Cpu),
+        config::Device::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        config::Device::Cuda(n) => Device::new_cuda(n.unwrap_or(0))
+            .with_context(|| format!("{spec}: CUDA is not available (build with --features cuda)")),
     }
 }
 
@@ -135,7 +127,7 @@ fn step_losses(
     step: u64,
 ) -> Result<([Tensor; 4], [f64; 4], usize)> {
     let x = batch_tensor(b, cfg, dev)?;
-    let labels = if cfg.training.frame_labels == "spans" {
+    let labels = if cfg.training.frame_labels == config::FrameLabels::Spans {
         FrameLabels::Given(&b.frame_labels)
     } else if step < cfg.training.flat_start_steps {
         FrameLabels::Uniform(cfg.training.flat_start_centre as f32)
@@ -672,7 +664,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         ctc: lw.ctc,
     };
     let mut weighting = Weighting::from_config(
-        &cfg.training.weighting,
+        cfg.training.weighting,
         initial,
         cfg.training.gradnorm_alpha,
         crate::loss::GradNorm::DEFAULT_LR,
@@ -1063,7 +1055,7 @@ mod replica_tests {
 
     fn tiny() -> Config {
         let mut c = Config::default();
-        c.model.backbone = "small".into();
+        c.model.backbone = config::Backbone::Small;
         c.model.feature_dim = 8;
         c.model.grid = 2;
         c.model.hidden_dim = 4;
@@ -1072,7 +1064,7 @@ mod replica_tests {
         c.model.max_frames = 16;
         c.model.text_dim = 8;
         c.model.dropout = 0.0;
-        c.hardware.device = "cpu".into();
+        c.hardware.device = config::Device::Cpu;
         c
     }
 
@@ -1120,7 +1112,7 @@ mod replica_tests {
         let model = FourStage::new(&cfg, 5, &vm, &dev).unwrap();
         crate::init::reinit(&vm, 1).unwrap();
         let w = Weighting::from_config(
-            "fixed",
+            config::Weighting::Fixed,
             LossWeights {
                 align: 1.0,
                 gru: 0.5,

@@ -20,29 +20,16 @@ use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder, VarMap};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The backbone, `model.backbone` in the config: `small` (fast CPU
+/// backbone), `resnet18`, `resnet34` or `resnet50`. Its spelling (`as_str`,
+/// `Display`, `FromStr`) is with the other config choices in `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backbone {
     Small,
     Resnet18,
     Resnet34,
     Resnet50,
-}
-
-impl std::str::FromStr for Backbone {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s {
-            "small" => Backbone::Small,
-            "resnet18" => Backbone::Resnet18,
-            "resnet34" => Backbone::Resnet34,
-            "resnet50" => Backbone::Resnet50,
-            o => {
-                return Err(format!(
-                    "unknown backbone `{o}` (small, resnet18, resnet34, resnet50)"
-                ))
-            }
-        })
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use signrt_trainer::model::FourStage;
 
 fn config(backbone: &str, size: usize) -> Config {
     let mut c = Config::default();
-    c.model.backbone = backbone.into();
+    c.model.backbone = backbone.parse().unwrap();
     c.model.feature_dim = 8;
     c.model.grid = 4;
     c.model.hidden_dim = 4;
@@ -64,7 +64,7 @@ fn parity(backbone: &str, size: usize) {
 }
 
 fn parity_with(cfg: Config, size: usize) {
-    let backbone = cfg.model.backbone.clone();
+    let backbone = cfg.model.backbone;
     let vocab = Vocab::from_glosses(["A", "B", "C", "D"]);
     let vm = VarMap::new();
     let dev = Device::Cpu;

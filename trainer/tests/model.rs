@@ -3,12 +3,12 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use signrt_trainer::config::Config;
+use signrt_trainer::config::{Backbone, Config};
 use signrt_trainer::model::{FourStage, GROUPS};
 
 fn tiny() -> Config {
     let mut c = Config::default();
-    c.model.backbone = "small".into();
+    c.model.backbone = Backbone::Small;
     c.model.feature_dim = 4;
     c.model.grid = 2;
     c.model.hidden_dim = 3;

@@ -1,13 +1,13 @@
 //! Training: `--resume` continues exactly where an uninterrupted run would be.
 
-use signrt_trainer::config::Config;
+use signrt_trainer::config::{Backbone, Config, Device};
 use signrt_trainer::synth::{write_corpus, SynthConfig};
 use signrt_trainer::train::{train, TrainOptions};
 use std::path::Path;
 
 fn tiny() -> Config {
     let mut c = Config::default();
-    c.model.backbone = "small".into();
+    c.model.backbone = Backbone::Small;
     c.model.feature_dim = 8;
     c.model.grid = 2;
     c.model.hidden_dim = 4;
@@ -22,7 +22,7 @@ fn tiny() -> Config {
     c.training.num_epochs = 10;
     c.training.eval_every = 2;
     c.training.learning_rates.visual_encoder = 1e-3;
-    c.hardware.device = "cpu".into();
+    c.hardware.device = Device::Cpu;
     c.hardware.num_workers = 2;
     c
 }

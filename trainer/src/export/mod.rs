@@ -319,7 +319,8 @@ pub fn write_bundle(
             fps: geometry.fps,
         },
         keyframe_ratio: cfg.model.keyframe_ratio as f32,
-        score_scaling: cfg.model.score_scaling && cfg.model.selection == "learned",
+        score_scaling: cfg.model.score_scaling
+            && cfg.model.selection == crate::config::Selection::Learned,
         vocabulary: "vocab.txt".into(),
         encoder: "encoder.onnx".into(),
         scorer: "scorer.onnx".into(),

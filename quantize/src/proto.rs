@@ -116,6 +116,29 @@ pub fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
+/// An integer-list attribute.
+pub fn ints_attr(name: &str, v: Vec<i64>) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        ints: v,
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ..Default::default()
+    }
+}
+
+/// The integer-list attribute `name` of a node, if it has one.
+pub fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.clone())
+}
+
+/// The integer attribute `name` of a node, if it has one.
+pub fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
 /// Loads a model into tract with a fixed (1,3,H,W) f32 input, optimized.
 pub fn load_plan(model: &pb::ModelProto, h: usize, w: usize) -> Result<Plan, QuantizeError> {
     let bytes = signrt_runtime::onnx::encode(model);

@@ -12,13 +12,26 @@
 //!   between `DequantizeLinear` and `QuantizeLinear`, inserted only where a
 //!   consumer needs the other form.
 //!
+//! The rewrite is one function per op type, chosen by op type from the table
+//! `QUANTIZERS` (as onnxruntime's `QLinearOpsRegistry` chooses its
+//! `operators/`): the quantizers live in `ops` and share one `context::Ctx`
+//! (the graph being built, the scales and zero points, fresh names, the form).
+//! An op type the table does not name, and a node whose shape its quantizer
+//! does not take, runs in f32 (`ops::keep_float`). Adding an op is one
+//! function in `ops` and one row in the table.
+//!
 //! [`int8_weights`] is the other mode: int8 weights + `DequantizeLinear`
 //! (folded into f32 constants when tract loads the graph), f32 compute.
+//! [`patchify`] is an experimental form of an already rewritten graph.
+
+mod context;
+mod ops;
 
 use crate::proto::{
-    self, int_attr, node, scalar_f32, scalar_zp, tensor_f32, tensor_i32, tensor_i8,
+    self, attr_int, attr_ints, int_attr, ints_attr, node, scalar_f32, tensor_f32, tensor_i8,
 };
-use crate::qmath::{activation_params, quantize_bias, quantize_weights, ActScheme, QParams};
+use crate::qmath::{quantize_weights, ActScheme};
+use context::Ctx;
 use serde::Serialize;
 use signrt_runtime::onnx::pb;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -123,125 +136,60 @@ pub fn quantized_op(model: &pb::ModelProto) -> Option<String> {
         .map(|n| n.op_type.clone())
 }
 
-#[derive(Debug, Clone, Default)]
-struct Val {
-    f: Option<String>,
-    q: Option<(String, QParams)>,
+impl WeightSummary {
+    /// The summary of weights `w` of `layer` quantised with `scales` (all
+    /// positive: an all-zero block gets scale 1).
+    fn of(layer: &str, op: &str, w: &[f32], scales: &[f32]) -> Self {
+        WeightSummary {
+            layer: layer.into(),
+            op: op.into(),
+            scales: scales.len(),
+            scale_min: scales.iter().copied().fold(f32::INFINITY, f32::min),
+            scale_max: scales.iter().copied().fold(0.0, f32::max),
+            degenerate: w.iter().all(|v| *v == 0.0),
+        }
+    }
 }
 
-struct Rw<'a> {
-    ranges: &'a HashMap<String, Range>,
-    form: Form,
-    vals: HashMap<String, Val>,
-    nodes: Vec<pb::NodeProto>,
-    inits: Vec<pb::TensorProto>,
-    acts: Vec<ActSummary>,
-    outputs: HashSet<String>,
-    counter: usize,
+/// The scale and zero-point initializers of symmetric int8 weights: 1-D, one
+/// per output channel, when `per_channel`, else scalars (zero points 0).
+fn weight_scale_consts(
+    scale: &str,
+    zero_point: &str,
+    scales: &[f32],
+    per_channel: bool,
+) -> [pb::TensorProto; 2] {
+    if per_channel {
+        let n = scales.len();
+        [
+            proto::tensor_f32_vec(scale, &[n as i64], scales),
+            tensor_i8(zero_point, &[n as i64], &vec![0; n]),
+        ]
+    } else {
+        [
+            scalar_f32(scale, scales[0]),
+            tensor_i8(zero_point, &[], &[0]),
+        ]
+    }
 }
 
-impl Rw<'_> {
-    fn fresh(&mut self, base: &str) -> String {
-        self.counter += 1;
-        format!("{base}__{}", self.counter)
-    }
+/// Rewrites one node of the float graph into the graph `Ctx` builds.
+type OpQuantizer = fn(&mut Ctx<'_>, &pb::NodeProto) -> Result<(), String>;
 
-    fn params(&mut self, tensor: &str, producer: &str) -> Result<QParams, String> {
-        let r = self.ranges.get(tensor).ok_or_else(|| {
-            format!("no calibration range for tensor `{tensor}` (output of {producer})")
-        })?;
-        let (p, degenerate) = activation_params(r.min, r.max, self.form.act);
-        if degenerate {
-            log::warn!(
-                "tensor `{tensor}` ({producer}) was all zeros in calibration: scale 1, zero point 0 (exact zero)"
-            );
-        }
-        self.acts.push(ActSummary {
-            tensor: tensor.into(),
-            producer: producer.into(),
-            min: r.min,
-            max: r.max,
-            scale: p.scale,
-            zero_point: p.zero_point,
-            degenerate,
-        });
-        Ok(p)
-    }
+/// The quantizer of each op type that has an int8 form; any other op type
+/// runs in f32 ([`quantizer_for`]).
+const QUANTIZERS: &[(&str, OpQuantizer)] = &[
+    ("Conv", ops::conv),
+    ("MaxPool", ops::max_pool),
+    ("MatMul", ops::mat_mul),
+];
 
-    fn qconsts(&mut self, base: &str, p: &QParams) -> (String, String) {
-        let s = self.fresh(&format!("{base}.scale"));
-        let z = self.fresh(&format!("{base}.zero_point"));
-        self.inits.push(scalar_f32(&s, p.scale));
-        self.inits.push(scalar_zp(&z, p.zero_point, p.qtype));
-        (s, z)
-    }
-
-    /// Records `name` as produced in f32 under its own name.
-    fn set_f(&mut self, name: &str) {
-        self.vals.insert(
-            name.into(),
-            Val {
-                f: Some(name.into()),
-                q: None,
-            },
-        );
-    }
-
-    /// Records `name` as produced in int8 only, as tensor `out` with `p`.
-    fn set_q(&mut self, name: String, out: String, p: QParams) {
-        self.vals.insert(
-            name,
-            Val {
-                f: None,
-                q: Some((out, p)),
-            },
-        );
-    }
-
-    /// The int8 form of `name`, quantising its float form if needed.
-    fn need_q(&mut self, name: &str) -> Result<(String, QParams), String> {
-        let v = self.vals.get(name).cloned().unwrap_or_default();
-        if let Some(q) = v.q {
-            return Ok(q);
-        }
-        let f =
-            v.f.ok_or_else(|| format!("tensor `{name}` is used before it is produced"))?;
-        let p = self.params(name, "QuantizeLinear")?;
-        let (s, z) = self.qconsts(name, &p);
-        let out = format!("{name}__q");
-        let nn = self.fresh(&format!("{name}.quantize"));
-        self.nodes
-            .push(node(&nn, "QuantizeLinear", &[&f, &s, &z], &[&out], vec![]));
-        self.vals.entry(name.into()).or_default().q = Some((out.clone(), p));
-        Ok((out, p))
-    }
-
-    /// The f32 form of `name`, dequantising its int8 form if needed.
-    fn need_f(&mut self, name: &str) -> Result<String, String> {
-        let v = self.vals.get(name).cloned().unwrap_or_default();
-        if let Some(f) = v.f {
-            return Ok(f);
-        }
-        let (q, p) =
-            v.q.ok_or_else(|| format!("tensor `{name}` is used before it is produced"))?;
-        let (s, z) = self.qconsts(&format!("{name}.dq"), &p);
-        // a graph output keeps its name
-        let out = if self.outputs.contains(name) {
-            name.to_string()
-        } else {
-            format!("{name}__dq")
-        };
-        let nn = self.fresh(&format!("{name}.dequantize"));
-        self.nodes.push(node(
-            &nn,
-            "DequantizeLinear",
-            &[&q, &s, &z],
-            &[&out],
-            vec![],
-        ));
-        self.vals.entry(name.into()).or_default().f = Some(out.clone());
-        Ok(out)
-    }
+/// The quantizer for `op_type`: its row of [`QUANTIZERS`], else f32.
+fn quantizer_for(op_type: &str) -> OpQuantizer {
+    QUANTIZERS
+        .iter()
+        .find(|(op, _)| *op == op_type)
+        .map_or(ops::keep_float, |(_, q)| *q)
 }
 
 /// Rewrites a float encoder. `ranges` holds the calibrated range of every
@@ -255,279 +203,81 @@ pub fn quantize_encoder(
     probes: bool,
 ) -> Result<Rewritten, String> {
     let g = model.graph.as_ref().ok_or("the model has no graph")?;
-    let inits: HashMap<&str, &pb::TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for x in &n.input {
-            consumers.entry(x.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
-    let mut rw = Rw {
-        ranges,
-        form,
-        vals: HashMap::new(),
-        nodes: Vec::new(),
-        inits: Vec::new(),
-        acts: Vec::new(),
-        outputs: outputs.clone(),
-        counter: 0,
-    };
-    for i in &g.input {
-        if !inits.contains_key(i.name.as_str()) {
-            rw.set_f(&i.name);
-        }
-    }
-    let mut weights = Vec::new();
-    let mut skip: HashSet<usize> = HashSet::new();
-    let mut used_inits: HashSet<String> = HashSet::new();
-    let is_act = |name: &str| !name.is_empty() && !inits.contains_key(name);
+    let mut cx = Ctx::new(g, ranges, form);
     for (idx, n) in g.node.iter().enumerate() {
-        if skip.contains(&idx) {
-            continue;
+        if !cx.folded.contains(&idx) {
+            quantizer_for(&n.op_type)(&mut cx, n)?;
         }
-        let op = n.op_type.as_str();
-        let conv_weights = op == "Conv"
-            && n.input.len() >= 2
-            && is_act(&n.input[0])
-            && inits
-                .get(n.input[1].as_str())
-                .and_then(|t| tensor_f32(t))
-                .is_some()
-            && n.input
-                .get(2)
-                .is_none_or(|b| inits.get(b.as_str()).and_then(|t| tensor_f32(t)).is_some());
-        if conv_weights {
-            let y = n.output[0].as_str();
-            // fold a Relu that is the conv's only consumer
-            let relu = match consumers.get(y).map(|v| v.as_slice()) {
-                Some([r]) if g.node[*r].op_type == "Relu" && !outputs.contains(y) => Some(*r),
-                _ => None,
-            };
-            let out_t = match relu {
-                Some(r) => g.node[r].output[0].clone(),
-                None => y.to_string(),
-            };
-            let (xq, xp) = rw.need_q(&n.input[0])?;
-            let yp = rw.params(&out_t, &format!("{} {}", op, n.name))?;
-            let wt = inits[n.input[1].as_str()];
-            let w = tensor_f32(wt).ok_or("conv weight is not f32")?;
-            let cout = *wt.dims.first().ok_or("conv weight without dims")? as usize;
-            let (wq, ws) = quantize_weights(&w, cout, form.per_channel);
-            weights.push(WeightSummary {
-                layer: n.name.clone(),
-                op: "QLinearConv".into(),
-                scales: ws.len(),
-                scale_min: ws.iter().copied().fold(f32::INFINITY, f32::min),
-                scale_max: ws.iter().copied().fold(0.0, f32::max),
-                degenerate: w.iter().all(|v| *v == 0.0),
-            });
-            let wname = format!("{}__int8", n.input[1]);
-            rw.inits.push(tensor_i8(&wname, &wt.dims, &wq));
-            let wsn = rw.fresh(&format!("{}.scale", n.input[1]));
-            let wzn = rw.fresh(&format!("{}.zero_point", n.input[1]));
-            if form.per_channel {
-                rw.inits
-                    .push(proto::tensor_f32_vec(&wsn, &[cout as i64], &ws));
-                rw.inits
-                    .push(tensor_i8(&wzn, &[cout as i64], &vec![0i8; cout]));
-            } else {
-                rw.inits.push(scalar_f32(&wsn, ws[0]));
-                rw.inits.push(tensor_i8(&wzn, &[], &[0]));
-            }
-            let (xs, xz) = rw.qconsts(&format!("{}.x", n.name), &xp);
-            let (ys, yz) = rw.qconsts(&format!("{}.y", n.name), &yp);
-            let mut ins: Vec<String> = vec![xq, xs, xz, wname, wsn, wzn, ys, yz];
-            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-                let bv = tensor_f32(inits[b.as_str()]).ok_or("conv bias is not f32")?;
-                let bq = quantize_bias(&bv, xp.scale, &ws);
-                let bn = format!("{b}__int32");
-                rw.inits.push(tensor_i32(&bn, &[bq.len() as i64], &bq));
-                ins.push(bn);
-            }
-            let qout = format!("{out_t}__q");
-            let sym_relu = relu.is_some() && form.act == ActScheme::I8Sym;
-            let conv_out = if sym_relu {
-                format!("{y}__q_prerelu")
-            } else {
-                qout.clone()
-            };
-            let ins_ref: Vec<&str> = ins.iter().map(String::as_str).collect();
-            let attrs: Vec<pb::AttributeProto> = n
-                .attribute
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a.name.as_str(),
-                        "kernel_shape" | "strides" | "pads" | "dilations" | "group" | "auto_pad"
-                    )
-                })
-                .cloned()
-                .collect();
-            rw.nodes.push(node(
-                &format!("{}.qlinear", n.name),
-                "QLinearConv",
-                &ins_ref,
-                &[&conv_out],
-                attrs,
-            ));
-            if sym_relu {
-                rw.nodes.push(node(
-                    &format!("{}.relu_int8", n.name),
-                    "Relu",
-                    &[&conv_out],
-                    &[&qout],
-                    vec![],
-                ));
-            }
-            if let Some(r) = relu {
-                skip.insert(r);
-            }
-            rw.set_q(out_t, qout, yp);
-            continue;
-        }
-        let x0_quantized = n
-            .input
-            .first()
-            .and_then(|x| rw.vals.get(x))
-            .is_some_and(|v| v.q.is_some() && v.f.is_none());
-        if op == "MaxPool" && n.output.len() == 1 && x0_quantized {
-            let (xq, xp) = rw.need_q(&n.input[0])?;
-            let out = format!("{}__q", n.output[0]);
-            rw.nodes.push(node(
-                &format!("{}.int8", n.name),
-                "MaxPool",
-                &[&xq],
-                &[&out],
-                n.attribute.clone(),
-            ));
-            rw.set_q(n.output[0].clone(), out, xp);
-            continue;
-        }
-        if op == "MatMul" && n.input.len() == 2 {
-            let (a, b) = (&n.input[0], &n.input[1]);
-            let const_a = inits.get(a.as_str()).and_then(|t| tensor_f32(t));
-            let const_b = inits.get(b.as_str()).and_then(|t| tensor_f32(t));
-            if const_a.is_some() != const_b.is_some() {
-                let mut qin = Vec::new();
-                for (name, c) in [(a, const_a), (b, const_b)] {
-                    match c {
-                        Some(v) => {
-                            let (q, s) = quantize_weights(&v, 1, false);
-                            let t = inits[name.as_str()];
-                            let qn = format!("{name}__int8");
-                            rw.inits.push(tensor_i8(&qn, &t.dims, &q));
-                            let sn = rw.fresh(&format!("{name}.scale"));
-                            let zn = rw.fresh(&format!("{name}.zero_point"));
-                            rw.inits.push(scalar_f32(&sn, s[0]));
-                            rw.inits.push(tensor_i8(&zn, &[], &[0]));
-                            weights.push(WeightSummary {
-                                layer: n.name.clone(),
-                                op: "QLinearMatMul".into(),
-                                scales: 1,
-                                scale_min: s[0],
-                                scale_max: s[0],
-                                degenerate: v.iter().all(|x| *x == 0.0),
-                            });
-                            qin.extend([qn, sn, zn]);
-                        }
-                        None => {
-                            let (q, p) = rw.need_q(name)?;
-                            let (s, z) = rw.qconsts(&format!("{}.in", n.name), &p);
-                            qin.extend([q, s, z]);
-                        }
-                    }
-                }
-                let yp = rw.params(&n.output[0], &format!("MatMul {}", n.name))?;
-                let (ys, yz) = rw.qconsts(&format!("{}.y", n.name), &yp);
-                qin.extend([ys, yz]);
-                let out = format!("{}__q", n.output[0]);
-                let ins_ref: Vec<&str> = qin.iter().map(String::as_str).collect();
-                rw.nodes.push(node(
-                    &format!("{}.qlinear", n.name),
-                    "QLinearMatMul",
-                    &ins_ref,
-                    &[&out],
-                    vec![],
-                ));
-                rw.set_q(n.output[0].clone(), out, yp);
-                continue;
-            }
-        }
-        // anything else runs in f32
-        let mut nn = n.clone();
-        for inp in nn.input.iter_mut() {
-            if inp.is_empty() {
-                continue;
-            }
-            if inits.contains_key(inp.as_str()) {
-                used_inits.insert(inp.clone());
-            } else {
-                *inp = rw.need_f(inp)?;
-            }
-        }
-        for o in &n.output {
-            rw.set_f(o);
-        }
-        rw.nodes.push(nn);
     }
     for o in &g.output {
-        let f = rw.need_f(&o.name)?;
+        let f = cx.need_f(&o.name)?;
         if f != o.name {
             return Err(format!("graph output `{}` lost its name", o.name));
         }
     }
-    let mut probe_list = Vec::new();
-    let mut extra_outputs = Vec::new();
-    if probes {
-        let mut names: Vec<String> = rw
-            .vals
-            .iter()
-            .filter(|(k, v)| v.q.is_some() && ranges.contains_key(*k) && !outputs.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        names.sort();
-        for k in names {
-            let Some((q, p)) = rw.vals[&k].q.clone() else {
-                continue;
-            };
-            let (s, z) = rw.qconsts(&format!("{k}.probe"), &p);
-            let out = format!("{k}__probe");
-            let nn = rw.fresh(&format!("{k}.probe"));
-            rw.nodes.push(node(
-                &nn,
-                "DequantizeLinear",
-                &[&q, &s, &z],
-                &[&out],
-                vec![],
-            ));
-            extra_outputs.push(proto::float_output(&out));
-            probe_list.push((k, out));
-        }
-    }
+    let (probe_list, extra_outputs) = if probes {
+        add_probes(&mut cx)
+    } else {
+        Default::default()
+    };
     let mut graph = g.clone();
-    graph.node = rw.nodes;
-    let mut all_inits: Vec<pb::TensorProto> = g
+    graph.node = cx.nodes;
+    graph.initializer = g
         .initializer
         .iter()
-        .filter(|t| used_inits.contains(&t.name))
+        .filter(|t| cx.kept_inits.contains(&t.name))
         .cloned()
+        .chain(cx.new_inits)
         .collect();
-    all_inits.extend(rw.inits);
-    graph.initializer = all_inits;
     graph.output.extend(extra_outputs);
     graph.value_info.clear();
+    Ok(Rewritten {
+        model: with_graph(model, graph),
+        activations: cx.acts,
+        weights: cx.weights,
+        probes: probe_list,
+    })
+}
+
+/// Dequantises every quantised tensor that has a range and is not a graph
+/// output into a probe tensor, in name order; returns the (tensor, probe)
+/// pairs and the probes' graph outputs.
+fn add_probes(cx: &mut Ctx<'_>) -> (Vec<(String, String)>, Vec<pb::ValueInfoProto>) {
+    let mut names: Vec<String> = cx
+        .vals
+        .iter()
+        .filter(|(k, v)| v.q.is_some() && cx.ranges.contains_key(*k) && !cx.outputs.contains(*k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    names.sort();
+    let (mut probe_list, mut extra_outputs) = (Vec::new(), Vec::new());
+    for k in names {
+        let Some((q, p)) = cx.vals[&k].q.clone() else {
+            continue;
+        };
+        let (s, z) = cx.qconsts(&format!("{k}.probe"), &p);
+        let out = format!("{k}__probe");
+        let nn = cx.fresh(&format!("{k}.probe"));
+        cx.nodes.push(node(
+            &nn,
+            "DequantizeLinear",
+            &[&q, &s, &z],
+            &[&out],
+            vec![],
+        ));
+        extra_outputs.push(proto::float_output(&out));
+        probe_list.push((k, out));
+    }
+    (probe_list, extra_outputs)
+}
+
+/// `model` with `graph`, stamped as this tool's output.
+fn with_graph(model: &pb::ModelProto, graph: pb::GraphProto) -> pb::ModelProto {
     let mut model = model.clone();
     model.graph = Some(graph);
     model.producer_name = "signrt-quantize".into();
     model.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Rewritten {
-        model,
-        activations: rw.acts,
-        weights,
-        probes: probe_list,
-    })
+    model
 }
 
 /// The `int8-weights` mode: every Conv and MatMul weight initializer is
@@ -543,20 +293,7 @@ pub fn int8_weights(model: &pb::ModelProto) -> Result<Rewritten, String> {
     let mut deq_nodes = Vec::new();
     let mut weights = Vec::new();
     for n in &g.node {
-        let slot = match n.op_type.as_str() {
-            "Conv" => Some((1usize, true)),
-            "MatMul" => {
-                if inits.contains_key(n.input.get(1).map_or("", String::as_str)) {
-                    Some((1, false))
-                } else if inits.contains_key(n.input.first().map_or("", String::as_str)) {
-                    Some((0, false))
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
-        let Some((i, per_channel)) = slot else {
+        let Some((i, per_channel)) = weight_slot(n, &inits) else {
             continue;
         };
         let name = &n.input[i];
@@ -569,37 +306,26 @@ pub fn int8_weights(model: &pb::ModelProto) -> Result<Rewritten, String> {
         let Some(w) = tensor_f32(t) else { continue };
         let out = if per_channel { t.dims[0] as usize } else { 1 };
         let (q, s) = quantize_weights(&w, out, per_channel);
-        weights.push(WeightSummary {
-            layer: n.name.clone(),
-            op: n.op_type.clone(),
-            scales: s.len(),
-            scale_min: s.iter().copied().fold(f32::INFINITY, f32::min),
-            scale_max: s.iter().copied().fold(0.0, f32::max),
-            degenerate: w.iter().all(|v| *v == 0.0),
-        });
+        weights.push(WeightSummary::of(&n.name, &n.op_type, &w, &s));
         let qn = format!("{name}__int8");
         let sn = format!("{name}__scale");
         let zn = format!("{name}__zero_point");
         new_inits.push(tensor_i8(&qn, &t.dims, &q));
-        if per_channel {
-            new_inits.push(proto::tensor_f32_vec(&sn, &[s.len() as i64], &s));
-            new_inits.push(tensor_i8(&zn, &[s.len() as i64], &vec![0; s.len()]));
-        } else {
-            new_inits.push(scalar_f32(&sn, s[0]));
-            new_inits.push(tensor_i8(&zn, &[], &[0]));
-        }
+        new_inits.extend(weight_scale_consts(&sn, &zn, &s, per_channel));
         let deq = format!("{name}__dequantized");
-        deq_nodes.push(node(
+        let axis = if per_channel {
+            vec![int_attr("axis", 0)]
+        } else {
+            vec![]
+        };
+        let deq_node = node(
             &format!("{name}.dequantize"),
             "DequantizeLinear",
             &[&qn, &sn, &zn],
             &[&deq],
-            if per_channel {
-                vec![int_attr("axis", 0)]
-            } else {
-                vec![]
-            },
-        ));
+            axis,
+        );
+        deq_nodes.push(deq_node);
         replaced.insert(name.clone(), deq);
     }
     let mut graph = g.clone();
@@ -616,16 +342,34 @@ pub fn int8_weights(model: &pb::ModelProto) -> Result<Rewritten, String> {
     }
     deq_nodes.extend(graph.node);
     graph.node = deq_nodes;
-    let mut model = model.clone();
-    model.graph = Some(graph);
-    model.producer_name = "signrt-quantize".into();
-    model.producer_version = env!("CARGO_PKG_VERSION").into();
     Ok(Rewritten {
-        model,
+        model: with_graph(model, graph),
         activations: Vec::new(),
         weights,
         probes: Vec::new(),
     })
+}
+
+/// Which input of `n` holds weights for the `int8-weights` mode, and whether
+/// they get one scale per output channel: a Conv's weight (per channel), or
+/// a MatMul's initializer operand, the second one first (per tensor).
+fn weight_slot(
+    n: &pb::NodeProto,
+    inits: &HashMap<&str, &pb::TensorProto>,
+) -> Option<(usize, bool)> {
+    match n.op_type.as_str() {
+        "Conv" => Some((1, true)),
+        "MatMul" => {
+            if inits.contains_key(n.input.get(1).map_or("", String::as_str)) {
+                Some((1, false))
+            } else if inits.contains_key(n.input.first().map_or("", String::as_str)) {
+                Some((0, false))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Every float tensor of a float encoder that a rewrite may need a range
@@ -664,116 +408,84 @@ pub fn op_counts(model: &pb::ModelProto) -> BTreeMap<String, usize> {
 /// channels) and a 1×1 `QLinearConv`, which tract runs as an einsum without
 /// its `Im2col`. Group 1 and dilation 1 only; other convs are left as they are.
 pub fn patchify(model: &pb::ModelProto) -> Result<pb::ModelProto, String> {
-    use pb::attribute_proto::AttributeType;
     let g = model.graph.as_ref().ok_or("the model has no graph")?;
     let mut inits: HashMap<String, pb::TensorProto> = g
         .initializer
         .iter()
         .map(|t| (t.name.clone(), t.clone()))
         .collect();
-    let mut nodes = Vec::new();
-    let mut new_inits: Vec<pb::TensorProto> = Vec::new();
-    let ints = |n: &pb::NodeProto, name: &str| -> Option<Vec<i64>> {
-        n.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.ints.clone())
-    };
-    let int_of = |n: &pb::NodeProto, name: &str| -> Option<i64> {
-        n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
-    };
-    let ints_attr = |name: &str, v: Vec<i64>| pb::AttributeProto {
-        name: name.into(),
-        ints: v,
-        r#type: AttributeType::Ints as i32,
-        ..Default::default()
-    };
+    let mut out = Patched::default();
     for (i, n) in g.node.iter().enumerate() {
-        let k = ints(n, "kernel_shape").unwrap_or_default();
-        let eligible = n.op_type == "QLinearConv"
-            && k.len() == 2
-            && k.iter().product::<i64>() > 1
-            && int_of(n, "group").unwrap_or(1) == 1
-            && ints(n, "dilations").is_none_or(|d| d.iter().all(|x| *x == 1))
-            && inits.contains_key(&n.input[3]);
-        if !eligible {
-            nodes.push(n.clone());
+        if !patchable(n, &inits) {
+            out.nodes.push(n.clone());
             continue;
         }
-        let (kh, kw) = (k[0], k[1]);
-        let s = ints(n, "strides").unwrap_or(vec![1, 1]);
-        let p = ints(n, "pads").unwrap_or(vec![0, 0, 0, 0]);
         let w = inits[&n.input[3]].clone();
-        let (o, c) = (w.dims[0], w.dims[1]);
-        // (O, C, kh, kw) -> (O, kh*kw*C, 1, 1), tap-major like the Concat below
-        let mut raw = vec![0u8; w.raw_data.len()];
-        for oo in 0..o {
-            for cc in 0..c {
-                for y in 0..kh {
-                    for x in 0..kw {
-                        let src = ((oo * c + cc) * kh + y) * kw + x;
-                        let dst = oo * (kh * kw * c) + (y * kw + x) * c + cc;
-                        raw[dst as usize] = w.raw_data[src as usize];
-                    }
-                }
-            }
-        }
+        out.patch_conv(n, i, &w);
+        inits.remove(&n.input[3]);
+    }
+    let mut graph = g.clone();
+    graph.node = out.nodes;
+    graph.initializer = g
+        .initializer
+        .iter()
+        .filter(|t| inits.contains_key(&t.name))
+        .cloned()
+        .chain(out.inits)
+        .collect();
+    let mut m = model.clone();
+    m.graph = Some(graph);
+    Ok(m)
+}
+
+/// Whether [`patchify`] rewrites `n`: a QLinearConv with a 2-D kernel larger
+/// than 1×1, group 1, dilation 1, and weights among `inits` (those that an
+/// earlier conv has not taken).
+fn patchable(n: &pb::NodeProto, inits: &HashMap<String, pb::TensorProto>) -> bool {
+    let k = attr_ints(n, "kernel_shape").unwrap_or_default();
+    n.op_type == "QLinearConv"
+        && k.len() == 2
+        && k.iter().product::<i64>() > 1
+        && attr_int(n, "group").unwrap_or(1) == 1
+        && attr_ints(n, "dilations").is_none_or(|d| d.iter().all(|x| *x == 1))
+        && inits.contains_key(&n.input[3])
+}
+
+/// The nodes and new initializers of a patchified graph, in order.
+#[derive(Default)]
+struct Patched {
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+}
+
+impl Patched {
+    /// The patch form of QLinearConv `n` (the `i`-th node) with int8 weights `w`.
+    fn patch_conv(&mut self, n: &pb::NodeProto, i: usize, w: &pb::TensorProto) {
+        let k = attr_ints(n, "kernel_shape").unwrap_or_default();
+        let (kh, kw) = (k[0], k[1]);
+        let s = attr_ints(n, "strides").unwrap_or(vec![1, 1]);
+        let p = attr_ints(n, "pads").unwrap_or(vec![0, 0, 0, 0]);
         let wname = format!("{}__patches", n.input[3]);
-        new_inits.push(pb::TensorProto {
-            name: wname.clone(),
-            dims: vec![o, kh * kw * c, 1, 1],
-            data_type: w.data_type,
-            raw_data: raw,
-            ..Default::default()
-        });
+        self.inits.push(patch_weights(&wname, w, kh, kw));
         let pre = format!("{}.patches{i}", n.name);
         let padded = format!("{pre}.padded");
         let pads_name = format!("{pre}.pads");
-        new_inits.push(signrt_runtime::onnx::tensor_i64(
+        self.inits.push(signrt_runtime::onnx::tensor_i64(
             &pads_name,
             &[8],
             &[0, 0, p[0], p[1], 0, 0, p[2], p[3]],
         ));
-        nodes.push(node(
+        self.nodes.push(node(
             &format!("{pre}.pad"),
             "Pad",
             &[&n.input[0], &pads_name, &n.input[2]],
             &[&padded],
             vec![],
         ));
-        let mut taps = Vec::new();
-        for y in 0..kh {
-            for x in 0..kw {
-                let t = format!("{pre}.tap{y}_{x}");
-                let end = |kk: i64, off: i64| {
-                    if off == kk - 1 {
-                        i64::MAX
-                    } else {
-                        -(kk - 1 - off)
-                    }
-                };
-                let names = [
-                    (format!("{t}.starts"), vec![y, x]),
-                    (format!("{t}.ends"), vec![end(kh, y), end(kw, x)]),
-                    (format!("{t}.axes"), vec![2, 3]),
-                    (format!("{t}.steps"), s.clone()),
-                ];
-                for (nm, v) in &names {
-                    new_inits.push(signrt_runtime::onnx::tensor_i64(nm, &[2], v));
-                }
-                nodes.push(node(
-                    &format!("{t}.slice"),
-                    "Slice",
-                    &[&padded, &names[0].0, &names[1].0, &names[2].0, &names[3].0],
-                    &[&t],
-                    vec![],
-                ));
-                taps.push(t);
-            }
-        }
+        let taps = self.taps(&pre, &padded, (kh, kw), &s);
         let cat = format!("{pre}.concat");
         let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
-        nodes.push(node(
+        self.nodes.push(node(
             &format!("{pre}.concat"),
             "Concat",
             &tap_refs,
@@ -786,19 +498,69 @@ pub fn patchify(model: &pb::ModelProto) -> Result<pb::ModelProto, String> {
         let mut nn = n.clone();
         nn.input = ins;
         nn.attribute = vec![ints_attr("kernel_shape", vec![1, 1])];
-        nodes.push(nn);
-        inits.remove(&n.input[3]);
+        self.nodes.push(nn);
     }
-    let mut graph = g.clone();
-    graph.node = nodes;
-    graph.initializer = g
-        .initializer
-        .iter()
-        .filter(|t| inits.contains_key(&t.name))
-        .cloned()
-        .chain(new_inits)
-        .collect();
-    let mut m = model.clone();
-    m.graph = Some(graph);
-    Ok(m)
+
+    /// One strided `Slice` of `padded` per kernel tap, row-major; returns
+    /// the taps' tensor names.
+    fn taps(&mut self, pre: &str, padded: &str, (kh, kw): (i64, i64), s: &[i64]) -> Vec<String> {
+        // the slice of tap `off` ends `kk - 1 - off` before the end
+        let end = |kk: i64, off: i64| {
+            if off == kk - 1 {
+                i64::MAX
+            } else {
+                -(kk - 1 - off)
+            }
+        };
+        let mut taps = Vec::new();
+        for y in 0..kh {
+            for x in 0..kw {
+                let t = format!("{pre}.tap{y}_{x}");
+                let names = [
+                    (format!("{t}.starts"), vec![y, x]),
+                    (format!("{t}.ends"), vec![end(kh, y), end(kw, x)]),
+                    (format!("{t}.axes"), vec![2, 3]),
+                    (format!("{t}.steps"), s.to_vec()),
+                ];
+                for (nm, v) in &names {
+                    self.inits
+                        .push(signrt_runtime::onnx::tensor_i64(nm, &[2], v));
+                }
+                self.nodes.push(node(
+                    &format!("{t}.slice"),
+                    "Slice",
+                    &[padded, &names[0].0, &names[1].0, &names[2].0, &names[3].0],
+                    &[&t],
+                    vec![],
+                ));
+                taps.push(t);
+            }
+        }
+        taps
+    }
+}
+
+/// Int8 conv weights `w` (O, C, kh, kw) as the (O, kh·kw·C, 1, 1) weights of
+/// the 1×1 conv over the patches, tap-major like the patches' `Concat`.
+fn patch_weights(name: &str, w: &pb::TensorProto, kh: i64, kw: i64) -> pb::TensorProto {
+    let (o, c) = (w.dims[0], w.dims[1]);
+    let mut raw = vec![0u8; w.raw_data.len()];
+    for oo in 0..o {
+        for cc in 0..c {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let src = ((oo * c + cc) * kh + y) * kw + x;
+                    let dst = oo * (kh * kw * c) + (y * kw + x) * c + cc;
+                    raw[dst as usize] = w.raw_data[src as usize];
+                }
+            }
+        }
+    }
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![o, kh * kw * c, 1, 1],
+        data_type: w.data_type,
+        raw_data: raw,
+        ..Default::default()
+    }
 }

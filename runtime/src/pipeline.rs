@@ -559,19 +559,9 @@ impl Pipeline {
             } else {
                 self.run_serial(source, &mut pool, &mut run, &mut out)?
             };
-            if let Some(p) = &mut pool {
-                self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
-            }
+            self.finish_segment(&mut pool, &mut run, &mut out)?;
             Ok(ended)
         })?;
-        if let Some(rep) = self
-            .stream
-            .flush(&mut self.model, &mut run.emitted)
-            .map_err(PipelineError::Stream)?
-        {
-            run.last = Some(rep);
-        }
-        out.glosses(self, &mut run.emitted);
         let summary = self.summary(&out, &run, &ended, started.elapsed().as_secs_f64());
         Ok((summary, ended.failed))
     }
@@ -745,6 +735,28 @@ impl Pipeline {
         run: &mut RunState,
         out: &mut Output<F>,
     ) -> Result<(), PipelineError> {
+        self.finish_segment(pool, run, out)?;
+        self.stream.reset();
+        self.offset = out.processed;
+        out.reset(&ResetEvent {
+            frame: out.processed,
+            time: out.processed as f64 / out.fps as f64,
+            reason: format!(
+                "the source restarted ({}x{} frames): the stream starts afresh",
+                frame.width, frame.height
+            ),
+        });
+        Ok(())
+    }
+
+    /// Decodes everything still pending to its end and emits it: the frames
+    /// the encoder threads hold, then the stream's last window.
+    fn finish_segment<F: FnMut(Event<'_>)>(
+        &mut self,
+        pool: &mut Option<EncoderPool>,
+        run: &mut RunState,
+        out: &mut Output<F>,
+    ) -> Result<(), PipelineError> {
         if let Some(p) = pool {
             self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
         }
@@ -756,16 +768,6 @@ impl Pipeline {
             run.last = Some(rep);
         }
         out.glosses(self, &mut run.emitted);
-        self.stream.reset();
-        self.offset = out.processed;
-        out.reset(&ResetEvent {
-            frame: out.processed,
-            time: out.processed as f64 / out.fps as f64,
-            reason: format!(
-                "the source restarted ({}x{} frames): the stream starts afresh",
-                frame.width, frame.height
-            ),
-        });
         Ok(())
     }
 

@@ -19,6 +19,11 @@ fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo")
 }
 
+/// A shipped sample clip (its glosses: HOUSE WARM COLD NORTH WARM TOMORROW).
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/s14_v00362.y4m")
+}
+
 /// Writes straight to the test's stderr, past the harness's capture: a note
 /// that must be seen even when the test passes.
 fn note(msg: &str) {
@@ -392,7 +397,7 @@ fn broken_streams_are_clear_errors() {
 fn a_truncated_stream_keeps_what_was_recognised() {
     // the shipped sample cut in the middle of a frame: the glosses before the
     // cut are printed, then the summary, then the error naming the frame
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/s14_v00362.y4m");
+    let sample = sample();
     let bytes = std::fs::read(&sample).unwrap();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("cut.y4m");
@@ -459,7 +464,7 @@ fn broken_folders_and_bundles_are_clear_errors() {
         }
         dir
     };
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/s14_v00362.y4m");
+    let sample = sample();
     let no_manifest = copy("no-manifest");
     std::fs::remove_file(no_manifest.join("manifest.json")).unwrap();
     let bad_json = copy("bad-json");
@@ -494,7 +499,7 @@ fn broken_folders_and_bundles_are_clear_errors() {
 /// camera pipe): it stops, prints its summary and exits 130 / 143.
 #[test]
 fn signals_stop_a_live_run_with_its_summary() {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/s14_v00362.y4m");
+    let sample = sample();
     let bytes = std::fs::read(&sample).unwrap();
     let b = demo();
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {

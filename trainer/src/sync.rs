@@ -2,7 +2,7 @@
 //! per-replica numbers (an all-reduce), so that BatchNorm normalises by the
 //! statistics of all replicas' frames together and the frame-classification
 //! loss is averaged over all their labelled frames, exactly as one forward
-//! over the whole batch would (`train::replica_grads`).
+//! over the whole batch would (`train::replicas::replica_grads`).
 //!
 //! Every replica must make the same all-reduces in the same order. A replica
 //! that fails, panics or finishes while another waits makes that one's

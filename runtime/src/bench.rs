@@ -155,9 +155,9 @@ pub fn bare_frame_parallel(
         for _ in 0..frames {
             let mut slot = match pool.take_slot() {
                 Some(s) => s,
-                None => pool.collect().ok_or_else(|| {
-                    PipelineError::Stream("encoder threads: none in flight".into())
-                })??,
+                None => pool
+                    .collect()
+                    .ok_or_else(|| PipelineError::Workers("none in flight".into()))??,
             };
             slot.set_input(input);
             pool.submit(slot)?;
@@ -239,7 +239,7 @@ pub fn run(
         // CTC decoding of one window's posteriors
         let decode = time_n(iters, || {
             std::hint::black_box(
-                crate::decode::greedy(&lp, v).map_err(|e| PipelineError::Stream(e.to_string()))?,
+                crate::decode::greedy(&lp, v).map_err(|e| PipelineError::Stream(e.into()))?,
             );
             Ok(())
         })?;

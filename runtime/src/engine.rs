@@ -143,9 +143,9 @@ impl TractModel {
         let mut logits = Vec::new();
         let two = vec![0f32; 2 * me.feature_len];
         me.score(&two, 2, &mut state, &mut logits)
-            .map_err(|message| EngineError::Mismatch {
+            .map_err(|e| EngineError::Mismatch {
                 path: bundle.path_of(&m.scorer),
-                message,
+                message: e.to_string(),
             })?;
         if logits.len() != 1 {
             return Err(EngineError::Mismatch {
@@ -189,27 +189,33 @@ impl Model for TractModel {
         t: usize,
         state: &mut [f32],
         logits: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::stream::StreamError> {
         let (c, g, h) = (self.channels, self.grid, self.scorer_hidden);
-        let err = |e: TractError| format!("scorer: {e:#}");
+        let err = |e: TractError| crate::stream::StreamError::Model {
+            graph: "scorer",
+            message: format!("{e:#}"),
+        };
         let x = Tensor::from_shape(&[1, t, c, g, g], feats).map_err(err)?;
         let h0 = Tensor::from_shape(&[1, h, g, g], state).map_err(err)?;
         let res = self.scorer.run(tvec!(x.into(), h0.into())).map_err(err)?;
         if res.len() != 2 {
-            return Err(format!(
-                "scorer: {} outputs, expected 2 (logits, h_last)",
-                res.len()
-            ));
+            return Err(crate::stream::StreamError::Output {
+                graph: "scorer",
+                message: format!("{} outputs, expected 2 (logits, h_last)", res.len()),
+            });
         }
         let l = res[0].to_plain_array_view::<f32>().map_err(err)?;
         logits.extend(l.iter().copied());
         let hl = res[1].to_plain_array_view::<f32>().map_err(err)?;
         if hl.len() != state.len() {
-            return Err(format!(
-                "scorer: state of {} values, the manifest's scorer_hidden {h} means {}",
-                hl.len(),
-                state.len()
-            ));
+            return Err(crate::stream::StreamError::Output {
+                graph: "scorer",
+                message: format!(
+                    "state of {} values, the manifest's scorer_hidden {h} means {}",
+                    hl.len(),
+                    state.len()
+                ),
+            });
         }
         for (s, v) in state.iter_mut().zip(hl.iter()) {
             *s = *v;
@@ -222,7 +228,7 @@ impl Model for TractModel {
         selected: &[f32],
         k: usize,
         log_probs: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::stream::StreamError> {
         run1(
             &self.temporal,
             "temporal",
@@ -231,7 +237,10 @@ impl Model for TractModel {
             log_probs,
         )
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::stream::StreamError::Model {
+            graph: "temporal",
+            message: e.to_string(),
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use crate::engine::{EngineError, TractModel};
 use crate::memory;
 use crate::preprocess::{FrameResizer, Resampler};
 use crate::source::{Frame, FrameSource, SourceError};
-use crate::stream::{Emitted, Model, Stream, StreamConfig, WindowReport};
+use crate::stream::{Emitted, Model, Stream, StreamConfig, StreamError, WindowReport};
 use crate::workers::EncoderPool;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +38,14 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// A frame that does not match its own size (a source's bug).
     #[error("{0}")]
-    Stream(String),
+    Frame(String),
+    /// The encoder threads fell out of step (a bug, not bad input).
+    #[error("encoder threads: {0}")]
+    Workers(String),
     #[error("the pipeline needs {need} for {frames} frames, more than the memory budget of {budget}; raise --memory-budget, or use a smaller (e.g. int8) bundle or camera size{hint}")]
     Budget {
         need: String,
@@ -61,7 +67,7 @@ pub(crate) fn resize_frame(
         .for_size((frame.width, frame.height))
         .run(&frame.rgb, out)
     {
-        return Err(PipelineError::Stream(format!(
+        return Err(PipelineError::Frame(format!(
             "frame of {} bytes does not match its size {}x{}",
             frame.rgb.len(),
             frame.width,
@@ -440,8 +446,8 @@ impl Pipeline {
         let mut slot = match pool.collect() {
             Some(r) => r?,
             None => {
-                return Err(PipelineError::Stream(
-                    "encoder threads: no slot free and none in flight".into(),
+                return Err(PipelineError::Workers(
+                    "no slot free and none in flight".into(),
                 ))
             }
         };

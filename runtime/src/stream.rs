@@ -36,14 +36,39 @@ pub trait Model {
         t: usize,
         state: &mut [f32],
         logits: &mut Vec<f32>,
-    ) -> Result<(), String>;
+    ) -> Result<(), StreamError>;
     /// CTC log-probabilities (k·V values) for k selected frames (k·feature_len values).
     fn temporal(
         &mut self,
         selected: &[f32],
         k: usize,
         log_probs: &mut Vec<f32>,
-    ) -> Result<(), String>;
+    ) -> Result<(), StreamError>;
+}
+
+/// What can go wrong in the stream: a graph failing or answering with the
+/// wrong size, features of the wrong length, or the decoder.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// One of the bundle's graphs failed to run.
+    #[error("{graph}: {message}")]
+    Model {
+        graph: &'static str,
+        message: String,
+    },
+    /// A graph ran but its output does not fit the manifest.
+    #[error("{graph}: {message}")]
+    Output {
+        graph: &'static str,
+        message: String,
+    },
+    #[error("feature length {got} != {want}")]
+    FeatureLength { got: usize, want: usize },
+    /// The window schedule fell out of step (a bug, not bad input).
+    #[error("scorer is {behind} frames behind, more than the window of {window}")]
+    Behind { behind: u64, window: u64 },
+    #[error(transparent)]
+    Decode(#[from] crate::decode::DecodeError),
 }
 
 /// A recognised gloss.
@@ -138,7 +163,7 @@ struct BeamState {
 }
 
 impl BeamState {
-    fn push(&mut self, frame: u64, row: &[f32], out: &mut Vec<Emitted>) -> Result<(), String> {
+    fn push(&mut self, frame: u64, row: &[f32], out: &mut Vec<Emitted>) -> Result<(), StreamError> {
         self.rows.extend_from_slice(row);
         self.frames.push(frame);
         let n = self.frames.len();
@@ -149,12 +174,11 @@ impl BeamState {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), String> {
+    fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), StreamError> {
         if self.frames.is_empty() {
             return Ok(());
         }
-        let d = crate::decode::beam_search(&self.rows, self.v, self.width)
-            .map_err(|e| e.to_string())?;
+        let d = crate::decode::beam_search(&self.rows, self.v, self.width)?;
         for t in d.tokens {
             out.push(Emitted {
                 id: t.id,
@@ -277,9 +301,12 @@ impl Stream {
         features: &[f32],
         out: &mut Vec<Emitted>,
         report: &mut Option<WindowReport>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         if features.len() != self.d {
-            return Err(format!("feature length {} != {}", features.len(), self.d));
+            return Err(StreamError::FeatureLength {
+                got: features.len(),
+                want: self.d,
+            });
         }
         let w = self.cfg.window as u64;
         let slot = (self.seen % w) as usize;
@@ -299,7 +326,7 @@ impl Stream {
         &mut self,
         model: &mut M,
         out: &mut Vec<Emitted>,
-    ) -> Result<Option<WindowReport>, String> {
+    ) -> Result<Option<WindowReport>, StreamError> {
         let mut report = None;
         if self.seen > 0 && self.last_run_end < self.seen {
             let n = (self.seen as usize).min(self.cfg.window);
@@ -321,17 +348,17 @@ impl Stream {
 
     /// Brings the scorer up to frame `end` (exclusive): runs it over the frames
     /// it has not seen, continuing from the last one it saw and its state.
-    fn update_logits<M: Model>(&mut self, model: &mut M, end: u64) -> Result<(), String> {
+    fn update_logits<M: Model>(&mut self, model: &mut M, end: u64) -> Result<(), StreamError> {
         if end <= self.scored {
             return Ok(());
         }
         let w = self.cfg.window as u64;
         let d = self.d;
         if end - self.scored > w {
-            return Err(format!(
-                "scorer is {} frames behind, more than the window of {w}",
-                end - self.scored
-            ));
+            return Err(StreamError::Behind {
+                behind: end - self.scored,
+                window: w,
+            });
         }
         let mut t = 0;
         if self.scored > 0 {
@@ -353,11 +380,10 @@ impl Stream {
                 &mut self.new_logits,
             )?;
             if self.new_logits.len() != t - 1 {
-                return Err(format!(
-                    "scorer gave {} logits for {} frames",
-                    self.new_logits.len(),
-                    t
-                ));
+                return Err(StreamError::Output {
+                    graph: "scorer",
+                    message: format!("{} logits for {} frames", self.new_logits.len(), t),
+                });
             }
             // logit i is the difference that arrives at frame first + i
             let first = self.scored.max(1);
@@ -378,7 +404,7 @@ impl Stream {
         n: usize,
         commit_end: u64,
         out: &mut Vec<Emitted>,
-    ) -> Result<WindowReport, String> {
+    ) -> Result<WindowReport, StreamError> {
         let w = self.cfg.window as u64;
         let d = self.d;
         self.update_logits(model, start + n as u64)?;
@@ -418,11 +444,10 @@ impl Stream {
         self.log_probs.clear();
         model.temporal(&self.selected[..k * d], k, &mut self.log_probs)?;
         if self.log_probs.len() != k * self.v {
-            return Err(format!(
-                "temporal graph gave {} values for {} keyframes",
-                self.log_probs.len(),
-                k
-            ));
+            return Err(StreamError::Output {
+                graph: "temporal",
+                message: format!("{} values for {} keyframes", self.log_probs.len(), k),
+            });
         }
         for (j, &f) in frames.iter().enumerate() {
             let g = start + f as u64;
@@ -477,7 +502,7 @@ mod tests {
             t: usize,
             state: &mut [f32],
             s: &mut Vec<f32>,
-        ) -> Result<(), String> {
+        ) -> Result<(), StreamError> {
             // the state counts the differences seen, so the logit is a global
             // tie-break (later differences score a little higher)
             for i in 0..t - 1 {
@@ -487,7 +512,12 @@ mod tests {
             self.diffs_scored += t - 1;
             Ok(())
         }
-        fn temporal(&mut self, sel: &[f32], k: usize, lp: &mut Vec<f32>) -> Result<(), String> {
+        fn temporal(
+            &mut self,
+            sel: &[f32],
+            k: usize,
+            lp: &mut Vec<f32>,
+        ) -> Result<(), StreamError> {
             self.calls += 1;
             for j in 0..k {
                 let lab = sel[j * 2 + 1] as usize; // feature 1 is unscaled label copy

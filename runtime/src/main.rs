@@ -148,6 +148,11 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
     },
 }
 
+/// The default thread count: every core this process may use.
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn parse_size_arg(s: &str) -> Result<usize, String> {
     memory::parse_size(s)
 }
@@ -363,7 +368,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => all_cores(),
     };
     let source = source.as_str();
     let reference = match reference {
@@ -591,7 +596,7 @@ fn bench_cmd(
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let (w, h) = parse_camera(camera)?;
     if threads.is_empty() {
-        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let all = all_cores();
         threads = if all > 1 { vec![1, all] } else { vec![1] };
     }
     let r = signrt_runtime::bench::run(
@@ -681,9 +686,7 @@ fn soak_cmd(
     let dir = default_bundle(bundle)?;
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let size = parse_camera(camera)?;
-    let threads = threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = threads.unwrap_or_else(all_cores).max(1);
     let r = signrt_runtime::bench::soak(&bundle, threads, size, frames.max(1), 20)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -727,9 +730,7 @@ fn doctor_cmd(
     use signrt_runtime::doctor::{self, DoctorOptions, Verdict};
     let dir = default_bundle(bundle)?;
     let opts = DoctorOptions {
-        threads: threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1),
+        threads: threads.unwrap_or_else(all_cores).max(1),
         camera,
         budget,
         sample,

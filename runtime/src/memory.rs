@@ -57,18 +57,19 @@ pub fn reset_heap_peak() {
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    status_kib("VmHWM:").map(|k| k * 1024)
 }
 
 /// Resident set size of this process now in bytes (Linux `VmRSS`), if known.
 pub fn current_rss() -> Option<usize> {
+    status_kib("VmRSS:").map(|k| k * 1024)
+}
+
+/// A `kB` field of `/proc/self/status`.
+fn status_kib(key: &str) -> Option<usize> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Parses sizes like `512M`, `1.5G`, `300MiB`, `2000000` (bytes).

@@ -282,86 +282,25 @@ impl Pipeline {
             stop: Arc::new(AtomicBool::new(false)),
             offset: 0,
         };
-        // warm-up: one encoder run and one full window, measuring the heap peak
-        memory::reset_heap_peak();
-        let before = memory::heap_now();
-        let input = me.input.clone();
-        me.model.encode(&input, &mut me.features)?;
-        let encoder_activations = memory::heap_peak().saturating_sub(before);
-        let mut warm = Stream::new(cfg, d, m.model.vocab_size, me.model.scorer_state_len());
-        let zeros = vec![0.0f32; d];
-        let mut sink = Vec::new();
-        let mut rep = None;
-        for _ in 0..cfg.window {
-            warm.push(&mut me.model, &zeros, &mut sink, &mut rep)
-                .map_err(PipelineError::Stream)?;
-        }
-        let serial = memory::heap_peak().saturating_sub(before);
-        // everything resident so far: code, the loaded graphs, what loading and
-        // the warm-up touched (an allocator keeps freed memory resident)
-        let rss_warm = memory::peak_rss().unwrap_or(0);
+        let (encoder_activations, serial) = me.warm_up(cfg)?;
+        let measured = Measured {
+            heap0,
+            rss0,
+            heap_model,
+            encoder_activations,
+            serial,
+            // everything resident so far: code, the loaded graphs, what loading and
+            // the warm-up touched (an allocator keeps freed memory resident)
+            rss_warm: memory::peak_rss().unwrap_or(0),
+        };
         // the source's frames (a VGA camera's when not known)
-        let (fw, fh) = frame_size.unwrap_or((640, 480));
-        let frame_bytes = fw * fh * 3;
-        // with encoder threads, each runs a frame while the window runs here,
-        // and each has its slots (a copy of a camera frame, the input, the
-        // features) and its own resampler
-        let resampler_bytes = Resampler::new(
-            (fw, fh),
-            (me.model.encoder().width(), me.model.encoder().height()),
-            me.mean,
-            me.std,
-        )
-        .scratch_bytes();
-        let (activations, slots) = if threads > 1 {
-            (
-                serial + threads * encoder_activations,
-                threads
-                    * (crate::workers::SLOTS_PER_WORKER * (4 * (me.input.len() + d) + frame_bytes)
-                        + resampler_bytes),
-            )
-        } else {
-            (serial, 0)
-        };
-        let weights = if heap_model > 0 {
-            heap_model
-        } else {
-            2 * bundle
-                .manifest
-                .files
-                .values()
-                .map(|f| f.bytes as usize)
-                .sum::<usize>()
-        };
-        me.need = memory::MemoryNeed {
-            weights,
-            activations,
-            // the stream, the input tensor, the threads' slots, the frames in the
-            // capture queue and in hand, the source's own raw frame and read buffers,
-            // and the serial path's resampler
-            buffers: me.stream.buffer_bytes()
-                + 4 * me.input.len()
-                + slots
-                + (QUEUE + 3) * frame_bytes
-                + (2 << 20)
-                + resampler_bytes,
-            // the resident memory after the warm-up less what is counted above,
-            // plus each encoder thread's stack and allocator arena
-            baseline: rss_warm
-                .saturating_sub(weights + serial)
-                .max(rss0.saturating_sub(heap0))
-                .max(4 << 20)
-                + if threads > 1 {
-                    threads * THREAD_OVERHEAD
-                } else {
-                    0
-                },
-        };
+        let frame = frame_size.unwrap_or((640, 480));
+        me.need = me.estimate_need(bundle, &measured, frame);
         if let Some(b) = budget {
             if me.need.total() > b {
                 return Err(PipelineError::Budget {
                     need: me.need.describe(),
-                    frames: format!("{fw}x{fh}"),
+                    frames: format!("{}x{}", frame.0, frame.1),
                     budget: memory::mib(b),
                     hint: if threads > 1 {
                         format!(
@@ -375,6 +314,93 @@ impl Pipeline {
             }
         }
         Ok(me)
+    }
+
+    /// One encoder run and one full window; returns the heap peaks of the
+    /// encoder alone and of the whole serial path, in bytes.
+    fn warm_up(&mut self, cfg: StreamConfig) -> Result<(usize, usize), PipelineError> {
+        memory::reset_heap_peak();
+        let before = memory::heap_now();
+        let input = self.input.clone();
+        self.model.encode(&input, &mut self.features)?;
+        let encoder = memory::heap_peak().saturating_sub(before);
+        let d = self.model.feature_len();
+        let v = self.model.vocab_size();
+        let mut warm = Stream::new(cfg, d, v, self.model.scorer_state_len());
+        let zeros = vec![0.0f32; d];
+        let (mut sink, mut rep) = (Vec::new(), None);
+        for _ in 0..cfg.window {
+            warm.push(&mut self.model, &zeros, &mut sink, &mut rep)?;
+        }
+        Ok((encoder, memory::heap_peak().saturating_sub(before)))
+    }
+
+    /// The memory need from what loading and the warm-up measured, for
+    /// frames of `(fw, fh)` on this pipeline's encoder threads.
+    fn estimate_need(
+        &self,
+        bundle: &Bundle,
+        m: &Measured,
+        (fw, fh): (usize, usize),
+    ) -> memory::MemoryNeed {
+        let threads = self.threads;
+        let d = self.model.feature_len();
+        let frame_bytes = fw * fh * 3;
+        // with encoder threads, each runs a frame while the window runs here,
+        // and each has its slots (a copy of a camera frame, the input, the
+        // features) and its own resampler
+        let encoder = self.model.encoder();
+        let resampler_bytes = Resampler::new(
+            (fw, fh),
+            (encoder.width(), encoder.height()),
+            self.mean,
+            self.std,
+        )
+        .scratch_bytes();
+        let (activations, slots) = if threads > 1 {
+            let slot = 4 * (self.input.len() + d) + frame_bytes;
+            (
+                m.serial + threads * m.encoder_activations,
+                threads * (crate::workers::SLOTS_PER_WORKER * slot + resampler_bytes),
+            )
+        } else {
+            (m.serial, 0)
+        };
+        let weights = if m.heap_model > 0 {
+            m.heap_model
+        } else {
+            2 * bundle
+                .manifest
+                .files
+                .values()
+                .map(|f| f.bytes as usize)
+                .sum::<usize>()
+        };
+        memory::MemoryNeed {
+            weights,
+            activations,
+            // the stream, the input tensor, the threads' slots, the frames in the
+            // capture queue and in hand, the source's own raw frame and read buffers,
+            // and the serial path's resampler
+            buffers: self.stream.buffer_bytes()
+                + 4 * self.input.len()
+                + slots
+                + (QUEUE + 3) * frame_bytes
+                + (2 << 20)
+                + resampler_bytes,
+            // the resident memory after the warm-up less what is counted above,
+            // plus each encoder thread's stack and allocator arena
+            baseline: m
+                .rss_warm
+                .saturating_sub(weights + m.serial)
+                .max(m.rss0.saturating_sub(m.heap0))
+                .max(4 << 20)
+                + if threads > 1 {
+                    threads * THREAD_OVERHEAD
+                } else {
+                    0
+                },
+        }
     }
 
     fn gloss(&self, e: &Emitted, fps: f32) -> GlossEvent {
@@ -813,6 +839,20 @@ impl Pipeline {
             peak_rss_bytes: memory::peak_rss(),
         }
     }
+}
+
+/// What loading and the warm-up measured, in bytes (see `estimate_need`).
+struct Measured {
+    /// Live heap and peak RSS before loading.
+    heap0: usize,
+    rss0: usize,
+    /// Heap the loaded graphs hold.
+    heap_model: usize,
+    /// Heap peaks of one encoder run and of the whole serial path.
+    encoder_activations: usize,
+    serial: usize,
+    /// Peak RSS after the warm-up.
+    rss_warm: usize,
 }
 
 /// A run's working state outside the pipeline.

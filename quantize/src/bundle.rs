@@ -140,91 +140,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QuantizeError + '_ {
 
 /// Runs calibration, rewrites the encoder and writes the sealed bundle.
 pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
-    if opts.out.exists()
-        && std::fs::read_dir(&opts.out)
-            .map_err(io(&opts.out))?
-            .next()
-            .is_some()
-    {
-        return Err(QuantizeError::OutputExists {
-            path: opts.out.clone(),
-        });
-    }
+    refuse_nonempty_out(&opts.out)?;
     let (b, enc) = open_float(&opts.bundle)?;
     let m = &b.manifest;
-    let (h, w) = (m.input.height, m.input.width);
-    let (rewritten, ranges, frames, videos) = match opts.mode {
-        Mode::Int8(form) => {
-            let (frames, videos) =
-                calib::calibration_frames(&opts.calib, &opts.calib_split, opts.samples, m)?;
-            log::info!(
-                "calibrating on {} frames of {videos} videos ({})",
-                frames.len(),
-                opts.method.name()
-            );
-            let stats = calib::collect(&enc, &frames, h, w, opts.method)?;
-            let ranges = ranges_of(&stats, opts.method);
-            let rw = rewrite::quantize_encoder(&enc, &ranges, form, false)
-                .map_err(QuantizeError::Graph)?;
-            (rw, ranges, frames, videos)
-        }
-        Mode::Int8Weights => {
-            let rw = rewrite::int8_weights(&enc).map_err(QuantizeError::Graph)?;
-            (rw, HashMap::new(), Vec::new(), 0)
-        }
-    };
-    // the rewritten encoder must load and give the manifest's shape
-    let plan = proto::load_plan(&rewritten.model, h, w)?;
-    let out = proto::run_plan(&plan, &vec![0f32; 3 * h * w], h, w)?;
-    let want = m.model.feature_dim * m.model.grid * m.model.grid;
-    if out.first().map(Vec::len) != Some(want) {
-        return Err(QuantizeError::Graph(format!(
-            "the rewritten encoder gives {:?} values, the manifest needs {want}",
-            out.first().map(Vec::len)
-        )));
-    }
-    let parent = opts
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = opts
-        .out
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let tmp = parent.join(format!("{name}.partial-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let result = (|| {
-        for f in [&m.vocabulary, &m.scorer, &m.temporal] {
-            std::fs::copy(b.path_of(f), tmp.join(f)).map_err(io(&b.path_of(f)))?;
-        }
-        let enc_out = tmp.join(&m.encoder);
-        signrt_runtime::onnx::write_model(&rewritten.model, &enc_out).map_err(io(&enc_out))?;
-        let mut manifest = m.clone();
-        manifest.producer = concat!("signrt-quantize ", env!("CARGO_PKG_VERSION")).into();
-        let counts = rewrite::op_counts(&rewritten.model);
-        manifest.quantization = Some(Quantization {
-            mode: opts.mode.name().into(),
-            method: match opts.mode {
-                Mode::Int8(_) => opts.method.name().into(),
-                Mode::Int8Weights => "none (weights only)".into(),
-            },
-            samples: videos,
-            summary: summary(opts, &rewritten.activations, &rewritten.weights, &counts),
-        });
-        manifest.seal_and_write(&tmp)?;
-        if opts.out.exists() {
-            std::fs::remove_dir(&opts.out).map_err(io(&opts.out))?;
-        }
-        std::fs::rename(&tmp, &opts.out).map_err(io(&opts.out))?;
-        Ok(manifest)
-    })();
-    let manifest = match result {
+    let Calibrated {
+        rewritten,
+        ranges,
+        frames,
+        videos,
+    } = rewrite_encoder(opts, &enc, m)?;
+    check_output_shape(&rewritten, m)?;
+    let tmp = fresh_partial_dir(&opts.out)?;
+    let manifest = match write_bundle(opts, &b, &rewritten, videos, &tmp) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -242,4 +169,133 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         float_encoder_bytes,
         int8_encoder_bytes,
     })
+}
+
+/// Never writes over a bundle: the output may exist only as an empty folder.
+fn refuse_nonempty_out(out: &Path) -> Result<(), QuantizeError> {
+    if out.exists() && std::fs::read_dir(out).map_err(io(out))?.next().is_some() {
+        return Err(QuantizeError::OutputExists { path: out.into() });
+    }
+    Ok(())
+}
+
+/// The rewritten encoder, with what calibration used (none for weights only).
+struct Calibrated {
+    rewritten: Rewritten,
+    ranges: HashMap<String, Range>,
+    frames: Vec<Vec<f32>>,
+    videos: usize,
+}
+
+/// Rewrites the encoder for the mode: int8 compute calibrates activation
+/// ranges first; int8 weights needs no calibration.
+fn rewrite_encoder(
+    opts: &Options,
+    enc: &pb::ModelProto,
+    m: &signrt_runtime::Manifest,
+) -> Result<Calibrated, QuantizeError> {
+    let (h, w) = (m.input.height, m.input.width);
+    match opts.mode {
+        Mode::Int8(form) => {
+            let (frames, videos) =
+                calib::calibration_frames(&opts.calib, &opts.calib_split, opts.samples, m)?;
+            log::info!(
+                "calibrating on {} frames of {videos} videos ({})",
+                frames.len(),
+                opts.method.name()
+            );
+            let stats = calib::collect(enc, &frames, h, w, opts.method)?;
+            let ranges = ranges_of(&stats, opts.method);
+            let rewritten = rewrite::quantize_encoder(enc, &ranges, form, false)
+                .map_err(QuantizeError::Graph)?;
+            Ok(Calibrated {
+                rewritten,
+                ranges,
+                frames,
+                videos,
+            })
+        }
+        Mode::Int8Weights => {
+            let rewritten = rewrite::int8_weights(enc).map_err(QuantizeError::Graph)?;
+            Ok(Calibrated {
+                rewritten,
+                ranges: HashMap::new(),
+                frames: Vec::new(),
+                videos: 0,
+            })
+        }
+    }
+}
+
+/// The rewritten encoder must load and give the manifest's shape.
+fn check_output_shape(
+    rewritten: &Rewritten,
+    m: &signrt_runtime::Manifest,
+) -> Result<(), QuantizeError> {
+    let (h, w) = (m.input.height, m.input.width);
+    let plan = proto::load_plan(&rewritten.model, h, w)?;
+    let out = proto::run_plan(&plan, &vec![0f32; 3 * h * w], h, w)?;
+    let want = m.model.feature_dim * m.model.grid * m.model.grid;
+    if out.first().map(Vec::len) != Some(want) {
+        return Err(QuantizeError::Graph(format!(
+            "the rewritten encoder gives {:?} values, the manifest needs {want}",
+            out.first().map(Vec::len)
+        )));
+    }
+    Ok(())
+}
+
+/// An empty `<out>.partial-<pid>` next to the output (any leftover of the same
+/// name removed), so a failed run never leaves half a bundle at `out`.
+fn fresh_partial_dir(out: &Path) -> Result<PathBuf, QuantizeError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let tmp = parent.join(format!("{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    Ok(tmp)
+}
+
+/// Writes the bundle into `tmp` (the other graphs and the vocabulary copied,
+/// the new encoder, the sealed manifest) and renames it into place.
+fn write_bundle(
+    opts: &Options,
+    b: &Bundle,
+    rewritten: &Rewritten,
+    videos: usize,
+    tmp: &Path,
+) -> Result<signrt_runtime::Manifest, QuantizeError> {
+    let m = &b.manifest;
+    for f in [&m.vocabulary, &m.scorer, &m.temporal] {
+        std::fs::copy(b.path_of(f), tmp.join(f)).map_err(io(&b.path_of(f)))?;
+    }
+    let enc_out = tmp.join(&m.encoder);
+    signrt_runtime::onnx::write_model(&rewritten.model, &enc_out).map_err(io(&enc_out))?;
+    let mut manifest = m.clone();
+    manifest.producer = concat!("signrt-quantize ", env!("CARGO_PKG_VERSION")).into();
+    let counts = rewrite::op_counts(&rewritten.model);
+    manifest.quantization = Some(Quantization {
+        mode: opts.mode.name().into(),
+        method: match opts.mode {
+            Mode::Int8(_) => opts.method.name().into(),
+            Mode::Int8Weights => "none (weights only)".into(),
+        },
+        samples: videos,
+        summary: summary(opts, &rewritten.activations, &rewritten.weights, &counts),
+    });
+    manifest.seal_and_write(tmp)?;
+    if opts.out.exists() {
+        std::fs::remove_dir(&opts.out).map_err(io(&opts.out))?;
+    }
+    std::fs::rename(tmp, &opts.out).map_err(io(&opts.out))?;
+    Ok(manifest)
 }

@@ -226,6 +226,45 @@ pub fn signer_splits(signers: usize) -> Vec<&'static str> {
 
 /// Plans the whole corpus (no pixels).
 pub fn plan(cfg: &SynthConfig) -> Result<CorpusPlan, SynthError> {
+    let (n_train, n_dev, n_test) = split_sizes(cfg)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let vocab = glosses::vocabulary(cfg.glosses, &mut rng);
+    let splits = signer_splits(cfg.signers);
+    let signers: Vec<Signer> = (0..cfg.signers)
+        .map(|i| signer_traits(i, splits[i], cfg.seed))
+        .collect();
+    let train_sents = train_sentences(&mut rng, cfg.glosses, n_train);
+    let train_set: HashSet<Vec<usize>> = train_sents.iter().cloned().collect();
+    let dev_sents = heldout_sentences(&mut rng, cfg.glosses, &train_set, n_dev);
+    let test_sents = heldout_sentences(&mut rng, cfg.glosses, &train_set, n_test);
+    let mut videos = Vec::new();
+    for (split, sents) in [
+        ("train", train_sents),
+        ("dev", dev_sents),
+        ("test", test_sents),
+    ] {
+        let pool: Vec<usize> = signers
+            .iter()
+            .filter(|x| x.split == split)
+            .map(|x| x.id)
+            .collect();
+        for (k, s) in sents.into_iter().enumerate() {
+            let signer = &signers[pool[k % pool.len()]];
+            let index = videos.len();
+            videos.push(plan_video(cfg.seed, signer, split, index, s));
+        }
+    }
+    Ok(CorpusPlan {
+        config: cfg.clone(),
+        vocab,
+        signers,
+        videos,
+    })
+}
+
+/// Refuses arguments that cannot make a signer-independent corpus; else the
+/// (train, dev, test) video counts, dev and test a tenth each.
+fn split_sizes(cfg: &SynthConfig) -> Result<(usize, usize, usize), SynthError> {
     let arg = |arg, message: String| Err(SynthError::Arg { arg, message });
     if cfg.signers < 3 {
         return arg(
@@ -271,35 +310,28 @@ pub fn plan(cfg: &SynthConfig) -> Result<CorpusPlan, SynthError> {
             format!("{n_train} train videos cannot show all {} glosses (8 per sentence at most): use more videos or fewer glosses", cfg.glosses),
         );
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let vocab = glosses::vocabulary(cfg.glosses, &mut rng);
-    let splits = signer_splits(cfg.signers);
-    let signers: Vec<Signer> = (0..cfg.signers)
-        .map(|i| signer_traits(i, splits[i], cfg.seed))
-        .collect();
-    let by_split = |s: &str| {
-        signers
-            .iter()
-            .filter(|x| x.split == s)
-            .map(|x| x.id)
-            .collect::<Vec<_>>()
-    };
-    let v = cfg.glosses;
-    let sentence = |rng: &mut ChaCha8Rng, len: usize| -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::with_capacity(len);
-        while out.len() < len {
-            let g = rng.random_range(0..v);
-            if out.last() != Some(&g) {
-                out.push(g);
-            }
+    Ok((n_train, n_dev, n_test))
+}
+
+/// A random sentence of `len` glosses out of `v`, never one gloss twice in a row.
+fn random_sentence(rng: &mut ChaCha8Rng, v: usize, len: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::with_capacity(len);
+    while out.len() < len {
+        let g = rng.random_range(0..v);
+        if out.last() != Some(&g) {
+            out.push(g);
         }
-        out
-    };
-    // train sentences: the first ones cover the whole vocabulary
+    }
+    out
+}
+
+/// The train sentences, shuffled: the first ones cover the whole vocabulary,
+/// so every gloss is seen in training.
+fn train_sentences(rng: &mut ChaCha8Rng, v: usize, n_train: usize) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
     let mut train_sents: Vec<Vec<usize>> = Vec::new();
     let mut all: Vec<usize> = (0..v).collect();
-    use rand::seq::SliceRandom;
-    all.shuffle(&mut rng);
+    all.shuffle(rng);
     let mut i = 0;
     while i < all.len() {
         let len = rng.random_range(2..=8).min(all.len() - i).max(1);
@@ -313,96 +345,106 @@ pub fn plan(cfg: &SynthConfig) -> Result<CorpusPlan, SynthError> {
     }
     while train_sents.len() < n_train {
         let len = rng.random_range(2..=8);
-        train_sents.push(sentence(&mut rng, len));
+        train_sents.push(random_sentence(rng, v, len));
     }
-    train_sents.shuffle(&mut rng);
-    let train_set: HashSet<Vec<usize>> = train_sents.iter().cloned().collect();
-    let heldout = |rng: &mut ChaCha8Rng, n: usize| -> Vec<Vec<usize>> {
-        (0..n)
-            .map(|_| loop {
-                let len = rng.random_range(2..=8);
-                let s = sentence(rng, len);
-                if !train_set.contains(&s) {
-                    break s;
-                }
-            })
-            .collect()
-    };
-    let dev_sents = heldout(&mut rng, n_dev);
-    let test_sents = heldout(&mut rng, n_test);
-    let mut videos = Vec::new();
-    for (split, sents) in [
-        ("train", train_sents),
-        ("dev", dev_sents),
-        ("test", test_sents),
-    ] {
-        let pool = by_split(split);
-        for (k, s) in sents.into_iter().enumerate() {
-            let signer = pool[k % pool.len()];
-            let index = videos.len();
-            let mut vrng = ChaCha8Rng::seed_from_u64(
-                cfg.seed
-                    ^ 0xA11C_E000_0000_0000
-                    ^ (index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
-            );
-            let st = style_for(&signers[signer], &mut vrng);
-            let speed = vrng.random_range(0.75f32..1.5) * signers[signer].speed;
-            let mut timeline = Vec::new();
-            let mut spans = Vec::new();
-            for _ in 0..vrng.random_range(2..=6) {
-                timeline.push(Step::Rest);
+    train_sents.shuffle(rng);
+    train_sents
+}
+
+/// `n` dev or test sentences, none of them a train sentence.
+fn heldout_sentences(
+    rng: &mut ChaCha8Rng,
+    v: usize,
+    train_set: &HashSet<Vec<usize>>,
+    n: usize,
+) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|_| loop {
+            let len = rng.random_range(2..=8);
+            let s = random_sentence(rng, v, len);
+            if !train_set.contains(&s) {
+                break s;
             }
-            let mut prev: Option<usize> = None;
-            for &g in &s {
-                let n_tr = vrng.random_range(2..=4);
-                for j in 0..n_tr {
-                    timeline.push(Step::Travel {
-                        from: prev,
-                        to: Some(g),
-                        f: (j + 1) as f32 / (n_tr + 1) as f32,
-                    });
-                }
-                let n = ((8.0 * speed).round() as usize).clamp(5, 14);
-                let start = timeline.len();
-                for j in 0..n {
-                    timeline.push(Step::Sign {
-                        g,
-                        t: j as f32 / (n - 1) as f32,
-                    });
-                }
-                spans.push((start, timeline.len() - 1));
-                prev = Some(g);
-            }
-            let n_tr = vrng.random_range(2..=4);
-            for j in 0..n_tr {
-                timeline.push(Step::Travel {
-                    from: prev,
-                    to: None,
-                    f: (j + 1) as f32 / (n_tr + 1) as f32,
-                });
-            }
-            for _ in 0..vrng.random_range(2..=6) {
-                timeline.push(Step::Rest);
-            }
-            videos.push(VideoPlan {
-                id: format!("s{signer:02}_v{index:05}"),
-                split,
-                index,
-                signer,
-                glosses: s,
-                spans,
-                style: st,
-                timeline,
-                render_seed: vrng.random(),
+        })
+        .collect()
+}
+
+/// One video of `sentence` by `signer`: its own seed (from the corpus seed and
+/// its index) draws its style, speed, timeline and render seed.
+fn plan_video(
+    seed: u64,
+    signer: &Signer,
+    split: &'static str,
+    index: usize,
+    sentence: Vec<usize>,
+) -> VideoPlan {
+    let mut vrng = ChaCha8Rng::seed_from_u64(
+        seed ^ 0xA11C_E000_0000_0000 ^ (index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+    );
+    let st = style_for(signer, &mut vrng);
+    let speed = vrng.random_range(0.75f32..1.5) * signer.speed;
+    let (timeline, spans) = timeline_of(&mut vrng, &sentence, speed);
+    VideoPlan {
+        id: format!("s{:02}_v{index:05}", signer.id),
+        split,
+        index,
+        signer: signer.id,
+        glosses: sentence,
+        spans,
+        style: st,
+        timeline,
+        render_seed: vrng.random(),
+    }
+}
+
+/// A video's steps and each gloss's span: rest, then for each gloss a travel
+/// to it and its sign, then a travel back to rest and rest again.
+fn timeline_of(
+    vrng: &mut ChaCha8Rng,
+    sentence: &[usize],
+    speed: f32,
+) -> (Vec<Step>, Vec<(usize, usize)>) {
+    let mut timeline = Vec::new();
+    let mut spans = Vec::new();
+    for _ in 0..vrng.random_range(2..=6) {
+        timeline.push(Step::Rest);
+    }
+    let mut prev: Option<usize> = None;
+    for &g in sentence {
+        push_travel(vrng, &mut timeline, prev, Some(g));
+        let n = ((8.0 * speed).round() as usize).clamp(5, 14);
+        let start = timeline.len();
+        for j in 0..n {
+            timeline.push(Step::Sign {
+                g,
+                t: j as f32 / (n - 1) as f32,
             });
         }
+        spans.push((start, timeline.len() - 1));
+        prev = Some(g);
     }
-    Ok(CorpusPlan {
-        config: cfg.clone(),
-        vocab,
-        signers,
-        videos,
-    })
+    push_travel(vrng, &mut timeline, prev, None);
+    for _ in 0..vrng.random_range(2..=6) {
+        timeline.push(Step::Rest);
+    }
+    (timeline, spans)
+}
+
+/// Hands travel between signs over a few frames (2 to 4), never jumping.
+fn push_travel(
+    vrng: &mut ChaCha8Rng,
+    timeline: &mut Vec<Step>,
+    from: Option<usize>,
+    to: Option<usize>,
+) {
+    let n_tr = vrng.random_range(2..=4);
+    for j in 0..n_tr {
+        timeline.push(Step::Travel {
+            from,
+            to,
+            f: (j + 1) as f32 / (n_tr + 1) as f32,
+        });
+    }
 }
 
 /// Hand poses of one frame, in frame pixels.
@@ -518,10 +560,43 @@ fn draw(cv: &mut Canvas, st: &Style, body: &Body, p: &Pose, shift: (f32, f32)) {
         ny: body.ny + jy,
         u: body.u,
     };
-    let u = b.u;
     let sh = |p: (f32, f32)| (p.0 + jx, p.1 + jy);
-    let darker = |c: Rgb, k: f32| [c[0] * k, c[1] * k, c[2] * k];
-    // torso and neck, head with hair
+    draw_torso_and_head(cv, st, &b);
+    // arms: shoulder -> elbow -> hand
+    let (dom, oth) = (sh(p.dom), sh(p.oth));
+    draw_arm(cv, st, &b, -1.0, oth);
+    draw_arm(cv, st, &b, 1.0, dom);
+    let edge = darker(st.skin, 0.7);
+    render::hand(
+        cv,
+        oth.0,
+        oth.1,
+        HAND * b.u,
+        p.oth_shape,
+        p.oth_angle,
+        darker(st.skin, 0.95),
+        edge,
+    );
+    render::hand(
+        cv,
+        dom.0,
+        dom.1,
+        HAND * b.u,
+        p.dom_shape,
+        p.dom_angle,
+        st.skin,
+        edge,
+    );
+}
+
+/// A colour scaled towards black by `k`: shading without a second palette.
+fn darker(c: Rgb, k: f32) -> Rgb {
+    [c[0] * k, c[1] * k, c[2] * k]
+}
+
+/// Torso and neck, then the head with hair and eyes, drawn behind the arms.
+fn draw_torso_and_head(cv: &mut Canvas, st: &Style, b: &Body) {
+    let u = b.u;
     cv.torso(
         b.nx,
         b.ny,
@@ -559,42 +634,20 @@ fn draw(cv: &mut Canvas, st: &Style, body: &Body, p: &Pose, shift: (f32, f32)) {
         0.0,
         [30.0, 30.0, 30.0],
     );
-    // arms: shoulder -> elbow -> hand
-    let arm = |cv: &mut Canvas, side: f32, hand: (f32, f32)| {
-        let shoulder = b.at(side * 0.5, 0.1);
-        let elbow = (
-            (shoulder.0 + hand.0) / 2.0 - side * 0.18 * u,
-            (shoulder.1 + hand.1) / 2.0 + 0.22 * u,
-        );
-        // sleeves clearly darker than the torso, so the arms stand out
-        let sleeve = darker(st.shirt, 0.6);
-        cv.capsule(shoulder.0, shoulder.1, elbow.0, elbow.1, 0.11 * u, sleeve);
-        cv.capsule(elbow.0, elbow.1, hand.0, hand.1, 0.09 * u, sleeve);
-    };
-    let (dom, oth) = (sh(p.dom), sh(p.oth));
-    arm(cv, -1.0, oth);
-    arm(cv, 1.0, dom);
-    let edge = darker(st.skin, 0.7);
-    render::hand(
-        cv,
-        oth.0,
-        oth.1,
-        HAND * u,
-        p.oth_shape,
-        p.oth_angle,
-        darker(st.skin, 0.95),
-        edge,
+}
+
+/// One arm, shoulder -> elbow -> hand, the elbow bent outwards and down; the
+/// sleeves clearly darker than the torso, so the arms stand out.
+fn draw_arm(cv: &mut Canvas, st: &Style, b: &Body, side: f32, hand: (f32, f32)) {
+    let u = b.u;
+    let shoulder = b.at(side * 0.5, 0.1);
+    let elbow = (
+        (shoulder.0 + hand.0) / 2.0 - side * 0.18 * u,
+        (shoulder.1 + hand.1) / 2.0 + 0.22 * u,
     );
-    render::hand(
-        cv,
-        dom.0,
-        dom.1,
-        HAND * u,
-        p.dom_shape,
-        p.dom_angle,
-        st.skin,
-        edge,
-    );
+    let sleeve = darker(st.shirt, 0.6);
+    cv.capsule(shoulder.0, shoulder.1, elbow.0, elbow.1, 0.11 * u, sleeve);
+    cv.capsule(elbow.0, elbow.1, hand.0, hand.1, 0.09 * u, sleeve);
 }
 
 /// Renders a planned video to RGB8 frames (`size`×`size`×3 bytes each).

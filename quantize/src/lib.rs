@@ -18,7 +18,6 @@ pub mod qmath;
 pub mod report;
 pub mod rewrite;
 pub mod speed;
-pub mod testing;
 
 use std::path::PathBuf;
 

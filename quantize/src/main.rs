@@ -335,7 +335,7 @@ fn forms(
             x.encoder_bytes,
         );
     }
-    if let Some(d) = signrt_runtime::cpu::decided() {
+    if let Some(d) = signrt_runtime::isa::decided() {
         println!("tract dispatch: {d}");
     }
     Ok(())

@@ -153,9 +153,9 @@ pub fn load_plan_bytes(bytes: &[u8], h: usize, w: usize) -> Result<Plan, Quantiz
 
 /// The optimized tract model (for listing its ops).
 pub fn optimized(bytes: &[u8], h: usize, w: usize) -> Result<TypedModel, QuantizeError> {
-    // the runtime's CPU dispatch for int8 graphs (its `cpu` module), so that the
+    // the runtime's CPU dispatch for int8 graphs (its `isa` module), so that the
     // quantiser's timings and checks see what `signrt` runs
-    signrt_runtime::cpu::prepare(true);
+    signrt_runtime::isa::prepare(true);
     tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(QuantizeError::tract)?

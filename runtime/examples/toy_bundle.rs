@@ -3,8 +3,8 @@
 //! `cargo run -p signrt-runtime --example toy_bundle -- OUT_DIR`
 //! writes OUT_DIR/bundle/ and OUT_DIR/sample.y4m.
 
-use signrt_runtime::toy::{write_toy_bundle, ToySpec};
 use signrt_runtime::y4m::Y4mWriter;
+use signrt_test_support::toy::{write_toy_bundle, ToySpec};
 
 fn main() -> anyhow::Result<()> {
     let out = std::env::args()

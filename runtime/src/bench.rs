@@ -4,11 +4,11 @@
 //! taken from numbers measured in the same run.
 
 use crate::bundle::Bundle;
-use crate::keyframes;
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, Settings};
 use crate::preprocess::Resampler;
 use crate::source::{Frame, MemorySource};
 use crate::stream::Model;
+use crate::topk;
 use crate::workers::EncoderPool;
 use serde::Serialize;
 use std::time::Instant;
@@ -95,7 +95,7 @@ pub struct ThreadReport {
 pub struct BenchReport {
     pub bundle: String,
     pub quantization: String,
-    /// How tract dispatches on this CPU ([`crate::cpu::prepare`]).
+    /// How tract dispatches on this CPU ([`crate::isa::prepare`]).
     pub dispatch: String,
     pub camera_frame: (usize, usize),
     pub stream_frames: usize,
@@ -181,126 +181,14 @@ pub fn run(
     let m = &bundle.manifest;
     let mut per = Vec::new();
     for &t in threads {
-        set_default_executor(executor(t));
-        let mut pipe = Pipeline::new(bundle, None)?;
-        let frames: Vec<Frame> = (0..8).map(|i| test_frame(camera.0, camera.1, i)).collect();
-        let mut rs = Resampler::new(
+        per.push(thread_report(
+            bundle,
+            t,
             camera,
-            (m.input.width, m.input.height),
-            m.input.mean,
-            m.input.std,
-        );
-        let mut input = vec![0f32; rs.out_len()];
-        let mut k = 0;
-        let preprocess = time_n(iters, || {
-            rs.run(&frames[k % frames.len()].rgb, &mut input);
-            k += 1;
-            Ok(())
-        })?;
-        let mut feats = Vec::new();
-        let encoder = time_n(iters, || Ok(pipe.model.encode(&input, &mut feats)?))?;
-        // the scorer between two windows: stride new frames after the last seen one
-        let w = m.stream.window;
-        let stride = m.stream.stride;
-        let d = m.model.feature_dim * m.model.grid * m.model.grid;
-        let window_feats: Vec<f32> = (0..w * d).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
-        let mut state = vec![0f32; pipe.model.scorer_state_len()];
-        let mut logits = Vec::new();
-        let scorer = time_n(iters.div_ceil(4).max(5), || {
-            logits.clear();
-            pipe.model
-                .score(
-                    &window_feats[..(stride + 1).min(w) * d],
-                    (stride + 1).min(w),
-                    &mut state,
-                    &mut logits,
-                )
-                .map_err(PipelineError::Stream)
-        })?;
-        // one window: softmax of its logits, top-K, temporal
-        let mut scores = Vec::new();
-        let mut lp = Vec::new();
-        let kf = keyframes::keyframe_count(w, m.keyframe_ratio as f64);
-        let window = time_n(iters.div_ceil(4).max(5), || {
-            scores.clear();
-            scores.extend((1..w).map(|i| ((i * 37) % 11) as f32 / 11.0));
-            keyframes::softmax_in_place(&mut scores);
-            let sel = keyframes::select_frames(&scores, m.keyframe_ratio as f64);
-            let mut selected = Vec::with_capacity(kf * d);
-            for f in sel {
-                selected.extend_from_slice(&window_feats[f * d..(f + 1) * d]);
-            }
-            lp.clear();
-            pipe.model
-                .temporal(&selected, kf, &mut lp)
-                .map_err(PipelineError::Stream)
-        })?;
-        let v = m.model.vocab_size;
-        // CTC decoding of one window's posteriors
-        let decode = time_n(iters, || {
-            std::hint::black_box(
-                crate::decode::greedy(&lp, v).map_err(|e| PipelineError::Stream(e.into()))?,
-            );
-            Ok(())
-        })?;
-        // whole streams through the real pipeline, each paired with bare
-        // encoder runs over as many frames just before it: the ratio of a pair
-        // shares the machine's state of the moment, so a noisy neighbour moves
-        // both sides of it. The bare encoder gets the better of two ways to use
-        // t threads: tract's t-thread executor on one frame after another, and
-        // t threads running whole frames (the pipeline's way).
-        let mut fps = Vec::new();
-        let mut ratios = Vec::new();
-        let mut tract_ratios = Vec::new();
-        let (mut serial, mut framewise) = (Vec::new(), Vec::new());
-        for _ in 0..streams.max(1) {
-            set_default_executor(executor(t));
-            let t0 = Instant::now();
-            for _ in 0..stream_frames {
-                pipe.model.encode(&input, &mut feats)?;
-            }
-            let serial_s = t0.elapsed().as_secs_f64() / stream_frames as f64;
-            set_default_executor(Executor::SingleThread);
-            let frames_s = if t > 1 {
-                bare_frame_parallel(pipe.model.encoder(), &input, stream_frames, t)?
-            } else {
-                serial_s
-            };
-            serial.push(serial_s * 1e3);
-            framewise.push(frames_s * 1e3);
-            let mut p = Pipeline::with_settings(
-                bundle,
-                Settings {
-                    threads: t,
-                    ..Settings::default()
-                },
-            )?;
-            let mut src = MemorySource::new(frames.clone(), stream_frames, m.stream.fps);
-            let opts = RunOptions {
-                fps: m.stream.fps,
-                memory_budget: None,
-            };
-            let t0 = Instant::now();
-            let s = p.run(&mut src, &opts, |_| {})?;
-            let per_frame_s = t0.elapsed().as_secs_f64() / s.frames_processed.max(1) as f64;
-            fps.push(1.0 / per_frame_s);
-            ratios.push(per_frame_s / serial_s.min(frames_s));
-            tract_ratios.push(per_frame_s / serial_s);
-        }
-        let e2e_fps = median(&mut fps);
-        per.push(ThreadReport {
-            threads: t,
-            preprocess,
-            encoder,
-            scorer,
-            window,
-            decode,
-            e2e_fps,
-            bare_serial_ms: median(&mut serial),
-            bare_frames_ms: median(&mut framewise),
-            e2e_over_encoder: median(&mut ratios),
-            e2e_over_tract_threads: median(&mut tract_ratios),
-        });
+            iters,
+            stream_frames,
+            streams,
+        )?);
     }
     set_default_executor(Executor::SingleThread);
     Ok(BenchReport {
@@ -309,12 +197,195 @@ pub fn run(
             .quantization
             .as_ref()
             .map_or("none (float)".into(), |q| q.mode.clone()),
-        dispatch: crate::cpu::prepare(m.int8_compute()).to_string(),
+        dispatch: crate::isa::prepare(m.int8_compute()).to_string(),
         camera_frame: camera,
         stream_frames,
         per_threads: per,
         peak_rss_bytes: crate::memory::peak_rss(),
     })
+}
+
+/// One thread count's report: each stage timed on its own, then whole
+/// streams each paired with bare encoder runs.
+fn thread_report(
+    bundle: &Bundle,
+    t: usize,
+    camera: (usize, usize),
+    iters: usize,
+    stream_frames: usize,
+    streams: usize,
+) -> Result<ThreadReport, PipelineError> {
+    let m = &bundle.manifest;
+    set_default_executor(executor(t));
+    let mut pipe = Pipeline::new(bundle, None)?;
+    let frames: Vec<Frame> = (0..8).map(|i| test_frame(camera.0, camera.1, i)).collect();
+    let (preprocess, input) = time_preprocess(m, camera, &frames, iters)?;
+    let mut feats = Vec::new();
+    let encoder = time_n(iters, || Ok(pipe.model.encode(&input, &mut feats)?))?;
+    let (scorer, window, decode) = time_window_stages(&mut pipe.model, m, iters)?;
+    // whole streams through the real pipeline, each paired with bare
+    // encoder runs over as many frames just before it: the ratio of a pair
+    // shares the machine's state of the moment, so a noisy neighbour moves
+    // both sides of it. The bare encoder gets the better of two ways to use
+    // t threads: tract's t-thread executor on one frame after another, and
+    // t threads running whole frames (the pipeline's way).
+    let mut fps = Vec::new();
+    let mut ratios = Vec::new();
+    let mut tract_ratios = Vec::new();
+    let (mut serial, mut framewise) = (Vec::new(), Vec::new());
+    for _ in 0..streams.max(1) {
+        let (serial_s, frames_s) =
+            bare_encoder_s(&mut pipe.model, &input, &mut feats, t, stream_frames)?;
+        serial.push(serial_s * 1e3);
+        framewise.push(frames_s * 1e3);
+        let per_frame_s = pipeline_frame_s(bundle, t, &frames, stream_frames)?;
+        fps.push(1.0 / per_frame_s);
+        ratios.push(per_frame_s / serial_s.min(frames_s));
+        tract_ratios.push(per_frame_s / serial_s);
+    }
+    let e2e_fps = median(&mut fps);
+    Ok(ThreadReport {
+        threads: t,
+        preprocess,
+        encoder,
+        scorer,
+        window,
+        decode,
+        e2e_fps,
+        bare_serial_ms: median(&mut serial),
+        bare_frames_ms: median(&mut framewise),
+        e2e_over_encoder: median(&mut ratios),
+        e2e_over_tract_threads: median(&mut tract_ratios),
+    })
+}
+
+/// Times resampling camera frames to the encoder's input; returns the last
+/// input too, which the later stages run on.
+fn time_preprocess(
+    m: &crate::Manifest,
+    camera: (usize, usize),
+    frames: &[Frame],
+    iters: usize,
+) -> Result<(Stat, Vec<f32>), PipelineError> {
+    let mut rs = Resampler::new(
+        camera,
+        (m.input.width, m.input.height),
+        m.input.mean,
+        m.input.std,
+    );
+    let mut input = vec![0f32; rs.out_len()];
+    let mut k = 0;
+    let preprocess = time_n(iters, || {
+        rs.run(&frames[k % frames.len()].rgb, &mut input);
+        k += 1;
+        Ok(())
+    })?;
+    Ok((preprocess, input))
+}
+
+/// Times the stages after the encoder on synthetic features: the scorer,
+/// one window (softmax, top-K, temporal) and CTC decoding of its output.
+fn time_window_stages(
+    model: &mut crate::engine::TractModel,
+    m: &crate::Manifest,
+    iters: usize,
+) -> Result<(Stat, Stat, Stat), PipelineError> {
+    // the scorer between two windows: stride new frames after the last seen one
+    let w = m.stream.window;
+    let stride = m.stream.stride;
+    let d = m.model.feature_dim * m.model.grid * m.model.grid;
+    let window_feats: Vec<f32> = (0..w * d).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
+    let mut state = vec![0f32; model.scorer_state_len()];
+    let mut logits = Vec::new();
+    let scorer = time_n(iters.div_ceil(4).max(5), || {
+        logits.clear();
+        model
+            .score(
+                &window_feats[..(stride + 1).min(w) * d],
+                (stride + 1).min(w),
+                &mut state,
+                &mut logits,
+            )
+            .map_err(PipelineError::Stream)
+    })?;
+    // one window: softmax of its logits, top-K, temporal
+    let mut scores = Vec::new();
+    let mut lp = Vec::new();
+    let kf = topk::keyframe_count(w, m.keyframe_ratio as f64);
+    let window = time_n(iters.div_ceil(4).max(5), || {
+        scores.clear();
+        scores.extend((1..w).map(|i| ((i * 37) % 11) as f32 / 11.0));
+        topk::softmax_in_place(&mut scores);
+        let sel = topk::select_frames(&scores, m.keyframe_ratio as f64);
+        let mut selected = Vec::with_capacity(kf * d);
+        for f in sel {
+            selected.extend_from_slice(&window_feats[f * d..(f + 1) * d]);
+        }
+        lp.clear();
+        model
+            .temporal(&selected, kf, &mut lp)
+            .map_err(PipelineError::Stream)
+    })?;
+    let v = m.model.vocab_size;
+    // CTC decoding of one window's posteriors
+    let decode = time_n(iters, || {
+        std::hint::black_box(
+            crate::decode::greedy(&lp, v).map_err(|e| PipelineError::Stream(e.into()))?,
+        );
+        Ok(())
+    })?;
+    Ok((scorer, window, decode))
+}
+
+/// Seconds per frame of the bare encoder over `frames` frames, two ways: on
+/// tract's `t`-thread executor one frame after another, and on `t` threads
+/// running whole frames (for one thread, the first run again).
+fn bare_encoder_s(
+    model: &mut crate::engine::TractModel,
+    input: &[f32],
+    feats: &mut Vec<f32>,
+    t: usize,
+    frames: usize,
+) -> Result<(f64, f64), PipelineError> {
+    set_default_executor(executor(t));
+    let t0 = Instant::now();
+    for _ in 0..frames {
+        model.encode(input, feats)?;
+    }
+    let serial_s = t0.elapsed().as_secs_f64() / frames as f64;
+    set_default_executor(Executor::SingleThread);
+    let frames_s = if t > 1 {
+        bare_frame_parallel(model.encoder(), input, frames, t)?
+    } else {
+        serial_s
+    };
+    Ok((serial_s, frames_s))
+}
+
+/// Seconds per frame of one whole stream through a fresh pipeline, as
+/// `signrt run --threads t` runs it.
+fn pipeline_frame_s(
+    bundle: &Bundle,
+    t: usize,
+    frames: &[Frame],
+    stream_frames: usize,
+) -> Result<f64, PipelineError> {
+    let m = &bundle.manifest;
+    let mut p = Pipeline::with_settings(
+        bundle,
+        Settings {
+            threads: t,
+            ..Settings::default()
+        },
+    )?;
+    let mut src = MemorySource::new(frames.to_vec(), stream_frames, m.stream.fps);
+    let opts = RunOptions {
+        fps: m.stream.fps,
+        memory_budget: None,
+    };
+    let t0 = Instant::now();
+    let s = p.run(&mut src, &opts, |_| {})?;
+    Ok(t0.elapsed().as_secs_f64() / s.frames_processed.max(1) as f64)
 }
 
 /// Encoder per-frame latency of two bundles, measured interleaved (a, b, a,
@@ -327,7 +398,7 @@ pub fn compare_encoders(
 ) -> Result<(Stat, Stat), PipelineError> {
     set_default_executor(Executor::SingleThread);
     // tract's CPU dispatch is decided once: for int8 if either bundle is int8
-    crate::cpu::prepare(a.manifest.int8_compute() || b.manifest.int8_compute());
+    crate::isa::prepare(a.manifest.int8_compute() || b.manifest.int8_compute());
     let mut ma = crate::engine::TractModel::load(a)?;
     let mut mb = crate::engine::TractModel::load(b)?;
     let input = |bundle: &Bundle| {
@@ -373,7 +444,7 @@ pub fn encoder_ops(
         path: path.clone(),
         message: format!("{e:#}"),
     };
-    crate::cpu::prepare(m.int8_compute());
+    crate::isa::prepare(m.int8_compute());
     let model = tract_onnx::onnx()
         .model_for_path(&path)
         .map_err(err)?
@@ -418,7 +489,11 @@ mod tests {
     #[test]
     fn compare_and_ops_on_the_toy_bundle() {
         let d = tempfile::tempdir().unwrap();
-        crate::toy::write_toy_bundle(d.path(), crate::toy::ToySpec::default()).unwrap();
+        signrt_test_support::toy::write_toy_bundle(
+            d.path(),
+            signrt_test_support::toy::ToySpec::default(),
+        )
+        .unwrap();
         let b = Bundle::open(d.path()).unwrap();
         let (x, y) = compare_encoders(&b, &b, 3).unwrap();
         assert_eq!((x.runs, y.runs), (3, 3));

@@ -194,6 +194,34 @@ pub fn file_digest(path: &Path) -> Result<FileEntry, BundleError> {
 }
 
 impl Manifest {
+    /// A float bundle's manifest with the standard file names (`vocab.txt`, `encoder.onnx`,
+    /// `scorer.onnx`, `temporal.onnx`); [`Manifest::seal_and_write`] fills `files`.
+    pub fn new(
+        producer: impl Into<String>,
+        model: ModelInfo,
+        input: InputSpec,
+        stream: StreamSpec,
+        keyframe_ratio: f32,
+        score_scaling: bool,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            producer: producer.into(),
+            model,
+            input,
+            stream,
+            keyframe_ratio,
+            score_scaling,
+            vocabulary: "vocab.txt".into(),
+            encoder: "encoder.onnx".into(),
+            scorer: "scorer.onnx".into(),
+            temporal: "temporal.onnx".into(),
+            files: BTreeMap::new(),
+            quantization: None,
+        }
+    }
+
     /// Whether the graphs compute in int8 (quantisation mode `int8`; a float
     /// bundle and an `int8-weights` one compute in f32).
     pub fn int8_compute(&self) -> bool {
@@ -407,37 +435,29 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample_manifest(vocab_size: usize) -> Manifest {
-        Manifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
-            producer: "test".into(),
-            model: ModelInfo {
+        Manifest::new(
+            "test",
+            ModelInfo {
                 feature_dim: 8,
                 grid: 4,
                 vocab_size,
                 scorer_hidden: 3,
                 extra: BTreeMap::new(),
             },
-            input: InputSpec {
+            InputSpec {
                 height: 32,
                 width: 32,
                 mean: [0.5; 3],
                 std: [0.25; 3],
             },
-            stream: StreamSpec {
+            StreamSpec {
                 window: 16,
                 stride: 4,
                 fps: 25.0,
             },
-            keyframe_ratio: 0.7,
-            score_scaling: true,
-            vocabulary: "vocab.txt".into(),
-            encoder: "encoder.onnx".into(),
-            scorer: "scorer.onnx".into(),
-            temporal: "temporal.onnx".into(),
-            files: BTreeMap::new(),
-            quantization: None,
-        }
+            0.7,
+            true,
+        )
     }
 
     fn write_bundle(dir: &Path) -> Manifest {

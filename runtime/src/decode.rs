@@ -100,7 +100,8 @@ fn check(log_probs: &[f32], v: usize) -> Result<usize, DecodeError> {
     Ok(log_probs.len() / v)
 }
 
-fn log_add(a: f64, b: f64) -> f64 {
+/// log(e^a + e^b), exact at −∞ (the CTC recursions in the decoder and the trainer's loss).
+pub fn log_add(a: f64, b: f64) -> f64 {
     if a == f64::NEG_INFINITY {
         return b;
     }
@@ -210,9 +211,7 @@ fn beam_search_impl(
     if t_len == 0 {
         return Ok(Decoded::empty());
     }
-    const NEG: f64 = f64::NEG_INFINITY;
-    // prefix -> (log P(paths ending in blank), log P(paths ending in non-blank))
-    let mut beams: Vec<(Vec<u32>, f64, f64)> = vec![(Vec::new(), 0.0, NEG)];
+    let mut beams: Vec<Beam> = vec![(Vec::new(), 0.0, f64::NEG_INFINITY)];
     let n_sym = if prune_symbols {
         (width + 1).min(v - 1)
     } else {
@@ -220,77 +219,109 @@ fn beam_search_impl(
     };
     let mut order: Vec<usize> = Vec::with_capacity(v.saturating_sub(1));
     for row in log_probs.chunks_exact(v) {
-        let lp = |k: u32| f64::from(row[k as usize]);
-        // The n_sym most probable non-blank symbols of this frame.
-        order.clear();
-        order.extend(1..v);
-        if n_sym < order.len() {
-            order.select_nth_unstable_by(n_sym, |&a, &b| row[b].total_cmp(&row[a]));
-            order.truncate(n_sym);
-        }
-        let mut next: HashMap<Vec<u32>, (f64, f64)> = HashMap::new();
-        for (prefix, pb, pnb) in &beams {
-            let total = log_add(*pb, *pnb);
-            let last = prefix.last().copied();
-            // Stay on the same prefix: blank, or repeat of the last symbol.
-            let e = next.entry(prefix.clone()).or_insert((NEG, NEG));
-            e.0 = log_add(e.0, total + lp(BLANK_ID));
-            if let Some(c) = last {
-                e.1 = log_add(e.1, pnb + lp(c));
-            }
-            // Extend with a new symbol.
-            let mut extend = |k: u32| {
-                let from = if Some(k) == last { *pb } else { total };
-                let mut ext = prefix.clone();
-                ext.push(k);
-                let e = next.entry(ext).or_insert((NEG, NEG));
-                e.1 = log_add(e.1, from + lp(k));
-            };
-            for &k in &order {
-                extend(k as u32);
-            }
-            // Extensions leading to an already kept prefix always count.
-            for (other, _, _) in &beams {
-                if other.len() == prefix.len() + 1 && other.starts_with(prefix) {
-                    let k = other[prefix.len()];
-                    if !order.contains(&(k as usize)) {
-                        extend(k);
-                    }
-                }
-            }
-        }
-        let mut cand: Vec<(Vec<u32>, f64, f64)> =
-            next.into_iter().map(|(p, (b, nb))| (p, b, nb)).collect();
-        // Most probable first; ties broken by the prefix itself for determinism.
-        cand.sort_by(|a, b| {
-            log_add(b.1, b.2)
-                .total_cmp(&log_add(a.1, a.2))
-                .then_with(|| a.0.cmp(&b.0))
-        });
-        cand.truncate(width);
-        beams = cand;
+        top_symbols(row, n_sym, &mut order);
+        beams = most_probable(extend_beams(&beams, row, &order), width);
     }
     let (ids, pb, pnb) = beams.swap_remove(0);
     let log_prob = log_add(pb, pnb);
-    let tokens = if log_prob == NEG {
-        // Every path has probability 0: no meaningful alignment.
-        ids.iter()
+    let tokens = beam_tokens(log_probs, v, t_len, &ids, log_prob)?;
+    Ok(Decoded {
+        ids,
+        log_prob: log_prob as f32,
+        tokens,
+    })
+}
+
+/// A kept prefix with log P(its paths ending in blank) and log P(ending in non-blank).
+type Beam = (Vec<u32>, f64, f64);
+
+/// The `n_sym` most probable non-blank symbols of a frame: only these open
+/// new prefixes (see [`beam_search`] for why that pruning is exact).
+fn top_symbols(row: &[f32], n_sym: usize, order: &mut Vec<usize>) {
+    order.clear();
+    order.extend(1..row.len());
+    if n_sym < order.len() {
+        order.select_nth_unstable_by(n_sym, |&a, &b| row[b].total_cmp(&row[a]));
+        order.truncate(n_sym);
+    }
+}
+
+/// One frame of prefix beam search: every kept prefix stays (blank, or a
+/// repeat of its last symbol) or is extended by a symbol of `order`, or by
+/// one that leads to another kept prefix.
+fn extend_beams(beams: &[Beam], row: &[f32], order: &[usize]) -> HashMap<Vec<u32>, (f64, f64)> {
+    const NEG: f64 = f64::NEG_INFINITY;
+    let lp = |k: u32| f64::from(row[k as usize]);
+    let mut next: HashMap<Vec<u32>, (f64, f64)> = HashMap::new();
+    for (prefix, pb, pnb) in beams {
+        let total = log_add(*pb, *pnb);
+        let last = prefix.last().copied();
+        // Stay on the same prefix: blank, or repeat of the last symbol.
+        let e = next.entry(prefix.clone()).or_insert((NEG, NEG));
+        e.0 = log_add(e.0, total + lp(BLANK_ID));
+        if let Some(c) = last {
+            e.1 = log_add(e.1, pnb + lp(c));
+        }
+        // Extend with a new symbol.
+        let mut extend = |k: u32| {
+            let from = if Some(k) == last { *pb } else { total };
+            let mut ext = prefix.clone();
+            ext.push(k);
+            let e = next.entry(ext).or_insert((NEG, NEG));
+            e.1 = log_add(e.1, from + lp(k));
+        };
+        for &k in order {
+            extend(k as u32);
+        }
+        // Extensions leading to an already kept prefix always count.
+        for (other, _, _) in beams {
+            if other.len() == prefix.len() + 1 && other.starts_with(prefix) {
+                let k = other[prefix.len()];
+                if !order.contains(&(k as usize)) {
+                    extend(k);
+                }
+            }
+        }
+    }
+    next
+}
+
+/// The `width` most probable prefixes, most probable first; ties broken by
+/// the prefix itself, so the result does not depend on the map's order.
+fn most_probable(next: HashMap<Vec<u32>, (f64, f64)>, width: usize) -> Vec<Beam> {
+    let mut cand: Vec<Beam> = next.into_iter().map(|(p, (b, nb))| (p, b, nb)).collect();
+    cand.sort_by(|a, b| {
+        log_add(b.1, b.2)
+            .total_cmp(&log_add(a.1, a.2))
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    cand.truncate(width);
+    cand
+}
+
+/// Token spans of the decoded prefix from its Viterbi path; when every path
+/// has probability 0 there is no meaningful alignment, so each token spans all
+/// frames with confidence 0.
+fn beam_tokens(
+    log_probs: &[f32],
+    v: usize,
+    t_len: usize,
+    ids: &[u32],
+    log_prob: f64,
+) -> Result<Vec<TokenSpan>, DecodeError> {
+    if log_prob == f64::NEG_INFINITY {
+        return Ok(ids
+            .iter()
             .map(|&id| TokenSpan {
                 id,
                 start: 0,
                 end: t_len - 1,
                 confidence: 0.0,
             })
-            .collect()
-    } else {
-        let path = forced_align(log_probs, v, &ids)?;
-        spans_of_path(log_probs, v, &path)
-    };
-    Ok(Decoded {
-        ids,
-        log_prob: log_prob as f32,
-        tokens,
-    })
+            .collect());
+    }
+    let path = forced_align(log_probs, v, ids)?;
+    Ok(spans_of_path(log_probs, v, &path))
 }
 
 /// Number of adjacent equal labels in a target (each needs a blank between).
@@ -369,6 +400,10 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+    use signrt_test_support::ctc::{
+        best_sequence as brute_force_best, collapse, for_each_path, path_log_prob,
+        sequence_log_probs as brute_force_sequences,
+    };
 
     /// Random row-normalised log-probabilities (T × V).
     fn random_log_probs(rng: &mut ChaCha8Rng, t: usize, v: usize) -> Vec<f32> {
@@ -386,66 +421,6 @@ mod tests {
             .iter()
             .flat_map(|row| row.iter().map(|p| p.ln() as f32))
             .collect()
-    }
-
-    fn collapse(path: &[u32]) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut prev = BLANK_ID;
-        for &k in path {
-            if k != BLANK_ID && k != prev {
-                out.push(k);
-            }
-            prev = k;
-        }
-        out
-    }
-
-    /// Calls `f` on every path of length `t` over `v` symbols.
-    fn for_each_path(t: usize, v: usize, mut f: impl FnMut(&[u32])) {
-        let mut path = vec![0u32; t];
-        loop {
-            f(&path);
-            let mut i = 0;
-            loop {
-                if i == t {
-                    return;
-                }
-                path[i] += 1;
-                if (path[i] as usize) < v {
-                    break;
-                }
-                path[i] = 0;
-                i += 1;
-            }
-        }
-    }
-
-    fn path_log_prob(lp: &[f32], v: usize, path: &[u32]) -> f64 {
-        path.iter()
-            .enumerate()
-            .map(|(t, &k)| f64::from(lp[t * v + k as usize]))
-            .sum()
-    }
-
-    /// Brute force: log-probability of every label sequence (sum over all paths).
-    fn brute_force_sequences(lp: &[f32], t: usize, v: usize) -> HashMap<Vec<u32>, f64> {
-        let mut seqs: HashMap<Vec<u32>, f64> = HashMap::new();
-        for_each_path(t, v, |path| {
-            let e = seqs.entry(collapse(path)).or_insert(f64::NEG_INFINITY);
-            *e = log_add(*e, path_log_prob(lp, v, path));
-        });
-        seqs
-    }
-
-    fn brute_force_best(lp: &[f32], t: usize, v: usize) -> (Vec<u32>, f64) {
-        let seqs = brute_force_sequences(lp, t, v);
-        let mut best: Option<(Vec<u32>, f64)> = None;
-        for (s, p) in seqs {
-            if best.as_ref().is_none_or(|b| p > b.1) {
-                best = Some((s, p));
-            }
-        }
-        best.unwrap_or((Vec::new(), 0.0))
     }
 
     #[test]

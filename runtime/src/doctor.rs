@@ -60,11 +60,11 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
             return out;
         }
     };
-    let d = crate::cpu::prepare(bundle.manifest.int8_compute());
+    let d = crate::isa::prepare(bundle.manifest.int8_compute());
     out.push(check(
         "dispatch",
         Verdict::Ok,
-        format!("{d}; tract's tiers: {}", crate::cpu::tract_tiers()),
+        format!("{d}; tract's tiers: {}", crate::isa::tract_tiers()),
     ));
     out.extend(cameras());
     out.push(memory_check(&bundle, o));
@@ -73,7 +73,7 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
 }
 
 fn cpu_check() -> Check {
-    let f = crate::cpu::X86Features::detect();
+    let f = crate::isa::X86Features::detect();
     let arch = std::env::consts::ARCH;
     let mut detail = arch.to_string();
     if arch == "x86_64" {

@@ -106,7 +106,7 @@ pub struct TractModel {
 impl TractModel {
     pub fn load(bundle: &Bundle) -> Result<Self, EngineError> {
         let m = &bundle.manifest;
-        crate::cpu::prepare(m.int8_compute());
+        crate::isa::prepare(m.int8_compute());
         let (h, w) = (m.input.height, m.input.width);
         let c = m.model.feature_dim;
         let g = m.model.grid;
@@ -247,7 +247,7 @@ impl Model for TractModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::toy::{toy_weights, write_toy_bundle, ToySpec};
+    use signrt_test_support::toy::{toy_weights, write_toy_bundle, ToySpec};
 
     /// The toy graphs against a direct computation of what they define.
     #[test]

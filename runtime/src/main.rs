@@ -577,9 +577,9 @@ fn info(dir: &std::path::Path) -> Result<()> {
     println!("vocabulary  {} glosses + blank", b.vocab.len() - 1);
     println!(
         "dispatch    {}",
-        signrt_runtime::cpu::prepare(b.manifest.int8_compute())
+        signrt_runtime::isa::prepare(b.manifest.int8_compute())
     );
-    println!("tiers       {}", signrt_runtime::cpu::tract_tiers());
+    println!("tiers       {}", signrt_runtime::isa::tract_tiers());
     Ok(())
 }
 
@@ -782,7 +782,7 @@ fn compare_cmd(bundle: Option<PathBuf>, other: &Path, iters: usize) -> Result<()
         "  ratio first / second: {:.2}x",
         sa.median_ms / sb.median_ms
     );
-    if let Some(d) = signrt_runtime::cpu::decided() {
+    if let Some(d) = signrt_runtime::isa::decided() {
         println!("  tract dispatch: {d}");
     }
     Ok(())

@@ -944,7 +944,7 @@ mod tests {
     //! over the same frames without the fault (the oracle).
     use super::*;
     use crate::source::SourceError;
-    use crate::toy::{write_toy_bundle, ToySpec};
+    use signrt_test_support::toy::{write_toy_bundle, ToySpec};
     use std::collections::VecDeque;
     use std::time::Duration;
 

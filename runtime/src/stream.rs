@@ -17,7 +17,7 @@
 //! A clip shorter than the window is scored in one run over all its frames,
 //! which is exactly what the trainer's evaluation computes.
 
-use crate::keyframes;
+use crate::topk;
 
 /// What the pipeline needs from a model (the bundle's three graphs).
 pub trait Model {
@@ -233,7 +233,7 @@ impl Stream {
         scorer_state_len: usize,
     ) -> Self {
         let w = cfg.window.max(2);
-        let k = keyframes::keyframe_count(w, cfg.keyframe_ratio).max(1);
+        let k = topk::keyframe_count(w, cfg.keyframe_ratio).max(1);
         Self {
             cfg: StreamConfig {
                 window: w,
@@ -418,8 +418,8 @@ impl Stream {
             // the window's differences arrive at frames start+1 .. start+n-1
             self.scores
                 .extend((start + 1..start + n as u64).map(|f| self.logits[(f % w) as usize]));
-            keyframes::softmax_in_place(&mut self.scores);
-            keyframes::select_frames(&self.scores, self.cfg.keyframe_ratio)
+            topk::softmax_in_place(&mut self.scores);
+            topk::select_frames(&self.scores, self.cfg.keyframe_ratio)
         } else {
             vec![0]
         };
@@ -667,7 +667,7 @@ mod greedy_equivalence {
     #[test]
     fn incremental_greedy_equals_batch_greedy() {
         let v = 5;
-        let rows = crate::toy::toy_weights(60 * v, 77);
+        let rows = signrt_test_support::toy::toy_weights(60 * v, 77);
         let mut out = Vec::new();
         let mut g = GreedyState::default();
         for (t, row) in rows.chunks(v).enumerate() {

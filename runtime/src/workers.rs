@@ -134,11 +134,6 @@ impl EncoderPool {
         }
     }
 
-    /// How many workers run.
-    pub fn workers(&self) -> usize {
-        self.to.len()
-    }
-
     /// Frames submitted and not yet collected.
     pub fn in_flight(&self) -> usize {
         (self.submitted - self.collected) as usize
@@ -228,7 +223,7 @@ mod tests {
     use crate::bundle::Bundle;
     use crate::pipeline::{GlossEvent, Pipeline, RunOptions, Settings, Summary};
     use crate::source::{Frame, FrameSource, MemorySource, SourceError};
-    use crate::toy::{write_toy_bundle, ToySpec};
+    use signrt_test_support::toy::{write_toy_bundle, ToySpec};
 
     /// Frames whose content changes over time, in two sizes (the preprocessing
     /// is rebuilt when the size changes).

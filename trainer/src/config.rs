@@ -6,7 +6,7 @@
 //! naming the key and the allowed values; so a typo never silently falls back
 //! to a default. `Config::validate` keeps the rules serde cannot express.
 
-use crate::optim::Schedule;
+use crate::train::optim::Schedule;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use crate::visual::Backbone;
+pub use crate::model::visual::Backbone;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -242,7 +242,7 @@ impl Default for ModelSection {
         Self {
             backbone: Backbone::Resnet18,
             backbone_weights: None,
-            small_channels: crate::visual::SMALL_CHANNELS.to_vec(),
+            small_channels: crate::model::visual::SMALL_CHANNELS.to_vec(),
             feature_dim: 512,
             grid: 4,
             hidden_dim: 512,
@@ -454,7 +454,7 @@ pub struct HardwareSection {
     /// on their own threads (the compute threads shared out among them), and
     /// whose gradients are summed into one update. The replicas compute the
     /// whole batch's step: BatchNorm is synchronised between them (it
-    /// normalises by the statistics of all parts' frames, `sync.rs`) and the
+    /// normalises by the statistics of all parts' frames, `train::allreduce`) and the
     /// running statistics move once. Not with GradNorm weighting.
     pub replicas: usize,
 }
@@ -538,146 +538,199 @@ impl Config {
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &str, message: String| {
-            Err(ConfigError::Invalid {
-                path: path.into(),
-                field: field.into(),
-                message,
-            })
-        };
-        let m = &self.model;
-        if m.small_channels.is_empty() || m.small_channels.contains(&0) {
-            return bad(
-                "model.small_channels",
-                format!(
-                    "{:?}: expected one positive channel count per stage",
-                    m.small_channels
-                ),
-            );
-        }
-        if !(m.keyframe_ratio > 0.0 && m.keyframe_ratio <= 1.0) {
-            return bad(
-                "model.keyframe_ratio",
-                format!("{} is not in (0, 1]", m.keyframe_ratio),
-            );
-        }
-        for (f, v) in [
-            ("model.feature_dim", m.feature_dim),
-            ("model.grid", m.grid),
-            ("model.hidden_dim", m.hidden_dim),
-            ("model.lstm_hidden", m.lstm_hidden),
-            ("model.lstm_layers", m.lstm_layers),
-            ("model.input_size", m.input_size),
-            ("model.text_dim", m.text_dim),
-            ("training.batch_size", self.training.batch_size),
-        ] {
-            if v == 0 {
-                return bad(f, "must be positive".into());
-            }
-        }
-        if let Schedule::Cosine { steps, min_scale } = self.training.schedule {
-            if steps == 0 || !(0.0..=1.0).contains(&min_scale) {
-                return bad(
-                    "training.schedule",
-                    format!("cosine: steps {steps} must be positive and min_scale {min_scale} in [0, 1]"),
-                );
-            }
-        }
-        if m.max_frames < 2 {
-            return bad("model.max_frames", "must be at least 2".into());
-        }
-        if !(0.0..1.0).contains(&m.dropout) {
-            return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
-        }
-        let t = &self.training;
-        let lr = &t.learning_rates;
-        for (f, v) in [
-            ("training.learning_rates.visual_encoder", lr.visual_encoder),
-            ("training.learning_rates.text_encoder", lr.text_encoder),
-            ("training.learning_rates.conv_gru", lr.conv_gru),
-            ("training.learning_rates.temporal_lstm", lr.temporal_lstm),
-            ("training.learning_rates.ctc_projection", lr.ctc_projection),
-            (
-                "training.loss_weights.cross_modal",
-                t.loss_weights.cross_modal,
-            ),
-            (
-                "training.loss_weights.keyframe_selection",
-                t.loss_weights.keyframe_selection,
-            ),
-            (
-                "training.loss_weights.frame_classification",
-                t.loss_weights.frame_classification,
-            ),
-            ("training.loss_weights.ctc", t.loss_weights.ctc),
-            ("training.weight_decay", t.weight_decay),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return bad(f, format!("{v} must be a finite number >= 0"));
-            }
-        }
-        if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
-            return bad(
-                "training.max_minutes",
-                format!("{} must be a finite number >= 0", t.max_minutes),
-            );
-        }
-        if !(0.0..1.0).contains(&t.ema_decay) {
-            return bad(
-                "training.ema_decay",
-                format!("{} must be in [0, 1) (0 = off)", t.ema_decay),
-            );
-        }
-        if !(t.flat_start_centre > 0.0 && t.flat_start_centre <= 1.0) {
-            return bad(
-                "training.flat_start_centre",
-                format!("{} must be in (0, 1]", t.flat_start_centre),
-            );
-        }
-        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
-            return bad("training.grad_clip", "must be positive".into());
-        }
-        let a = &t.augment;
-        if !(a.crop_min > 0.0 && a.crop_min <= 1.0) {
-            return bad(
-                "training.augment.crop_min",
-                format!("{} is not in (0, 1]", a.crop_min),
-            );
-        }
-        if !(0.0..1.0).contains(&a.temporal_rescale) {
-            return bad(
-                "training.augment.temporal_rescale",
-                format!("{} is not in [0, 1)", a.temporal_rescale),
-            );
-        }
-        if !(0.0..=1.0).contains(&a.hflip) {
-            return bad(
-                "training.augment.hflip",
-                format!("{} is not a probability", a.hflip),
-            );
-        }
-        let d = self.hardware.device;
-        let r = self.hardware.replicas;
-        if r == 0 {
-            return bad("hardware.replicas", "must be at least 1 (1 = off)".into());
-        }
-        if r > 1 && t.weighting == Weighting::GradNorm {
-            return bad(
-                "hardware.replicas",
-                format!(
-                    "{r} replicas with training.weighting = \"gradnorm\": GradNorm needs the \
-                     whole batch's loss gradients in one place; use 1 replica or fixed weights"
-                ),
-            );
-        }
-        if r > 1 && matches!(d, Device::Cuda(_)) {
-            return bad(
-                "hardware.replicas",
-                format!("{r} replicas on `{d}`: data-parallel replicas are for the CPU"),
-            );
-        }
+        // the rules run in this order: the first broken one is the one reported
+        let (m, t) = (&self.model, &self.training);
+        model_sizes(m, t.batch_size, path)?;
+        schedule_rules(t, path)?;
+        model_ranges(m, path)?;
+        training_rules(t, path)?;
+        augment_rules(&t.augment, path)?;
+        hardware_rules(&self.hardware, t, path)?;
         Ok(())
     }
+}
+
+/// A broken rule, naming the file and the dotted key.
+fn invalid(path: &Path, field: &str, message: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        path: path.into(),
+        field: field.into(),
+        message,
+    })
+}
+
+/// Every stage, channel count, size and the batch must be non-empty and
+/// positive, and the keyframe ratio keep at least one frame.
+fn model_sizes(m: &ModelSection, batch_size: usize, path: &Path) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    if m.small_channels.is_empty() || m.small_channels.contains(&0) {
+        return bad(
+            "model.small_channels",
+            format!(
+                "{:?}: expected one positive channel count per stage",
+                m.small_channels
+            ),
+        );
+    }
+    if !(m.keyframe_ratio > 0.0 && m.keyframe_ratio <= 1.0) {
+        return bad(
+            "model.keyframe_ratio",
+            format!("{} is not in (0, 1]", m.keyframe_ratio),
+        );
+    }
+    for (f, v) in [
+        ("model.feature_dim", m.feature_dim),
+        ("model.grid", m.grid),
+        ("model.hidden_dim", m.hidden_dim),
+        ("model.lstm_hidden", m.lstm_hidden),
+        ("model.lstm_layers", m.lstm_layers),
+        ("model.input_size", m.input_size),
+        ("model.text_dim", m.text_dim),
+        ("training.batch_size", batch_size),
+    ] {
+        if v == 0 {
+            return bad(f, "must be positive".into());
+        }
+    }
+    Ok(())
+}
+
+/// A cosine schedule needs steps to decay over and a floor that is a scale.
+fn schedule_rules(t: &TrainingSection, path: &Path) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    if let Schedule::Cosine { steps, min_scale } = t.schedule {
+        if steps == 0 || !(0.0..=1.0).contains(&min_scale) {
+            return bad(
+                "training.schedule",
+                format!(
+                    "cosine: steps {steps} must be positive and min_scale {min_scale} in [0, 1]"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A clip needs two frames for motion; dropout must leave something.
+fn model_ranges(m: &ModelSection, path: &Path) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    if m.max_frames < 2 {
+        return bad("model.max_frames", "must be at least 2".into());
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
+    }
+    Ok(())
+}
+
+/// Rates, weights and limits must be finite and not negative; the averages
+/// and fractions stay in their ranges; the clip norm is positive.
+fn training_rules(t: &TrainingSection, path: &Path) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    let lr = &t.learning_rates;
+    for (f, v) in [
+        ("training.learning_rates.visual_encoder", lr.visual_encoder),
+        ("training.learning_rates.text_encoder", lr.text_encoder),
+        ("training.learning_rates.conv_gru", lr.conv_gru),
+        ("training.learning_rates.temporal_lstm", lr.temporal_lstm),
+        ("training.learning_rates.ctc_projection", lr.ctc_projection),
+        (
+            "training.loss_weights.cross_modal",
+            t.loss_weights.cross_modal,
+        ),
+        (
+            "training.loss_weights.keyframe_selection",
+            t.loss_weights.keyframe_selection,
+        ),
+        (
+            "training.loss_weights.frame_classification",
+            t.loss_weights.frame_classification,
+        ),
+        ("training.loss_weights.ctc", t.loss_weights.ctc),
+        ("training.weight_decay", t.weight_decay),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return bad(f, format!("{v} must be a finite number >= 0"));
+        }
+    }
+    if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
+        return bad(
+            "training.max_minutes",
+            format!("{} must be a finite number >= 0", t.max_minutes),
+        );
+    }
+    if !(0.0..1.0).contains(&t.ema_decay) {
+        return bad(
+            "training.ema_decay",
+            format!("{} must be in [0, 1) (0 = off)", t.ema_decay),
+        );
+    }
+    if !(t.flat_start_centre > 0.0 && t.flat_start_centre <= 1.0) {
+        return bad(
+            "training.flat_start_centre",
+            format!("{} must be in (0, 1]", t.flat_start_centre),
+        );
+    }
+    if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
+        return bad("training.grad_clip", "must be positive".into());
+    }
+    Ok(())
+}
+
+/// A crop keeps part of the frame, a rescale keeps some of the clip, a flip
+/// is a probability.
+fn augment_rules(a: &AugmentSection, path: &Path) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    if !(a.crop_min > 0.0 && a.crop_min <= 1.0) {
+        return bad(
+            "training.augment.crop_min",
+            format!("{} is not in (0, 1]", a.crop_min),
+        );
+    }
+    if !(0.0..1.0).contains(&a.temporal_rescale) {
+        return bad(
+            "training.augment.temporal_rescale",
+            format!("{} is not in [0, 1)", a.temporal_rescale),
+        );
+    }
+    if !(0.0..=1.0).contains(&a.hflip) {
+        return bad(
+            "training.augment.hflip",
+            format!("{} is not a probability", a.hflip),
+        );
+    }
+    Ok(())
+}
+
+/// Replicas: at least one, and more only on the CPU and with fixed weights
+/// (GradNorm needs the whole batch's loss gradients in one place).
+fn hardware_rules(
+    hw: &HardwareSection,
+    t: &TrainingSection,
+    path: &Path,
+) -> Result<(), ConfigError> {
+    let bad = |field: &str, message: String| invalid(path, field, message);
+    let d = hw.device;
+    let r = hw.replicas;
+    if r == 0 {
+        return bad("hardware.replicas", "must be at least 1 (1 = off)".into());
+    }
+    if r > 1 && t.weighting == Weighting::GradNorm {
+        return bad(
+            "hardware.replicas",
+            format!(
+                "{r} replicas with training.weighting = \"gradnorm\": GradNorm needs the \
+                 whole batch's loss gradients in one place; use 1 replica or fixed weights"
+            ),
+        );
+    }
+    if r > 1 && matches!(d, Device::Cuda(_)) {
+        return bad(
+            "hardware.replicas",
+            format!("{r} replicas on `{d}`: data-parallel replicas are for the CPU"),
+        );
+    }
+    Ok(())
 }
 
 /// The dotted key whose value spans `span` in the TOML `text` (a

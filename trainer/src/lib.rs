@@ -6,34 +6,34 @@
 //! corpus, training, WER evaluation and ONNX export into a model bundle (the
 //! bundle types come from `signrt-runtime`).
 //!
+//! The modules, by role:
+//!
+//! - [`model`]: the seed's four stages and [`model::FourStage`], which
+//!   assembles them, plus deterministic parameter init.
+//! - [`ops`]: kernels and custom ops with hand-written gradients (convolution,
+//!   BatchNorm, the LSTM recurrence, pooling, CTC).
+//! - [`train`]: the training loop, optimiser and learning-rate schedule,
+//!   losses and their weighting, the data-parallel replicas and their
+//!   all-reduce, checkpoints, and evaluation.
+//! - [`data`]: dataset readers, the batch loader and augmentation.
+//! - [`synth`]: the synthetic signer corpus.
+//! - [`export`]: ONNX export into a model bundle.
+//! - [`config`]: the training configuration.
+//!
 //! One stage of the seed lives in one file named after it:
-//! [`visual`] (stage 1), [`align`] (stage 1 alignment), [`keyframe`] (stage 2),
-//! [`temporal`] (stage 3), [`ctc`] (stage 4) and [`loss`] (the total loss).
+//! [`model::visual`] (stage 1), [`model::align`] (stage 1 alignment),
+//! [`model::keyframe`] (stage 2), [`model::temporal`] (stage 3),
+//! [`ops::ctc`] (the CTC loss of stage 4) and [`train::loss`] (the total loss).
+//! WER comes from the runtime ([`signrt_runtime::wer`]), shared with
+//! `signrt-quantize`'s report.
 
-pub mod align;
-pub mod augment;
-pub mod batchnorm;
-pub mod checkpoint;
 pub mod config;
-pub mod conv;
-mod cpu_op;
-pub mod ctc;
 pub mod data;
 pub mod export;
-pub mod init;
-pub mod keyframe;
-pub mod loader;
-pub mod loss;
-pub mod lstm;
-pub mod metrics;
 pub mod model;
-pub mod optim;
-pub mod pool;
-pub mod sync;
+pub mod ops;
 pub mod synth;
-pub mod temporal;
 pub mod train;
-pub mod visual;
 
 /// Training allocates and frees activations of tens of MB every step. glibc
 /// serves blocks that large with mmap and unmaps them at free, so every step

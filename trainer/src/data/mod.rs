@@ -8,10 +8,12 @@
 //! line. With `skip_bad` such samples are skipped and every problem is kept
 //! in [`Dataset::problems`] instead. Nothing here panics on user data.
 //!
-//! Frames are decoded, resized and normalised by [`crate::loader`] with the
+//! Frames are decoded, resized and normalised by [`loader`] with the
 //! runtime's own preprocessing; this module finds them and their labels.
 
+pub mod augment;
 pub mod cli;
+pub mod loader;
 
 use signrt_runtime::source::{list_frames, SourceError};
 use signrt_runtime::Vocab;
@@ -351,23 +353,13 @@ pub fn load_split(
             looked: ann.display().to_string(),
         });
     }
-    let (delim, ncol) = match format {
-        Format::Seed => (b',', 2),
-        Format::Phoenix2014 => (b'|', 4),
-        Format::Phoenix2014t => (b'|', 7),
-    };
+    let (delim, _) = columns(format);
     let spans = if format == Format::Seed {
         read_spans(root, split)
     } else {
         Default::default()
     };
-    let frames_root = match format {
-        Format::Seed => root.join(split),
-        _ => root
-            .join("features")
-            .join("fullFrame-210x260px")
-            .join(split),
-    };
+    let frames_root = frames_root(root, format, split);
     let mut ds = Dataset {
         root: root.into(),
         format,
@@ -378,70 +370,13 @@ pub fn load_split(
     };
     for row in read_rows(&ann, delim)? {
         let sample = row.and_then(|r| {
-            if r.fields.len() != ncol {
-                return Err(DataError::Columns {
-                    at: r.at,
-                    expected: ncol,
-                    found: r.fields.len(),
-                });
-            }
-            let f = &r.fields;
-            let (id, folder, glosses, signer, translation) = match format {
-                Format::Seed => (
-                    f[0].clone(),
-                    safe_rel(&f[0], &r.at)?,
-                    glosses_of(&f[1], &r.at)?,
-                    None,
-                    None,
-                ),
-                Format::Phoenix2014 => {
-                    let rel = safe_rel(&f[1], &r.at)?;
-                    let dir = if rel
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().contains('*'))
-                    {
-                        rel.parent().map(Path::to_path_buf).unwrap_or_default()
-                    } else {
-                        rel
-                    };
-                    (
-                        f[0].clone(),
-                        dir,
-                        glosses_of(&f[3], &r.at)?,
-                        Some(f[2].clone()),
-                        None,
-                    )
-                }
-                Format::Phoenix2014t => {
-                    let name = safe_rel(&f[0], &r.at)?;
-                    let mut dir = name.clone();
-                    if f[1].contains('*') || f[1].contains('/') {
-                        let rel = safe_rel(&f[1], &r.at)?;
-                        let mut cand = if rel
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy().contains('*'))
-                        {
-                            rel.parent().map(Path::to_path_buf).unwrap_or_default()
-                        } else {
-                            rel
-                        };
-                        // the corpus files name a `1/` folder the release does not have
-                        if !frames_root.join(&cand).is_dir() && cand.ends_with("1") {
-                            cand = cand.parent().map(Path::to_path_buf).unwrap_or_default();
-                        }
-                        if frames_root.join(&cand).is_dir() {
-                            dir = cand;
-                        }
-                    }
-                    (
-                        f[0].clone(),
-                        dir,
-                        glosses_of(&f[5], &r.at)?,
-                        Some(f[4].clone()),
-                        Some(f[6].clone()),
-                    )
-                }
-            };
+            let RowFields {
+                id,
+                folder,
+                glosses,
+                signer,
+                translation,
+            } = row_fields(&r, format, &frames_root)?;
             let frames = frames_of(&frames_root.join(&folder), &r.at, opts.check)?;
             Ok(Sample {
                 spans: spans.get(&id).cloned(),
@@ -461,6 +396,106 @@ pub fn load_split(
         }
     }
     Ok(ds)
+}
+
+/// The delimiter and column count of a layout's annotation rows.
+fn columns(format: Format) -> (u8, usize) {
+    match format {
+        Format::Seed => (b',', 2),
+        Format::Phoenix2014 => (b'|', 4),
+        Format::Phoenix2014t => (b'|', 7),
+    }
+}
+
+/// The folder that a split's frame folders are relative to, per layout.
+fn frames_root(root: &Path, format: Format, split: &str) -> PathBuf {
+    match format {
+        Format::Seed => root.join(split),
+        _ => root
+            .join("features")
+            .join("fullFrame-210x260px")
+            .join(split),
+    }
+}
+
+/// What one annotation row says about its sample.
+struct RowFields {
+    id: String,
+    /// Relative to the split's frames root.
+    folder: PathBuf,
+    glosses: Vec<String>,
+    signer: Option<String>,
+    translation: Option<String>,
+}
+
+/// Reads a row by its layout's columns; a wrong column count, an escaping
+/// path or empty gloss text is an error naming the row.
+fn row_fields(r: &Row, format: Format, frames_root: &Path) -> Result<RowFields, DataError> {
+    let (_, ncol) = columns(format);
+    if r.fields.len() != ncol {
+        return Err(DataError::Columns {
+            at: r.at.clone(),
+            expected: ncol,
+            found: r.fields.len(),
+        });
+    }
+    let f = &r.fields;
+    Ok(match format {
+        Format::Seed => RowFields {
+            id: f[0].clone(),
+            folder: safe_rel(&f[0], &r.at)?,
+            glosses: glosses_of(&f[1], &r.at)?,
+            signer: None,
+            translation: None,
+        },
+        Format::Phoenix2014 => RowFields {
+            id: f[0].clone(),
+            folder: glob_folder(safe_rel(&f[1], &r.at)?),
+            glosses: glosses_of(&f[3], &r.at)?,
+            signer: Some(f[2].clone()),
+            translation: None,
+        },
+        Format::Phoenix2014t => RowFields {
+            id: f[0].clone(),
+            folder: phoenix_t_folder(f, &r.at, frames_root)?,
+            glosses: glosses_of(&f[5], &r.at)?,
+            signer: Some(f[4].clone()),
+            translation: Some(f[6].clone()),
+        },
+    })
+}
+
+/// PHOENIX names frames by a glob (`folder/*.png`): the folder is its parent.
+fn glob_folder(rel: PathBuf) -> PathBuf {
+    if rel
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains('*'))
+    {
+        rel.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        rel
+    }
+}
+
+/// PHOENIX-2014-T's folder is named after the sample, unless its video column
+/// names a folder that exists.
+fn phoenix_t_folder(
+    f: &[String],
+    at: &SourceRef,
+    frames_root: &Path,
+) -> Result<PathBuf, DataError> {
+    let mut dir = safe_rel(&f[0], at)?;
+    if f[1].contains('*') || f[1].contains('/') {
+        let mut cand = glob_folder(safe_rel(&f[1], at)?);
+        // the corpus files name a `1/` folder the release does not have
+        if !frames_root.join(&cand).is_dir() && cand.ends_with("1") {
+            cand = cand.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if frames_root.join(&cand).is_dir() {
+            dir = cand;
+        }
+    }
+    Ok(dir)
 }
 
 /// The vocabulary of a (training) dataset: blank, then its glosses sorted.

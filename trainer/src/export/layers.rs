@@ -151,28 +151,58 @@ pub fn conv_gru_scan(
     channels: usize,
     grid: usize,
 ) -> (String, String) {
-    let (hd, gg) = (gru.hidden as i64, grid as i64);
     let (rx, rh) = split_in(&gru.reset.0, channels);
     let (zx, zh) = split_in(&gru.update.0, channels);
     let (nx, nh) = split_in(&gru.new.0, channels);
+    let xg = conv_gru_input_gates(g, name, x, gru, &stack_out(&[&rx, &zx, &nx]));
+    let body = conv_gru_step(name, gru, &stack_out(&[&rh, &zh]), &nh, grid);
+    let last = g.fresh(&format!("{name}.h_last"));
+    let ys = g.fresh(&format!("{name}.states"));
+    g.node(
+        "Scan",
+        &[h0, &xg],
+        &[&last, &ys],
+        vec![
+            ("body", Attr::Graph(body.graph)),
+            ("num_scan_inputs", Attr::Int(1)),
+            ("scan_input_axes", Attr::Ints(vec![1])),
+            ("scan_output_axes", Attr::Ints(vec![1])),
+        ],
+    );
+    (last, ys)
+}
+
+/// The three gates' input halves (stacked in `w_x`, with all the gates'
+/// biases) as one convolution over all T steps, since they do not depend on
+/// the state: (1,T,C,G,G) -> (T,C,G,G) -> (T,3H,G,G) -> (1,T,3H,G,G).
+fn conv_gru_input_gates(
+    g: &mut GraphBuilder,
+    name: &str,
+    x: &str,
+    gru: &ConvGru,
+    w_x: &Array,
+) -> String {
     let bias: Vec<f32> = [&gru.reset.1, &gru.update.1, &gru.new.1]
         .iter()
         .flat_map(|b| b.iter().copied())
         .collect();
-    // the input halves over all steps: (1,T,C,G,G) -> (T,C,G,G) -> (T,3H,G,G) -> (1,T,3H,G,G)
     let axis0 = g.constant_i64(&format!("{name}.axis0"), &[1], &[0]);
     let steps = g.op("Squeeze", &[x, &axis0], vec![]);
-    let xg = conv(
-        g,
-        &format!("{name}.input"),
-        &steps,
-        &stack_out(&[&rx, &zx, &nx]),
-        &bias,
-        1,
-        1,
-    );
-    let xg = g.op("Unsqueeze", &[&xg, &axis0], vec![]);
+    let xg = conv(g, &format!("{name}.input"), &steps, w_x, &bias, 1, 1);
+    g.op("Unsqueeze", &[&xg, &axis0], vec![])
+}
 
+/// The `Scan` body of one step, (h_in, x_t) -> (h_out, y_t): only the hidden
+/// halves run here (r's and z's stacked in `w_rz` as one convolution, n's in
+/// `w_n` on r⊙h), added to the step's input gates `x_t`.
+fn conv_gru_step(
+    name: &str,
+    gru: &ConvGru,
+    w_rz: &Array,
+    w_n: &Array,
+    grid: usize,
+) -> GraphBuilder {
+    let (hd, gg) = (gru.hidden as i64, grid as i64);
     let mut body = GraphBuilder::new(&format!("{name}.body"));
     let h_in = body.input("h_in", &[1.into(), hd.into(), gg.into(), gg.into()]);
     let x_t = body.input("x_t", &[1.into(), (3 * hd).into(), gg.into(), gg.into()]);
@@ -187,7 +217,7 @@ pub fn conv_gru_scan(
         &mut body,
         &format!("{name}.hidden_rz"),
         &h_in,
-        &stack_out(&[&rh, &zh]),
+        w_rz,
         &vec![0.0; 2 * gru.hidden],
         1,
         1,
@@ -208,7 +238,7 @@ pub fn conv_gru_scan(
         &mut body,
         &format!("{name}.hidden_n"),
         &rh,
-        &nh,
+        w_n,
         &vec![0.0; gru.hidden],
         1,
         1,
@@ -222,20 +252,7 @@ pub fn conv_gru_scan(
     body.node("Identity", &["h_out"], &["y_t"], vec![]);
     body.output("h_out", &[1.into(), hd.into(), gg.into(), gg.into()]);
     body.output("y_t", &[1.into(), hd.into(), gg.into(), gg.into()]);
-    let last = g.fresh(&format!("{name}.h_last"));
-    let ys = g.fresh(&format!("{name}.states"));
-    g.node(
-        "Scan",
-        &[h0, &xg],
-        &[&last, &ys],
-        vec![
-            ("body", Attr::Graph(body.graph)),
-            ("num_scan_inputs", Attr::Int(1)),
-            ("scan_input_axes", Attr::Ints(vec![1])),
-            ("scan_output_axes", Attr::Ints(vec![1])),
-        ],
-    );
-    (last, ys)
+    body
 }
 
 /// One direction of one PyTorch LSTM layer: weight_ih (4H, in),
@@ -314,28 +331,8 @@ pub fn dims(v: &[i64]) -> Vec<Dim> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use signrt_runtime::onnx::encode;
-    use signrt_runtime::toy::toy_weights;
-    use tract_onnx::prelude::*;
-
-    fn run(g: GraphBuilder, shape: &[usize], x: &[f32]) -> Vec<f32> {
-        let bytes = encode(&g.into_model("test"));
-        let m = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(bytes))
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
-        let t = Tensor::from_shape(shape, x).unwrap();
-        let out = m.run(tvec!(t.into())).unwrap();
-        out[0]
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
-    }
+    use signrt_test_support::run_in_tract as run;
+    use signrt_test_support::toy::toy_weights;
 
     fn arr(shape: &[usize], seed: u64, scale: f32) -> Array {
         let n = shape.iter().product();

@@ -3,12 +3,12 @@
 
 pub mod layers;
 
+use crate::model::visual::{BackboneNet, ConvBn};
 use crate::model::FourStage;
-use crate::visual::{BackboneNet, ConvBn};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use layers::{Array, BatchNorm as BnParams};
-use signrt_runtime::bundle::{InputSpec, Manifest, ModelInfo, StreamSpec, FORMAT, FORMAT_VERSION};
+use signrt_runtime::bundle::{InputSpec, Manifest, ModelInfo, StreamSpec};
 use signrt_runtime::onnx::{write_model, Attr, Dim, GraphBuilder};
 use signrt_runtime::Vocab;
 use std::collections::BTreeMap;
@@ -109,8 +109,8 @@ pub fn encoder_graph(model: &FourStage, size: usize) -> Result<GraphBuilder> {
     let pooled = if (bh, bw) == (grid, grid) {
         h
     } else {
-        let ph = crate::pool::pooling_matrix(bh, grid, &Device::Cpu)?;
-        let pw = crate::pool::pooling_matrix(bw, grid, &Device::Cpu)?
+        let ph = crate::ops::pooling::pooling_matrix(bh, grid, &Device::Cpu)?;
+        let pw = crate::ops::pooling::pooling_matrix(bw, grid, &Device::Cpu)?
             .t()?
             .contiguous()?;
         let phn = g.constant("pool.h", &[grid as i64, bh as i64], &vec1(&ph)?);
@@ -137,7 +137,7 @@ fn backbone_hw(model: &FourStage, x: &Tensor) -> Result<(usize, usize)> {
             }
         }
         BackboneNet::Resnet { stem, layers } => {
-            h = crate::pool::max_pool_3x3_s2(&stem.conv.forward_cb(&h)?)?;
+            h = crate::ops::pooling::max_pool_3x3_s2(&stem.conv.forward_cb(&h)?)?;
             for l in layers {
                 for b in l {
                     let mut y = h.clone();
@@ -220,7 +220,7 @@ pub fn temporal_graph(model: &FourStage) -> Result<GraphBuilder> {
     let din = (model.feature_dim * model.grid * model.grid) as i64;
     let mut g = GraphBuilder::new("signrt_temporal");
     let mut h = g.input("keyframes", &[1.into(), Dim::from("K"), din.into()]);
-    let dir = |d: &crate::temporal::LstmDir| -> Result<layers::LstmDirection> {
+    let dir = |d: &crate::model::temporal::LstmDir| -> Result<layers::LstmDirection> {
         Ok(layers::LstmDirection {
             w_ih: array(&d.w_ih)?,
             w_hh: array(&d.w_hh)?,
@@ -296,38 +296,29 @@ pub fn write_bundle(
         serde_json::json!(cfg.model.lstm_layers),
     );
     extra.insert("selection".into(), serde_json::json!(cfg.model.selection));
-    let mut m = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        producer: producer.into(),
-        model: ModelInfo {
+    let mut m = Manifest::new(
+        producer,
+        ModelInfo {
             feature_dim: model.feature_dim,
             grid: model.grid,
             vocab_size: vocab.len(),
             scorer_hidden: model.keyframe.gru.hidden,
             extra,
         },
-        input: InputSpec {
+        InputSpec {
             height: cfg.model.input_size,
             width: cfg.model.input_size,
             mean: crate::train::MEAN,
             std: crate::train::STD,
         },
-        stream: StreamSpec {
+        StreamSpec {
             window: geometry.window,
             stride: geometry.stride,
             fps: geometry.fps,
         },
-        keyframe_ratio: cfg.model.keyframe_ratio as f32,
-        score_scaling: cfg.model.score_scaling
-            && cfg.model.selection == crate::config::Selection::Learned,
-        vocabulary: "vocab.txt".into(),
-        encoder: "encoder.onnx".into(),
-        scorer: "scorer.onnx".into(),
-        temporal: "temporal.onnx".into(),
-        files: BTreeMap::new(),
-        quantization: None,
-    };
+        cfg.model.keyframe_ratio as f32,
+        cfg.model.score_scaling && cfg.model.selection == crate::config::Selection::Learned,
+    );
     m.seal_and_write(dir)?;
     Ok(m)
 }

@@ -4,12 +4,12 @@
 use super::{batch_tensor, loader_options};
 use crate::config::Config;
 use crate::data;
-use crate::loader::{self, ClipSpec};
-use crate::metrics::{align_counts, EditCosts, ErrorCounts};
+use crate::data::loader::{self, ClipSpec};
 use crate::model::FourStage;
 use anyhow::Result;
 use candle_core::Device;
 use serde::Serialize;
+use signrt_runtime::wer::{align_counts, EditCosts, ErrorCounts};
 use signrt_runtime::Vocab;
 use std::sync::Arc;
 

@@ -4,9 +4,9 @@
 
 use super::trainer::step_losses;
 use crate::config::Config;
-use crate::loader::Batch;
-use crate::loss::Weighting;
+use crate::data::loader::Batch;
 use crate::model::FourStage;
+use crate::train::loss::Weighting;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::Device;
@@ -66,7 +66,7 @@ pub fn split_batch(b: &Batch, n: usize) -> Vec<Batch> {
 /// One step's gradients by data-parallel replicas: `b` split among `pools`,
 /// each part's forward and backward at the same time on its own pool. The
 /// replicas compute what one forward over the whole batch does: BatchNorm
-/// normalises by all parts' frames together (`crate::sync`), each part's
+/// normalises by all parts' frames together (`crate::train::allreduce`), each part's
 /// loss terms are weighted by its share of the clips (L_cls: of the labelled
 /// frames), and the parts' gradients are summed. Returns the gradients, the
 /// loss terms' values and the total, as for the whole batch.
@@ -81,7 +81,7 @@ pub(super) fn replica_grads(
 ) -> Result<(GradStore, [f64; 4], f64)> {
     let parts = split_batch(b, pools.len());
     let clips = b.lengths.len() as f64;
-    let group = crate::sync::SyncGroup::new(parts.len());
+    let group = crate::train::allreduce::SyncGroup::new(parts.len());
     let one = |rank: usize, part: &Batch| -> Result<Part> {
         let share = part.lengths.len() as f64 / clips;
         let (losses, vals, labelled) = step_losses(model, cfg, part, dev, step)?;
@@ -112,8 +112,8 @@ pub(super) fn replica_grads(
                 let one = &one;
                 s.spawn(move || {
                     pool.install(|| {
-                        crate::sync::as_replica(group, rank, || {
-                            crate::batchnorm::deferring(|| one(rank, part))
+                        crate::train::allreduce::as_replica(group, rank, || {
+                            crate::ops::batchnorm::deferring(|| one(rank, part))
                         })
                     })
                 })
@@ -137,7 +137,7 @@ type Part = (GradStore, [f64; 4], f64);
 /// The replicas' parts added up in rank order, and the BatchNorm statistics
 /// they held back applied once.
 fn merge(
-    results: Vec<(Result<Part>, Vec<crate::batchnorm::RunningUpdate>)>,
+    results: Vec<(Result<Part>, Vec<crate::ops::batchnorm::RunningUpdate>)>,
 ) -> Result<(GradStore, [f64; 4], f64)> {
     let mut updates = Vec::with_capacity(results.len());
     let mut merged: Option<GradStore> = None;
@@ -155,7 +155,7 @@ fn merge(
         }
     }
     // every replica holds the same update (the statistics of all parts)
-    crate::batchnorm::apply_held(&updates[0])?;
+    crate::ops::batchnorm::apply_held(&updates[0])?;
     let grads = merged.context("a step with no clips")?;
     Ok((grads, vals, total))
 }
@@ -164,21 +164,16 @@ fn merge(
 mod replica_tests {
     use super::*;
     use crate::config;
-    use crate::loss::LossWeights;
+    use crate::train::loss::LossWeights;
     use candle_nn::VarMap;
     use rand::{Rng, SeedableRng};
 
+    /// The shared tiny config at 16×16, with the default two LSTM layers.
     fn tiny() -> Config {
-        let mut c = Config::default();
-        c.model.backbone = config::Backbone::Small;
-        c.model.feature_dim = 8;
-        c.model.grid = 2;
-        c.model.hidden_dim = 4;
-        c.model.lstm_hidden = 8;
+        let mut c: Config = signrt_test_support::tiny_config();
+        c.model.lstm_layers = 2;
         c.model.input_size = 16;
         c.model.max_frames = 16;
-        c.model.text_dim = 8;
-        c.model.dropout = 0.0;
         c.hardware.device = config::Device::Cpu;
         c
     }
@@ -225,7 +220,7 @@ mod replica_tests {
         let dev = Device::Cpu;
         let vm = VarMap::new();
         let model = FourStage::new(&cfg, 5, &vm, &dev).unwrap();
-        crate::init::reinit(&vm, 1).unwrap();
+        crate::model::init::reinit(&vm, 1).unwrap();
         let w = Weighting::from_config(
             config::Weighting::Fixed,
             LossWeights {

@@ -10,13 +10,13 @@ use super::{
     batch_tensor, clips, eta_secs, evaluate_parallel, fmt_duration, loader_options, restore,
     EvalReport, TrainOptions, TrainSummary,
 };
-use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{self, Config};
+use crate::data::loader::{self, Batch, ClipSpec};
 use crate::data::{self, LoadOptions};
-use crate::loader::{self, Batch, ClipSpec};
-use crate::loss::{LossWeights, Weighting};
 use crate::model::{FourStage, FrameLabels, GROUPS};
-use crate::optim::{
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::loss::{LossWeights, Weighting};
+use crate::train::optim::{
     clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, Ema, ParamGroup, ScheduleState,
 };
 use anyhow::{bail, Context, Result};
@@ -532,9 +532,9 @@ fn progress_bar(opts: &TrainOptions, train_clips: usize, step: u64) -> indicatif
 fn build_model(cfg: &Config, vocab: usize, dev: &Device) -> Result<(VarMap, FourStage)> {
     let vm = VarMap::new();
     let model = FourStage::new(cfg, vocab, &vm, dev)?;
-    crate::init::reinit(&vm, cfg.training.seed)?;
+    crate::model::init::reinit(&vm, cfg.training.seed)?;
     if let Some(w) = &cfg.model.backbone_weights {
-        let r = crate::visual::load_backbone_weights(&vm, "visual.backbone.", w)?;
+        let r = crate::model::visual::load_backbone_weights(&vm, "visual.backbone.", w)?;
         log::info!(
             "loaded {} backbone tensors from {}",
             r.used.len(),
@@ -557,7 +557,7 @@ fn loss_weighting(cfg: &Config) -> Result<Weighting> {
         cfg.training.weighting,
         initial,
         cfg.training.gradnorm_alpha,
-        crate::loss::GradNorm::DEFAULT_LR,
+        crate::train::loss::GradNorm::DEFAULT_LR,
     )?)
 }
 

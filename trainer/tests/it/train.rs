@@ -1,0 +1,323 @@
+//! Training: `--resume` continues exactly where an uninterrupted run would be.
+
+use signrt_trainer::config::{Config, Device};
+use signrt_trainer::synth::{write_corpus, SynthConfig};
+use signrt_trainer::train::{train, TrainOptions};
+use std::path::Path;
+
+/// The shared tiny config (dropout off: candle's dropout is not seedable, and exact resume needs
+/// it off), trained for a few epochs.
+fn tiny() -> Config {
+    let mut c: Config = signrt_test_support::tiny_config();
+    c.model.max_frames = 40;
+    c.training.batch_size = 2;
+    c.training.num_epochs = 10;
+    c.training.eval_every = 2;
+    c.training.learning_rates.visual_encoder = 1e-3;
+    c.hardware.device = Device::Cpu;
+    c.hardware.num_workers = 2;
+    c
+}
+
+/// A 10-video, 5-gloss, 32×32 synthetic corpus in `dir/corpus`.
+fn ten_video_corpus(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let data = dir.join("corpus");
+    write_corpus(
+        &SynthConfig {
+            videos: 10,
+            glosses: 5,
+            signers: 3,
+            size: 32,
+            seed,
+        },
+        &data,
+        false,
+    )
+    .unwrap();
+    data
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn resume_gives_the_same_next_steps() {
+    check_resume(0.0, 1, 0);
+}
+
+/// With data-parallel replicas (two threads each running half of every
+/// batch) and batches grouped by clip length training is as deterministic:
+/// the resumed run repeats the uninterrupted one's losses.
+#[test]
+fn resume_with_replicas_gives_the_same_next_steps() {
+    check_resume(0.0, 2, 2);
+}
+
+/// Evaluation on the replicas' threads (the clips cut into one part per
+/// thread, evaluated at the same time) reports what one evaluation over all
+/// clips reports, with the hypotheses in the same order.
+#[test]
+fn evaluation_on_replica_threads_equals_one_evaluation() {
+    use signrt_trainer::train::{self, evaluate, evaluate_parallel};
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 2);
+    let mut c = tiny();
+    c.training.max_steps = 4;
+    train(&TrainOptions {
+        config: c,
+        data: data.clone(),
+        out: d.path().join("run"),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        progress: false,
+    })
+    .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (model, _vm, cfg, vocab) =
+        train::load_model(&d.path().join("run/last.safetensors"), &dev).unwrap();
+    let format = signrt_trainer::data::detect(&data).unwrap();
+    let (clips, samples) = train::clips(&data, format, "train", &vocab).unwrap();
+    assert!(clips.len() >= 5, "{} clips", clips.len());
+    let pools: Vec<rayon::ThreadPool> = (0..2)
+        .map(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for beam in [1, 3] {
+        let (a, ha) = evaluate(&model, &cfg, &vocab, &clips, &samples, beam, &dev).unwrap();
+        let (b, hb) =
+            evaluate_parallel(&pools, &model, &cfg, &vocab, &clips, &samples, beam, &dev).unwrap();
+        assert_eq!(a.clips, clips.len());
+        assert_eq!(b.clips, a.clips);
+        let ids = |h: &[train::Hyp]| -> Vec<(String, Vec<String>, Vec<String>)> {
+            h.iter()
+                .map(|x| (x.id.clone(), x.hyp.clone(), x.reference.clone()))
+                .collect()
+        };
+        assert_eq!(ids(&ha), ids(&hb), "beam {beam}");
+        let counts = |r: &train::EvalReport| {
+            let c = &r.counts;
+            (
+                c.sub,
+                c.del,
+                c.ins,
+                c.cor,
+                c.n_ref,
+                c.sentences,
+                c.sentences_correct,
+            )
+        };
+        assert_eq!(counts(&a), counts(&b));
+        for (x, y, what) in [
+            (a.wer, b.wer, "wer"),
+            (a.classifier_wer, b.classifier_wer, "classifier_wer"),
+            (
+                a.alignment_similarity_mean,
+                b.alignment_similarity_mean,
+                "similarity mean",
+            ),
+            (
+                a.alignment_similarity_std,
+                b.alignment_similarity_std,
+                "similarity std",
+            ),
+            (a.keyframe_ratio, b.keyframe_ratio, "keyframe ratio"),
+            (a.selection_entropy, b.selection_entropy, "entropy"),
+            (a.blank_ratio, b.blank_ratio, "blank ratio"),
+            (
+                a.frame_accuracy.unwrap(),
+                b.frame_accuracy.unwrap(),
+                "frame accuracy",
+            ),
+        ] {
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+/// With a moving average of the weights the resumed run also continues the
+/// average exactly, and `best.safetensors` holds the average, not the
+/// trained weights.
+#[test]
+fn resume_continues_the_weight_average() {
+    let d = check_resume(0.8, 1, 0);
+    let load = |p: &str| {
+        signrt_trainer::train::checkpoint::load(&d.path().join(p), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (full, split) = (
+        load("full/last.safetensors"),
+        load("split/last.safetensors"),
+    );
+    let f64s = |t: &candle_core::Tensor| -> Vec<f64> {
+        let t = t.flatten_all().unwrap();
+        t.to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut moved = 0;
+    for (k, avg) in &full.optimizer {
+        let Some(name) = k.strip_prefix("ema.") else {
+            continue;
+        };
+        let (a, b) = (f64s(avg), f64s(&split.optimizer[k]));
+        if name == "updates" {
+            assert_eq!(a, vec![6.0], "six updates");
+            continue;
+        }
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}: {x} vs {y}");
+        }
+        let w = f64s(&full.model[name]);
+        moved += usize::from(a.iter().zip(&w).any(|(x, y)| (x - y).abs() > 1e-7));
+    }
+    assert!(moved > 0, "the average differs from the trained weights");
+    // the kept model is the average saved with it
+    let best = load("full/best.safetensors");
+    for (name, t) in &best.model {
+        assert_eq!(
+            f64s(t),
+            f64s(&best.optimizer[&format!("ema.{name}")]),
+            "{name}"
+        );
+    }
+}
+
+/// Trains 6 steps at once and 3 + 3 with `--resume` and checks that the
+/// step losses agree; returns the directory holding both runs.
+fn check_resume(ema_decay: f64, replicas: usize, group_by_length: usize) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 1);
+    let opts = |out: &str, steps: u64, resume: bool| {
+        let mut c = tiny();
+        c.training.max_steps = steps;
+        c.training.ema_decay = ema_decay;
+        c.hardware.replicas = replicas;
+        c.training.group_by_length = group_by_length;
+        TrainOptions {
+            config: c,
+            data: data.clone(),
+            out: d.path().join(out),
+            resume,
+            device: candle_core::Device::Cpu,
+            progress: false,
+        }
+    };
+    let full = train(&opts("full", 6, false)).unwrap();
+    assert_eq!(full.steps, 6);
+    train(&opts("split", 3, false)).unwrap();
+    let resumed = train(&opts("split", 6, true)).unwrap();
+    assert_eq!(resumed.steps, 6);
+    let (a, b) = (
+        losses(&d.path().join("full")),
+        losses(&d.path().join("split")),
+    );
+    assert_eq!(a.len(), 6);
+    assert_eq!(b.len(), 6, "the resumed run appends steps 4..6");
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
+            "step {sa}: {la} vs {lb}"
+        );
+    }
+    // the loss moved: training actually updates the model
+    assert!(a.iter().any(|(_, l)| (l - a[0].1).abs() > 1e-6));
+    assert!(d.path().join("full/last.safetensors").is_file());
+    assert!(d.path().join("full/best.safetensors").is_file());
+    d
+}
+
+/// The whole model, trained with every loss and labels derived from its own
+/// CTC alignment (no frame labels), fits a handful of videos: every training
+/// video decodes to exactly its glosses. A model, loss or optimiser that
+/// does not learn fails here.
+///
+/// It trains through the `signrt-train` binary, as a user does: there the
+/// training runs on the main thread, whose allocator keeps freed memory
+/// ([`signrt_trainer::keep_freed_memory`]); on a test-harness thread glibc's
+/// per-thread arena faulted every step's memory in again, which made the test
+/// several times slower (docs/experiments.md, "The overfit test").
+#[test]
+fn the_model_overfits_eight_videos() {
+    use signrt_trainer::data::Format;
+    use signrt_trainer::train::{clips, evaluate, load_model};
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 3);
+    let mut c = tiny();
+    c.model.feature_dim = 16;
+    c.model.lstm_hidden = 32;
+    // clips are sampled down to 24 frames (the corpus's are 29-106): a step
+    // costs half of what it did at 48, and the model still has to learn
+    c.model.max_frames = 24;
+    c.training.batch_size = 8;
+    c.training.num_epochs = 10_000;
+    c.training.max_steps = OVERFIT_STEPS;
+    c.training.eval_every = OVERFIT_STEPS;
+    c.training.schedule = signrt_trainer::train::optim::Schedule::Constant;
+    for lr in [
+        &mut c.training.learning_rates.visual_encoder,
+        &mut c.training.learning_rates.temporal_lstm,
+        &mut c.training.learning_rates.ctc_projection,
+        &mut c.training.learning_rates.conv_gru,
+    ] {
+        *lr = 3e-3;
+    }
+    c.training.augment.crop_min = 1.0;
+    c.training.augment.color_jitter = 0.0;
+    c.training.augment.rotation_deg = 0.0;
+    c.training.augment.temporal_rescale = 0.0;
+    let out = d.path().join("run");
+    let config = d.path().join("overfit.toml");
+    std::fs::write(&config, c.to_toml()).unwrap();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+        .arg("train")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "signrt-train train failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let dev = candle_core::Device::Cpu;
+    let (model, _, cfg, vocab) = load_model(&out.join("last.safetensors"), &dev).unwrap();
+    let (cl, samples) = clips(&data, Format::Seed, "train", &vocab).unwrap();
+    assert!(cl.len() >= 6);
+    let (report, hyps) = evaluate(&model, &cfg, &vocab, &cl, &samples, 1, &dev).unwrap();
+    let wrong: Vec<String> = hyps
+        .iter()
+        .filter(|h| h.hyp != h.reference)
+        .map(|h| format!("{}: {:?} vs {:?}", h.id, h.hyp, h.reference))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "train WER {:.1} % after {OVERFIT_STEPS} steps: {wrong:#?}",
+        100.0 * report.wer
+    );
+}
+
+/// Steps for [`the_model_overfits_eight_videos`]: well past the step at which
+/// train WER first reached 0 with clips of at most 24 frames, a margin for
+/// other CPUs' rounding (the measured steps are in docs/experiments.md, "The
+/// overfit test").
+const OVERFIT_STEPS: u64 = 200;

@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let summary = pipeline.run_events(&mut source, &opts, |event| match event {
         Event::Gloss(g) => println!("{:>7.2}s  {}  ({:.2})", g.start_time, g.gloss, g.confidence),
         Event::Reset(r) => println!("{:>7.2}s  -- {}", r.time, r.reason),
+        Event::Sentence(s) => println!("{:>7.2}s  == {}", s.end_time, s.glosses),
     })?;
     // 5. The summary says how the stream ended and what was recognised.
     println!("{:?}: {}", summary.end, summary.glosses);

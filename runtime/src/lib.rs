@@ -13,10 +13,14 @@
 
 // --- The product's API: what an application embeds. ---
 
+/// Batch inference over a folder or list of clips, with a corpus WER.
+pub mod batch;
 /// Model bundles: manifest, checksums, vocabulary file.
 pub mod bundle;
 /// V4L2 cameras: format choice, YUYV/MJPEG conversion, reconnects.
 pub mod camera;
+/// Endpointing: when the signer has finished a sentence.
+pub mod endpoint;
 /// The three graphs in tract (encoder, keyframe scorer, temporal).
 pub mod engine;
 /// How tract dispatches on this CPU, and the corrections we make to it.
@@ -25,6 +29,8 @@ pub mod isa;
 pub mod memory;
 /// The streaming pipeline: source -> encoder -> windows -> glosses and a summary.
 pub mod pipeline;
+/// The push API: a loaded recogniser, and streams fed one frame at a time.
+pub mod recognizer;
 /// Frame sources behind one trait: Y4M files and stdin, image folders, memory.
 pub mod source;
 /// Window scheduling and stitching of the windows' posteriors into one stream.

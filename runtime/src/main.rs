@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use signrt_runtime::batch;
 use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
+use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::memory::{self, CountingAlloc};
 use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
@@ -49,6 +51,8 @@ enum Cmd {
   signrt run --source clip.y4m --format jsonl --beam 1
   ffmpeg -loglevel error -f v4l2 -i /dev/video0 -f yuv4mpegpipe - | signrt run --source -
   signrt run --source frames/ --fps 30
+  signrt run --source models/samples --format text     (a batch: one line per clip, corpus WER)
+  signrt run --source clip.y4m --endpoint               (sentence events when the signer rests)
 
 Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143).")]
     Run {
@@ -56,6 +60,8 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         #[arg(long, env = "SIGNRT_BUNDLE")]
         bundle: Option<PathBuf>,
         /// /dev/videoN, a folder of frames, a .y4m file, or - for Y4M on stdin.
+        /// A folder of clips (.y4m files, folders of frames) or a list file
+        /// (.txt, one clip a line) runs a batch: a line per clip, then the corpus WER.
         #[arg(long)]
         source: String,
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -85,6 +91,8 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// (`NAME<TAB>glosses`) when there is one, as the shipped samples have.
         #[arg(long)]
         reference: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -258,6 +266,63 @@ fn reference_wer(reference: &str, hyp: &str) -> f64 {
     signrt_runtime::wer::align_counts(&r, &h, signrt_runtime::wer::EditCosts::SCLITE).wer()
 }
 
+/// `signrt run` over a folder or list of clips: a line per clip, in order,
+/// then the corpus line. Exit 1 if a clip could not be read.
+fn batch_cmd(
+    bundle: &Bundle,
+    source: &Path,
+    settings: Settings,
+    parallel: usize,
+    fps: f32,
+    format: Format,
+) -> Result<i32> {
+    let clips = batch::list_clips(source)?;
+    let refs_dir = if source.is_dir() {
+        source
+    } else {
+        source.parent().unwrap_or(Path::new("."))
+    };
+    let refs = batch::read_references(refs_dir)?;
+    let print = |v: serde_json::Value, text: String| {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        let _ = match format {
+            Format::Jsonl => writeln!(o, "{v}"),
+            Format::Text => writeln!(o, "{text}"),
+        };
+        let _ = o.flush();
+    };
+    let total = batch::run_batch(bundle, &clips, &refs, settings, parallel, fps, |c| {
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        v["type"] = "clip".into();
+        let wer = c
+            .wer
+            .map_or(String::new(), |w| format!("  (WER {:.1} %)", 100.0 * w));
+        let err = c
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!("  error: {e}"));
+        print(v, format!("{:<24} {}{wer}{err}", c.id, c.glosses));
+    })?;
+    let mut v = serde_json::to_value(&total).unwrap_or_default();
+    v["type"] = "corpus".into();
+    print(
+        v,
+        format!(
+            "corpus: {} clips, {} scored, WER {:.2} % (S {} D {} I {} of N {}), {} failed",
+            total.clips,
+            total.scored,
+            100.0 * total.wer,
+            total.substitutions,
+            total.deletions,
+            total.insertions,
+            total.reference_glosses,
+            total.failed
+        ),
+    );
+    Ok(i32::from(total.failed > 0))
+}
+
 /// `signrt run`'s arguments.
 struct RunArgs {
     bundle: Option<PathBuf>,
@@ -269,6 +334,40 @@ struct RunArgs {
     beam: usize,
     threads: Option<usize>,
     reference: Option<String>,
+    endpoint: Option<EndpointConfig>,
+}
+
+/// Endpointing flags of `signrt run` (rules in `signrt_runtime::endpoint`).
+#[derive(clap::Args)]
+struct EndpointArgs {
+    /// Print a `sentence` event when the signer rests after signing, then start
+    /// the recurrent state and the window afresh.
+    #[arg(long)]
+    endpoint: bool,
+    /// Rule 1: seconds of rest that end an utterance with nothing signed in it.
+    #[arg(long, requires = "endpoint", default_value_t = EndpointConfig::default().rest_without_sign)]
+    rest_without_sign: f32,
+    /// Rule 2: seconds of rest after signing that end the sentence.
+    #[arg(long, requires = "endpoint", default_value_t = EndpointConfig::default().rest_after_sign)]
+    rest_after_sign: f32,
+    /// Rule 3: the longest utterance, in seconds.
+    #[arg(long, requires = "endpoint", default_value_t = EndpointConfig::default().max_utterance)]
+    max_utterance: f32,
+}
+
+impl EndpointArgs {
+    fn config(&self) -> Result<Option<EndpointConfig>> {
+        if !self.endpoint {
+            return Ok(None);
+        }
+        let c = EndpointConfig {
+            rest_without_sign: self.rest_without_sign,
+            rest_after_sign: self.rest_after_sign,
+            max_utterance: self.max_utterance,
+        };
+        c.validate().context("--endpoint")?;
+        Ok(Some(c))
+    }
 }
 
 /// Exit status of `signrt run` stopped by SIGINT / SIGTERM (the shell's 128 + signal).
@@ -308,6 +407,11 @@ fn print_event(format: Format, e: Event<'_>) {
             g.start_time, g.gloss, g.confidence
         ),
         (Format::Text, Event::Reset(r)) => writeln!(o, "{:>8.2}s  -- reset: {}", r.time, r.reason),
+        (Format::Text, Event::Sentence(s)) => writeln!(
+            o,
+            "{:>8.2}s  == sentence ({:.2}-{:.2}s): {}",
+            s.end_time, s.start_time, s.end_time, s.glosses
+        ),
     };
     let _ = o.flush();
 }
@@ -364,6 +468,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         beam,
         threads,
         reference,
+        endpoint,
     } = a;
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
@@ -371,12 +476,22 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         None => all_cores(),
     };
     let source = source.as_str();
+    let dir = default_bundle(bundle)?;
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    if batch::is_batch_source(Path::new(source)) {
+        let settings = Settings {
+            budget,
+            beam,
+            threads: 1,
+            frame_size: None,
+            endpoint: None,
+        };
+        return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
+    }
     let reference = match reference {
         Some(r) => Some(r),
         None => sidecar_reference(Path::new(source))?,
     };
-    let dir = default_bundle(bundle)?;
-    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let got = install_signal_handlers(&stop)?;
     let exit_stopped = || {
@@ -397,6 +512,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             beam,
             threads,
             frame_size: src.size(),
+            endpoint,
         },
     )?;
     log::info!(
@@ -461,6 +577,7 @@ fn run(cli: Cli) -> Result<i32> {
             width,
             height,
             reference,
+            endpoint,
         } => run_cmd(RunArgs {
             bundle,
             source,
@@ -471,6 +588,7 @@ fn run(cli: Cli) -> Result<i32> {
             beam,
             threads,
             reference,
+            endpoint: endpoint.config()?,
         }),
         Cmd::Bench {
             bundle,

@@ -8,6 +8,7 @@
 //! in our code.
 
 use crate::bundle::Bundle;
+use crate::endpoint::{EndpointConfig, EndpointRule};
 use crate::engine::{EngineError, TractModel};
 use crate::memory;
 use crate::preprocess::{FrameResizer, Resampler};
@@ -43,6 +44,9 @@ pub enum PipelineError {
     /// A frame that does not match its own size (a source's bug).
     #[error("{0}")]
     Frame(String),
+    /// Resident memory passed the budget mid-stream.
+    #[error("{0}")]
+    OverBudget(String),
     /// The encoder threads fell out of step (a bug, not bad input).
     #[error("encoder threads: {0}")]
     Workers(String),
@@ -99,11 +103,31 @@ pub struct ResetEvent {
     pub reason: String,
 }
 
+/// A sentence ended (endpointing, [`crate::endpoint`]): its glosses, already
+/// printed one by one, together. The recurrent state and the window then start
+/// afresh.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SentenceEvent {
+    /// The glosses, space-separated.
+    pub glosses: String,
+    pub gloss_count: usize,
+    /// The utterance's first and last frame (inclusive), rest included.
+    pub start_frame: u64,
+    pub end_frame: u64,
+    pub start_time: f64,
+    pub end_time: f64,
+    /// Mean confidence of its glosses.
+    pub confidence: f32,
+    /// The rule that ended it.
+    pub endpoint: EndpointRule,
+}
+
 /// What a run reports, in stream order.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     Gloss(&'a GlossEvent),
     Reset(&'a ResetEvent),
+    Sentence(&'a SentenceEvent),
 }
 
 impl Event<'_> {
@@ -112,6 +136,7 @@ impl Event<'_> {
         let (v, kind) = match self {
             Event::Gloss(g) => (serde_json::to_value(g), "gloss"),
             Event::Reset(r) => (serde_json::to_value(r), "reset"),
+            Event::Sentence(s) => (serde_json::to_value(s), "sentence"),
         };
         let mut v = v.unwrap_or_default();
         v["type"] = kind.into();
@@ -156,6 +181,8 @@ pub struct Summary {
     pub windows: u64,
     /// Times the source restarted (a reset event each).
     pub resets: u64,
+    /// Sentence events printed (0 without endpointing).
+    pub sentences: u64,
     /// Processed frames per second of wall time.
     pub fps: f64,
     pub peak_heap_bytes: usize,
@@ -192,6 +219,8 @@ pub struct Settings {
     pub threads: usize,
     /// The source's frame size, for the memory need (None: 640x480).
     pub frame_size: Option<(usize, usize)>,
+    /// Endpointing: sentence events, and a fresh start after each (None: off).
+    pub endpoint: Option<EndpointConfig>,
 }
 
 impl Default for Settings {
@@ -201,6 +230,7 @@ impl Default for Settings {
             beam: 1,
             threads: 1,
             frame_size: None,
+            endpoint: None,
         }
     }
 }
@@ -218,8 +248,24 @@ pub struct Pipeline {
     pub need: memory::MemoryNeed,
     budget: Option<usize>,
     stop: Arc<AtomicBool>,
-    /// Frames before the current segment (a source restart starts a new one).
+    /// Frames before the current segment (a source restart or an endpoint
+    /// starts a new one).
     offset: u64,
+    endpoint: Option<EndpointConfig>,
+    /// The run's frame rate, for the endpoint rules' durations.
+    fps: f32,
+    /// Endpoints found since the emitted glosses were last drained.
+    marks: Vec<Mark>,
+}
+
+/// An endpoint found while pushing frames: after the first `at` of the
+/// pending emitted glosses, the sentence over frames `start..=end` ended.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: usize,
+    start: u64,
+    end: u64,
+    rule: EndpointRule,
 }
 
 impl Pipeline {
@@ -252,6 +298,7 @@ impl Pipeline {
             beam,
             threads,
             frame_size,
+            endpoint,
         } = settings;
         let threads = threads.max(1);
         let heap0 = memory::heap_now();
@@ -281,6 +328,9 @@ impl Pipeline {
             budget,
             stop: Arc::new(AtomicBool::new(false)),
             offset: 0,
+            endpoint,
+            fps: 25.0,
+            marks: Vec::new(),
         };
         let (encoder_activations, serial) = me.warm_up(cfg)?;
         let measured = Measured {
@@ -411,10 +461,10 @@ impl Pipeline {
                 .cloned()
                 .unwrap_or_else(|| format!("#{}", e.id)),
             id: e.id,
-            start_frame: e.start + self.offset,
-            end_frame: e.end + self.offset,
-            start_time: (e.start + self.offset) as f64 / fps as f64,
-            end_time: (e.end + self.offset + 1) as f64 / fps as f64,
+            start_frame: e.start,
+            end_frame: e.end,
+            start_time: e.start as f64 / fps as f64,
+            end_time: (e.end + 1) as f64 / fps as f64,
             confidence: e.confidence,
         }
     }
@@ -435,20 +485,58 @@ impl Pipeline {
         r
     }
 
-    /// Hands one frame's features to the stream.
+    /// Hands one frame's features to the stream; ends the utterance there if
+    /// an endpoint rule holds. Endpoints are decided here, frame by frame as
+    /// the stream takes them, so they do not depend on the encoder threads.
     fn push_features(
         &mut self,
         feats: &[f32],
         out: &mut Vec<Emitted>,
         last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
+        let before = out.len();
         let mut rep = None;
         self.stream
             .push(&mut self.model, feats, out, &mut rep)
             .map_err(PipelineError::Stream)?;
-        if rep.is_some() {
-            *last = rep;
+        self.to_stream_frames(&mut out[before..], rep, last);
+        if let Some(rule) = self.endpoint_due() {
+            self.end_utterance(rule, out, last)?;
         }
+        Ok(())
+    }
+
+    /// The stream counts frames from its last reset; events count them from
+    /// the run's start.
+    fn to_stream_frames(
+        &self,
+        new: &mut [Emitted],
+        rep: Option<WindowReport>,
+        last: &mut Option<WindowReport>,
+    ) {
+        for e in new {
+            e.start += self.offset;
+            e.end += self.offset;
+        }
+        if let Some(mut r) = rep {
+            r.start += self.offset;
+            r.keyframes.iter_mut().for_each(|k| *k += self.offset);
+            *last = Some(r);
+        }
+    }
+
+    /// Decodes what the stream holds to its end.
+    fn flush_stream(
+        &mut self,
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
+        let before = out.len();
+        let rep = self
+            .stream
+            .flush(&mut self.model, out)
+            .map_err(PipelineError::Stream)?;
+        self.to_stream_frames(&mut out[before..], rep, last);
         Ok(())
     }
 
@@ -510,6 +598,56 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Starts a run driven frame by frame ([`crate::recognizer`]): the same
+    /// steps as [`Pipeline::run`], on the calling thread, with the caller's frames.
+    pub(crate) fn start_push<F: FnMut(Event<'_>)>(&mut self, fps: f32, on_event: F) -> Pushed<F> {
+        let mut out = Output::new(on_event, fps);
+        self.fps = fps;
+        if self.endpoint.is_some() {
+            out.keep_sentences();
+        }
+        let encoder = self.model.encoder();
+        Pushed {
+            run: RunState {
+                resizer: FrameResizer::new(
+                    (encoder.width(), encoder.height()),
+                    self.mean,
+                    self.std,
+                ),
+                emitted: Vec::new(),
+                last: None,
+                epoch: None,
+                budget: self.budget,
+            },
+            out,
+        }
+    }
+
+    /// One pushed frame, as a run consumes a source's frame.
+    pub(crate) fn push_frame<F: FnMut(Event<'_>)>(
+        &mut self,
+        p: &mut Pushed<F>,
+        frame: &Frame,
+    ) -> Result<(), PipelineError> {
+        match self.consume(&mut None, frame, &mut p.run, &mut p.out)? {
+            Some(Ended { error, .. }) => Err(PipelineError::OverBudget(error.unwrap_or_default())),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a pushed utterance now: what is pending is decoded and reported
+    /// (a sentence, with endpointing on), then the stream starts afresh.
+    pub(crate) fn end_push<F: FnMut(Event<'_>)>(
+        &mut self,
+        p: &mut Pushed<F>,
+    ) -> Result<(), PipelineError> {
+        self.finish_segment(&mut None, &mut p.run, &mut p.out)?;
+        self.close_sentence(&mut p.out);
+        self.stream.reset();
+        self.offset = p.out.processed;
+        Ok(())
+    }
+
     /// Encoder threads this pipeline runs (1: none, all on the calling thread).
     pub fn threads(&self) -> usize {
         self.threads
@@ -568,7 +706,14 @@ impl Pipeline {
         on_event: impl FnMut(Event<'_>),
     ) -> Result<(Summary, Option<SourceError>), PipelineError> {
         let fps = source.fps().filter(|f| *f > 0.0).unwrap_or(opts.fps);
+        // a pipeline may run many sources (a batch): each starts afresh
+        self.stream.reset();
+        self.offset = 0;
         let mut out = Output::new(on_event, fps);
+        self.fps = fps;
+        if self.endpoint.is_some() {
+            out.keep_sentences();
+        }
         let budget = opts.memory_budget.or(self.budget);
         let encoder = self.model.encoder().clone();
         // the serial path's resizer, and the one each encoder thread copies
@@ -592,6 +737,7 @@ impl Pipeline {
                 self.run_serial(source, &mut pool, &mut run, &mut out)?
             };
             self.finish_segment(&mut pool, &mut run, &mut out)?;
+            self.close_sentence(&mut out);
             Ok(ended)
         })?;
         let summary = self.summary(&out, &run, &ended, started.elapsed().as_secs_f64());
@@ -768,6 +914,7 @@ impl Pipeline {
         out: &mut Output<F>,
     ) -> Result<(), PipelineError> {
         self.finish_segment(pool, run, out)?;
+        self.close_sentence(out);
         self.stream.reset();
         self.offset = out.processed;
         out.reset(&ResetEvent {
@@ -778,6 +925,57 @@ impl Pipeline {
                 frame.width, frame.height
             ),
         });
+        Ok(())
+    }
+
+    /// With endpointing on, the sentence in progress ends with the stream
+    /// (or the segment, when the source restarts).
+    fn close_sentence<F: FnMut(Event<'_>)>(&self, out: &mut Output<F>) {
+        let n = self.stream.frames_seen();
+        if self.endpoint.is_some() && n > 0 {
+            out.sentence(self.offset, self.offset + n - 1, EndpointRule::EndOfStream);
+        }
+    }
+
+    /// The endpoint rule that holds now, with endpointing on.
+    fn endpoint_due(&self) -> Option<EndpointRule> {
+        let c = self.endpoint?;
+        c.check(
+            self.stream.frames_committed(),
+            self.stream.last_sign_frame(),
+            self.fps,
+        )
+    }
+
+    /// An endpoint: the utterance ends where the stream's posteriors are
+    /// final (the rules count committed frames); its glosses are emitted and the
+    /// sentence is marked after them. The stream starts afresh and takes the
+    /// lookahead frames after that point again: the next sentence's start.
+    fn end_utterance(
+        &mut self,
+        rule: EndpointRule,
+        out: &mut Vec<Emitted>,
+        last: &mut Option<WindowReport>,
+    ) -> Result<(), PipelineError> {
+        let before = out.len();
+        let n = self.stream.frames_committed().max(1);
+        let tail = self
+            .stream
+            .split_at_commit(out)
+            .map_err(PipelineError::Stream)?;
+        self.to_stream_frames(&mut out[before..], None, last);
+        self.marks.push(Mark {
+            at: out.len(),
+            start: self.offset,
+            end: self.offset + n - 1,
+            rule,
+        });
+        self.stream.reset();
+        self.offset += n;
+        // each replay holds fewer frames than this one, so this recursion ends
+        for feats in tail.chunks_exact(self.model.feature_len()) {
+            self.push_features(feats, out, last)?;
+        }
         Ok(())
     }
 
@@ -792,13 +990,7 @@ impl Pipeline {
         if let Some(p) = pool {
             self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
         }
-        if let Some(rep) = self
-            .stream
-            .flush(&mut self.model, &mut run.emitted)
-            .map_err(PipelineError::Stream)?
-        {
-            run.last = Some(rep);
-        }
+        self.flush_stream(&mut run.emitted, &mut run.last)?;
         out.glosses(self, &mut run.emitted);
         Ok(())
     }
@@ -828,12 +1020,13 @@ impl Pipeline {
             glosses,
             gloss_count: out.count,
             confidence,
-            keyframe_indices: last.keyframes.iter().map(|k| k + self.offset).collect(),
+            keyframe_indices: last.keyframes,
             frame_scores: last.scores,
             frames_processed: out.processed,
             frames_dropped: ended.dropped,
             windows: self.stream.windows_run,
             resets: out.resets,
+            sentences: out.sentences,
             fps: out.processed as f64 / secs.max(1e-9),
             peak_heap_bytes: memory::heap_peak(),
             peak_rss_bytes: memory::peak_rss(),
@@ -863,6 +1056,19 @@ struct RunState {
     /// The epoch of the frames seen so far (None before the first).
     epoch: Option<u64>,
     budget: Option<usize>,
+}
+
+/// A run driven frame by frame: its state and where its events go.
+pub(crate) struct Pushed<F> {
+    run: RunState,
+    out: Output<F>,
+}
+
+impl<F> Pushed<F> {
+    /// Frames taken so far.
+    pub(crate) fn frames(&self) -> u64 {
+        self.out.processed
+    }
 }
 
 /// How the frames stopped coming.
@@ -902,6 +1108,9 @@ struct Output<F> {
     conf_sum: f64,
     processed: u64,
     resets: u64,
+    /// The glosses of the sentence in progress (with endpointing; rule 3 bounds it).
+    sentence: Option<Vec<GlossEvent>>,
+    sentences: u64,
 }
 
 impl<F: FnMut(Event<'_>)> Output<F> {
@@ -914,20 +1123,67 @@ impl<F: FnMut(Event<'_>)> Output<F> {
             conf_sum: 0.0,
             processed: 0,
             resets: 0,
+            sentence: None,
+            sentences: 0,
         }
     }
 
-    /// Emits (and drains) the glosses the stream produced.
-    fn glosses(&mut self, pipe: &Pipeline, emitted: &mut Vec<Emitted>) {
-        for e in emitted.drain(..) {
+    /// Keeps each gloss for the sentence event (called with endpointing on).
+    fn keep_sentences(&mut self) {
+        self.sentence = Some(Vec::new());
+    }
+
+    /// Reports the sentence in progress over frames `start..=end`, if it has
+    /// glosses; starts the next.
+    fn sentence(&mut self, start: u64, end: u64, rule: EndpointRule) {
+        let Some(glosses) = self.sentence.as_mut() else {
+            return;
+        };
+        if glosses.is_empty() {
+            return;
+        }
+        let fps = self.fps as f64;
+        let ev = SentenceEvent {
+            glosses: glosses
+                .iter()
+                .map(|g| g.gloss.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            gloss_count: glosses.len(),
+            start_frame: start,
+            end_frame: end,
+            start_time: start as f64 / fps,
+            end_time: (end + 1) as f64 / fps,
+            confidence: glosses.iter().map(|g| g.confidence).sum::<f32>() / glosses.len() as f32,
+            endpoint: rule,
+        };
+        glosses.clear();
+        self.sentences += 1;
+        (self.on_event)(Event::Sentence(&ev));
+    }
+
+    /// Emits (and drains) the glosses the stream produced, with the sentence
+    /// events the endpoints between them ended.
+    fn glosses(&mut self, pipe: &mut Pipeline, emitted: &mut Vec<Emitted>) {
+        let mut marks = std::mem::take(&mut pipe.marks).into_iter().peekable();
+        for (i, e) in emitted.drain(..).enumerate() {
+            while let Some(m) = marks.next_if(|m| m.at <= i) {
+                self.sentence(m.start, m.end, m.rule);
+            }
             let ev = pipe.gloss(&e, self.fps);
             (self.on_event)(Event::Gloss(&ev));
+            if let Some(s) = self.sentence.as_mut() {
+                s.push(ev.clone());
+            }
             if self.recent.is_full() {
                 self.recent.pop_front();
             }
             let _ = self.recent.push_back(ev.id);
             self.count += 1;
             self.conf_sum += ev.confidence as f64;
+        }
+        for m in marks {
+            self.sentence(m.start, m.end, m.rule);
         }
     }
 
@@ -1062,11 +1318,10 @@ mod tests {
         };
         let mut evs = Vec::new();
         let s = pipeline(b, threads)
-            .run_events(src, &opts, |e| {
-                evs.push(match e {
-                    Event::Gloss(g) => Ev::Gloss(g.clone()),
-                    Event::Reset(r) => Ev::Reset(r.frame),
-                })
+            .run_events(src, &opts, |e| match e {
+                Event::Gloss(g) => evs.push(Ev::Gloss(g.clone())),
+                Event::Reset(r) => evs.push(Ev::Reset(r.frame)),
+                Event::Sentence(_) => {}
             })
             .unwrap();
         (evs, s)

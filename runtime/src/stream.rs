@@ -111,15 +111,25 @@ struct GreedyState {
     run: Option<(u32, u64, u64, f32, u32)>,
 }
 
+/// The most probable label of a row (the first on ties) and its log-probability.
+fn best_label(row: &[f32]) -> (u32, f32) {
+    let (mut best, mut bv) = (0u32, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > bv {
+            bv = v;
+            best = i as u32;
+        }
+    }
+    (best, bv)
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    best_label(row).0
+}
+
 impl GreedyState {
     fn push(&mut self, frame: u64, row: &[f32], out: &mut Vec<Emitted>) {
-        let (mut best, mut bv) = (0u32, f32::NEG_INFINITY);
-        for (i, &v) in row.iter().enumerate() {
-            if v > bv {
-                bv = v;
-                best = i as u32;
-            }
-        }
+        let (best, bv) = best_label(row);
         let p = bv.exp();
         match &mut self.run {
             Some((lab, _, end, sum, n)) if *lab == best => {
@@ -222,6 +232,9 @@ pub struct Stream {
     log_probs: Vec<f32>,
     greedy: GreedyState,
     beam: Option<BeamState>,
+    /// The last committed keyframe whose most probable label is not the blank:
+    /// where the signing was last seen (endpointing counts the rest after it).
+    last_sign: Option<u64>,
     pub windows_run: u64,
 }
 
@@ -264,6 +277,7 @@ impl Stream {
                 rows: Vec::with_capacity(4 * w * vocab_size),
                 frames: Vec::with_capacity(4 * w),
             }),
+            last_sign: None,
             windows_run: 0,
         }
     }
@@ -293,6 +307,17 @@ impl Stream {
         self.seen
     }
 
+    /// Frames whose posteriors are final (those before it will not change).
+    pub fn frames_committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The last committed frame the model saw signing in (its best label is not
+    /// the blank), whatever the decoder: None while everything committed is rest.
+    pub fn last_sign_frame(&self) -> Option<u64> {
+        self.last_sign
+    }
+
     /// Adds one frame's features; runs a window when one is due. Emitted glosses
     /// are appended to `out`.
     pub fn push<M: Model>(
@@ -318,6 +343,27 @@ impl Stream {
             *report = Some(self.run_window(model, start, self.cfg.window, commit_end, out)?);
         }
         Ok(())
+    }
+
+    /// Ends the utterance at the commit point (an endpoint): the decoders
+    /// finish on the committed frames, and the features of the frames after it
+    /// (the lookahead, less than a window) are returned, oldest first, for the
+    /// next utterance to take again. Their posteriors were not final, so they
+    /// belong to what comes next.
+    pub fn split_at_commit(&mut self, out: &mut Vec<Emitted>) -> Result<Vec<f32>, StreamError> {
+        self.greedy.finish(out);
+        if let Some(b) = &mut self.beam {
+            b.finish(out)?;
+        }
+        let w = self.cfg.window as u64;
+        let d = self.d;
+        let from = self.committed.max(self.seen.saturating_sub(w));
+        let mut tail = Vec::with_capacity((self.seen - from) as usize * d);
+        for f in from..self.seen {
+            let slot = (f % w) as usize;
+            tail.extend_from_slice(&self.ring[slot * d..(slot + 1) * d]);
+        }
+        Ok(tail)
     }
 
     /// Ends the stream: runs a last window over what is not committed yet and
@@ -453,6 +499,9 @@ impl Stream {
             let g = start + f as u64;
             if g >= self.committed && g < commit_end {
                 let row = &self.log_probs[j * self.v..(j + 1) * self.v];
+                if argmax(row) != 0 {
+                    self.last_sign = Some(g);
+                }
                 match &mut self.beam {
                     Some(b) => b.push(g, row, out)?,
                     None => self.greedy.push(g, row, out),

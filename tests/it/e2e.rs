@@ -49,7 +49,7 @@ fn run_matches_eval_from_folder_and_y4m() {
     .unwrap();
     let bundle = Bundle::open(&bundle_dir).unwrap();
     let (clips, samples) = train::clips(&corpus, data::Format::Seed, "test", &vocab).unwrap();
-    let (_, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, 1, &dev).unwrap();
+    let (report, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, 1, &dev).unwrap();
     let (_, beam_hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, 4, &dev).unwrap();
     let mut non_empty = 0;
     for (clip, hyp) in clips.iter().zip(&hyps) {
@@ -100,10 +100,61 @@ fn run_matches_eval_from_folder_and_y4m() {
             clip.id
         );
     }
+    batch_matches_eval(&bundle, &corpus, &clips, &hyps, &report);
     assert!(clips.len() >= 3);
     assert!(
         2 * non_empty >= clips.len(),
         "only {non_empty} of {} clips decode to glosses",
         clips.len()
+    );
+}
+
+/// `signrt run` over the test split's folder (a batch, two clips at a time)
+/// against the trainer's evaluation: the same hypotheses, and the same corpus
+/// counts and WER.
+fn batch_matches_eval(
+    bundle: &Bundle,
+    corpus: &std::path::Path,
+    clips: &[signrt_trainer::data::loader::ClipSpec],
+    hyps: &[train::Hyp],
+    report: &train::EvalReport,
+) {
+    use signrt_runtime::batch::{list_clips, run_batch};
+    use signrt_runtime::pipeline::Settings;
+    let listed = list_clips(&corpus.join("test")).unwrap();
+    assert_eq!(listed.len(), clips.len());
+    let refs = clips
+        .iter()
+        .map(|c| (c.id.clone(), c.sentence.clone()))
+        .collect();
+    let settings = Settings {
+        beam: 1,
+        ..Settings::default()
+    };
+    let mut got = std::collections::HashMap::new();
+    let total = run_batch(bundle, &listed, &refs, settings, 2, 25.0, |c| {
+        assert!(c.error.is_none(), "{}: {:?}", c.id, c.error);
+        got.insert(c.id.clone(), c.glosses.clone());
+    })
+    .unwrap();
+    for h in hyps {
+        assert_eq!(got[&h.id], h.hyp.join(" "), "{}: batch vs eval", h.id);
+    }
+    let c = &report.counts;
+    assert_eq!(
+        (
+            total.substitutions,
+            total.deletions,
+            total.insertions,
+            total.reference_glosses
+        ),
+        (c.sub, c.del, c.ins, c.n_ref)
+    );
+    assert_eq!(total.scored, clips.len());
+    assert!(
+        (total.wer - report.wer).abs() < 1e-12,
+        "{} vs {}",
+        total.wer,
+        report.wer
     );
 }

@@ -398,6 +398,9 @@ fn has_type(v: &serde_json::Value, ty: &str) -> bool {
         "number[]" => v
             .as_array()
             .is_some_and(|a| a.iter().all(|x| x.is_number())),
+        "object[]" => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_object())),
         other => panic!("docs/output-schema.md names an unknown type `{other}`"),
     }
 }
@@ -469,6 +472,28 @@ fn jsonl_output_matches_the_documented_schema() {
         let s = summary(&out);
         assert_eq!(s["end"], if want == 0 { "eof" } else { "source_error" });
     }
+    // sentences (endpointing) and a batch over the samples folder
+    let samples = root.join("models/samples");
+    for extra in [
+        &["--source", sample.to_str().unwrap(), "--endpoint"][..],
+        &["--source", samples.to_str().unwrap()][..],
+    ] {
+        let mut args = vec![
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run(&args, None);
+        assert_eq!(code, 0, "{err}");
+        for l in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            kinds.insert(v["type"].as_str().unwrap().to_string());
+            check_line(&v, &schema);
+        }
+    }
     let reset = signrt_runtime::pipeline::ResetEvent {
         frame: 40,
         time: 1.6,
@@ -477,7 +502,9 @@ fn jsonl_output_matches_the_documented_schema() {
     let line = signrt_runtime::pipeline::Event::Reset(&reset).to_jsonl();
     check_line(&line, &schema);
     assert!(
-        kinds.contains("gloss") && kinds.contains("summary"),
+        ["gloss", "summary", "sentence", "clip", "corpus"]
+            .iter()
+            .all(|k| kinds.contains(*k)),
         "{kinds:?}"
     );
 }

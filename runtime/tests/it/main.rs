@@ -3,12 +3,14 @@
 //!   `signrt doctor`;
 //! - `hostile`: the default model fed real clients' streams and broken input;
 //! - `parsers`: property tests of the parsers of untrusted input;
-//! - `isa`: the CPU dispatch reaches tract before its first probe (in a process of its own).
+//! - `isa`: the CPU dispatch reaches tract before its first probe (in a process of its own);
+//! - `recognizer`: the push API and endpointing on the default model.
 
 mod cli;
 mod hostile;
 mod isa;
 mod parsers;
+mod recognizer;
 
 /// Heap bytes counted per thread (the parser tests' allocation bound; this
 /// binary's tests run on threads of their own, so they do not see each other).

@@ -18,6 +18,8 @@
 //! - [`data`]: dataset readers, the batch loader and augmentation.
 //! - [`synth`]: the synthetic signer corpus.
 //! - [`export`]: ONNX export into a model bundle.
+//! - [`streaming`]: a bundle over a split played as one stream, through the
+//!   runtime's push API: endpointing and latency (`signrt-train stream-bench`).
 //! - [`config`]: the training configuration.
 //!
 //! One stage of the seed lives in one file named after it:
@@ -32,6 +34,7 @@ pub mod data;
 pub mod export;
 pub mod model;
 pub mod ops;
+pub mod streaming;
 pub mod synth;
 pub mod train;
 

@@ -62,6 +62,40 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Stream a split's clips one after another, with the signer at rest
+    /// between them, through a bundle (the runtime's push API, frame by frame):
+    /// streamed WER, sentence-boundary precision and recall, and latency, with
+    /// endpointing off and at each --rest-after-sign. Needs frame labels (a
+    /// synthetic corpus). JSON lines on stdout.
+    StreamBench {
+        /// Bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Dataset root (a synthetic corpus).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Seconds of rest between clips.
+        #[arg(long, default_value_t = 2.0)]
+        gap: f32,
+        /// Beam width (1 = greedy).
+        #[arg(long, default_value_t = 5)]
+        beam: usize,
+        #[arg(long, default_value_t = 25.0)]
+        fps: f32,
+        /// Endpoint rule 2's rest to try, seconds (repeatable; default: the
+        /// runtime's default).
+        #[arg(long)]
+        rest_after_sign: Vec<f32>,
+        /// Use only the first N clips.
+        #[arg(long)]
+        max_clips: Option<usize>,
+        /// Play the clips this many times over as one stream (a long run:
+        /// resident memory is reported after the first and the last pass).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
     /// Evaluate a checkpoint: WER (S, D, I) and the stage metrics.
     Eval {
         #[arg(long)]
@@ -232,6 +266,53 @@ fn export_cmd(
     Ok(())
 }
 
+struct StreamBenchArgs {
+    bundle: PathBuf,
+    data: PathBuf,
+    split: String,
+    gap: f32,
+    beam: usize,
+    fps: f32,
+    rest_after_sign: Vec<f32>,
+    max_clips: Option<usize>,
+    repeat: usize,
+}
+
+fn stream_bench_cmd(a: StreamBenchArgs) -> anyhow::Result<()> {
+    use signrt_runtime::endpoint::EndpointConfig;
+    use signrt_trainer::streaming;
+    let vocab = signrt_runtime::Vocab::load(&a.bundle.join("vocab.txt"))
+        .with_context(|| format!("reading {}", a.bundle.display()))?;
+    let format = data::detect(&a.data)?;
+    let (mut clips, _) = train::clips(&a.data, format, &a.split, &vocab)?;
+    clips.truncate(a.max_clips.unwrap_or(usize::MAX));
+    let gap = (a.gap * a.fps).round() as usize;
+    let played = streaming::play(&clips, gap)?;
+    let rests = if a.rest_after_sign.is_empty() {
+        vec![EndpointConfig::default().rest_after_sign]
+    } else {
+        a.rest_after_sign.clone()
+    };
+    let configs = std::iter::once(None).chain(rests.into_iter().map(|r| {
+        Some(EndpointConfig {
+            rest_after_sign: r,
+            ..EndpointConfig::default()
+        })
+    }));
+    let beam = a.beam.max(1);
+    let clip_wer = streaming::clip_by_clip_wer(&a.bundle, &clips, beam, a.fps)?;
+    for endpoint in configs {
+        let r = streaming::measure(&a.bundle, &played, a.repeat, beam, a.fps, endpoint)?;
+        let mut v = serde_json::to_value(&r)?;
+        v["clip_by_clip_wer"] = clip_wer.into();
+        v["clips"] = clips.len().into();
+        v["gap_s"] = a.gap.into();
+        v["beam"] = a.beam.into();
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn eval_cmd(
     checkpoint: PathBuf,
     data_dir: PathBuf,
@@ -357,6 +438,27 @@ fn main() {
             fps,
             out,
         } => samples_cmd(data, split, ids, count, fps, out),
+        Cmd::StreamBench {
+            bundle,
+            data,
+            split,
+            gap,
+            beam,
+            fps,
+            rest_after_sign,
+            max_clips,
+            repeat,
+        } => stream_bench_cmd(StreamBenchArgs {
+            bundle,
+            data,
+            split,
+            gap,
+            beam,
+            fps,
+            rest_after_sign,
+            max_clips,
+            repeat,
+        }),
         Cmd::Eval {
             checkpoint,
             data,

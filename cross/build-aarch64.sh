@@ -163,6 +163,20 @@ else
 fi
 say "CARGO_TARGET_DIR=$CARGO_TARGET_DIR ${cmd[*]}"
 "${cmd[@]}"
+# The C ABI's libraries (libsignrt.a, libsignrt.so), from the same build of the runtime. Not for a
+# static binary: a cdylib cannot link glibc statically.
+if [ "$GLIBC" = host ]; then
+  lib_cmd=("$CARGO" "${config_args[@]}" build --locked -p signrt-capi --lib --target "$TARGET" "${profile_flag[@]}")
+elif [ "$GLIBC" != static ]; then
+  lib_cmd=(cargo-zigbuild build "${config_args[@]}" --locked -p signrt-capi --lib --target "$TARGET.$GLIBC" "${profile_flag[@]}")
+fi
+if [ -n "${lib_cmd+x}" ]; then
+  say "${lib_cmd[*]}"
+  "${lib_cmd[@]}"
+  for f in libsignrt.a libsignrt.so; do
+    [ -f "$CARGO_TARGET_DIR/$TARGET/$profile_dir/$f" ] || die "the C ABI build finished but $f is missing"
+  done
+fi
 say "build took $((SECONDS - t0)) s"
 
 # ---------------------------------------------------------------------------------------------------

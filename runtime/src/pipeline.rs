@@ -26,7 +26,7 @@ pub const QUEUE: usize = 4;
 pub const SUMMARY_GLOSSES: usize = 256;
 /// Version of the `--format jsonl` lines (docs/output-schema.md); raised when a
 /// field changes meaning or goes away, not when one is added.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Resident memory an encoder thread adds beyond what it allocates: its stack
 /// and the allocator's arena for it.
 const THREAD_OVERHEAD: usize = 4 << 20;
@@ -120,6 +120,18 @@ pub struct SentenceEvent {
     pub confidence: f32,
     /// The rule that ended it.
     pub endpoint: EndpointRule,
+    #[serde(flatten)]
+    pub keyframes: KeyframeTrace,
+}
+
+/// Where the keyframe scorer looked, in the run's frame numbers: each final
+/// frame's score (its difference's, in the window that made the frame
+/// final) from `frame_scores_start` on, and the keyframes chosen.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct KeyframeTrace {
+    pub keyframe_indices: Vec<u64>,
+    pub frame_scores: Vec<f32>,
+    pub frame_scores_start: u64,
 }
 
 /// What a run reports, in stream order.
@@ -173,9 +185,10 @@ pub struct Summary {
     pub gloss_count: u64,
     /// Mean confidence of the glosses (0 if none).
     pub confidence: f32,
-    /// Keyframes and difference scores of the last window run.
-    pub keyframe_indices: Vec<u64>,
-    pub frame_scores: Vec<f32>,
+    /// Keyframes and frame scores of the last utterance (the whole stream
+    /// without endpointing), up to its last `stream::HISTORY_FRAMES` frames.
+    #[serde(flatten)]
+    pub keyframes: KeyframeTrace,
     pub frames_processed: u64,
     pub frames_dropped: u64,
     pub windows: u64,
@@ -260,12 +273,13 @@ pub struct Pipeline {
 
 /// An endpoint found while pushing frames: after the first `at` of the
 /// pending emitted glosses, the sentence over frames `start..=end` ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Mark {
     at: usize,
     start: u64,
     end: u64,
     rule: EndpointRule,
+    trace: KeyframeTrace,
 }
 
 impl Pipeline {
@@ -740,7 +754,7 @@ impl Pipeline {
             self.close_sentence(&mut out);
             Ok(ended)
         })?;
-        let summary = self.summary(&out, &run, &ended, started.elapsed().as_secs_f64());
+        let summary = self.summary(&out, &ended, started.elapsed().as_secs_f64());
         Ok((summary, ended.failed))
     }
 
@@ -933,7 +947,18 @@ impl Pipeline {
     fn close_sentence<F: FnMut(Event<'_>)>(&self, out: &mut Output<F>) {
         let n = self.stream.frames_seen();
         if self.endpoint.is_some() && n > 0 {
-            out.sentence(self.offset, self.offset + n - 1, EndpointRule::EndOfStream);
+            let end = self.offset + n - 1;
+            out.sentence(self.offset, end, EndpointRule::EndOfStream, self.trace());
+        }
+    }
+
+    /// The stream's keyframe history in the run's frame numbers.
+    fn trace(&self) -> KeyframeTrace {
+        let h = self.stream.history();
+        KeyframeTrace {
+            keyframe_indices: h.keyframes.iter().map(|k| k + self.offset).collect(),
+            frame_scores: h.scores.iter().copied().collect(),
+            frame_scores_start: h.start + self.offset,
         }
     }
 
@@ -969,6 +994,7 @@ impl Pipeline {
             start: self.offset,
             end: self.offset + n - 1,
             rule,
+            trace: self.trace(),
         });
         self.stream.reset();
         self.offset += n;
@@ -995,8 +1021,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn summary<F>(&self, out: &Output<F>, run: &RunState, ended: &Ended, secs: f64) -> Summary {
-        let last = run.last.clone().unwrap_or_default();
+    fn summary<F>(&self, out: &Output<F>, ended: &Ended, secs: f64) -> Summary {
         let confidence = if out.count == 0 {
             0.0
         } else {
@@ -1020,8 +1045,7 @@ impl Pipeline {
             glosses,
             gloss_count: out.count,
             confidence,
-            keyframe_indices: last.keyframes,
-            frame_scores: last.scores,
+            keyframes: self.trace(),
             frames_processed: out.processed,
             frames_dropped: ended.dropped,
             windows: self.stream.windows_run,
@@ -1135,7 +1159,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
 
     /// Reports the sentence in progress over frames `start..=end`, if it has
     /// glosses; starts the next.
-    fn sentence(&mut self, start: u64, end: u64, rule: EndpointRule) {
+    fn sentence(&mut self, start: u64, end: u64, rule: EndpointRule, keyframes: KeyframeTrace) {
         let Some(glosses) = self.sentence.as_mut() else {
             return;
         };
@@ -1156,6 +1180,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
             end_time: (end + 1) as f64 / fps,
             confidence: glosses.iter().map(|g| g.confidence).sum::<f32>() / glosses.len() as f32,
             endpoint: rule,
+            keyframes,
         };
         glosses.clear();
         self.sentences += 1;
@@ -1168,7 +1193,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
         let mut marks = std::mem::take(&mut pipe.marks).into_iter().peekable();
         for (i, e) in emitted.drain(..).enumerate() {
             while let Some(m) = marks.next_if(|m| m.at <= i) {
-                self.sentence(m.start, m.end, m.rule);
+                self.sentence(m.start, m.end, m.rule, m.trace);
             }
             let ev = pipe.gloss(&e, self.fps);
             (self.on_event)(Event::Gloss(&ev));
@@ -1183,7 +1208,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
             self.conf_sum += ev.confidence as f64;
         }
         for m in marks {
-            self.sentence(m.start, m.end, m.rule);
+            self.sentence(m.start, m.end, m.rule, m.trace);
         }
     }
 

@@ -93,6 +93,44 @@ pub struct WindowReport {
     pub scores: Vec<f32>,
 }
 
+/// Frames of an utterance whose scores and keyframes a stream keeps
+/// ([`History`]): a minute at 25 fps, three times endpointing's default
+/// longest utterance. A longer one keeps its last this many frames. The
+/// buffers are allocated whole at the start, so the heap does not grow with
+/// the stream.
+pub const HISTORY_FRAMES: usize = 1_500;
+
+/// The keyframe scorer's view of an utterance's final frames: what each
+/// frame's difference scored in the window that made the frame final, and
+/// the keyframes chosen among them. Frame numbers count from the stream's
+/// last reset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The frame of `scores[0]`.
+    pub start: u64,
+    pub scores: std::collections::VecDeque<f32>,
+    pub keyframes: std::collections::VecDeque<u64>,
+}
+
+impl History {
+    fn push(&mut self, frame: u64, score: f32, keyframe: bool) {
+        if self.scores.is_empty() {
+            self.start = frame;
+        }
+        self.scores.push_back(score);
+        if keyframe {
+            self.keyframes.push_back(frame);
+        }
+        if self.scores.len() > HISTORY_FRAMES {
+            self.scores.pop_front();
+            self.start += 1;
+            while self.keyframes.front().is_some_and(|&k| k < self.start) {
+                self.keyframes.pop_front();
+            }
+        }
+    }
+}
+
 /// Geometry and selection settings.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamConfig {
@@ -235,6 +273,7 @@ pub struct Stream {
     /// The last committed keyframe whose most probable label is not the blank:
     /// where the signing was last seen (endpointing counts the rest after it).
     last_sign: Option<u64>,
+    history: History,
     pub windows_run: u64,
 }
 
@@ -278,6 +317,11 @@ impl Stream {
                 frames: Vec::with_capacity(4 * w),
             }),
             last_sign: None,
+            history: History {
+                start: 0,
+                scores: std::collections::VecDeque::with_capacity(HISTORY_FRAMES + 1),
+                keyframes: std::collections::VecDeque::with_capacity(HISTORY_FRAMES + 1),
+            },
             windows_run: 0,
         }
     }
@@ -312,6 +356,11 @@ impl Stream {
         self.committed
     }
 
+    /// Scores and keyframes of the frames committed since the last reset.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     /// The last committed frame the model saw signing in (its best label is not
     /// the blank), whatever the decoder: None while everything committed is rest.
     pub fn last_sign_frame(&self) -> Option<u64> {
@@ -343,6 +392,25 @@ impl Stream {
             *report = Some(self.run_window(model, start, self.cfg.window, commit_end, out)?);
         }
         Ok(())
+    }
+
+    /// Adds the frames this window makes final to the history: frame g's
+    /// score is its difference's (g - 1 to g) in this window.
+    fn record(&mut self, start: u64, n: usize, frames: &[usize], commit_end: u64) {
+        let mut keys = frames.iter().map(|&f| start + f as u64).peekable();
+        for g in self.committed.max(start)..commit_end.min(start + n as u64) {
+            let score = if g > start {
+                self.scores
+                    .get((g - start - 1) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            while keys.next_if(|&k| k < g).is_some() {}
+            let key = keys.next_if_eq(&g).is_some();
+            self.history.push(g, score, key);
+        }
     }
 
     /// Ends the utterance at the commit point (an endpoint): the decoders
@@ -508,6 +576,7 @@ impl Stream {
                 }
             }
         }
+        self.record(start, n, &frames, commit_end);
         self.committed = self.committed.max(commit_end);
         self.last_run_end = start + n as u64;
         self.windows_run += 1;
@@ -618,6 +687,87 @@ mod tests {
         }
         s.flush(&mut m, &mut out).unwrap();
         (out, s, m)
+    }
+
+    /// The history against the windows' own reports: one window over a
+    /// short clip is the whole history; over a long stream, each frame is
+    /// scored once, in the window that committed it, and each keyframe is one
+    /// of that window's.
+    #[test]
+    fn history_holds_each_final_frame_once() {
+        let labels = five_glosses();
+        let (_, s, _) = stream_labels(&labels, 64, 8, 0.5, 1);
+        let h = s.history();
+        let mut m = Oracle {
+            v: 6,
+            calls: 0,
+            diffs_scored: 0,
+        };
+        let cfg = StreamConfig {
+            window: 64,
+            stride: 8,
+            keyframe_ratio: 0.5,
+            score_scaling: false,
+            beam: 1,
+        };
+        let mut one = Stream::new(cfg, 2, 6, 1);
+        let mut out = vec![];
+        for &l in &labels {
+            one.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
+                .unwrap();
+        }
+        let rep = one.flush(&mut m, &mut out).unwrap().unwrap();
+        assert_eq!(h.start, 0);
+        assert_eq!(Vec::from(h.keyframes.clone()), rep.keyframes);
+        let want: Vec<f32> = std::iter::once(0.0)
+            .chain(rep.scores.iter().copied())
+            .collect();
+        assert_eq!(Vec::from(h.scores.clone()), want);
+        // a long stream, against the window reports: frame g is final in the
+        // first window whose commit end passes it (mid-window for a full one,
+        // the end for the flush); its score and keyframe are that window's
+        let long: Vec<u32> = (0..6).flat_map(|_| labels.clone()).collect();
+        let cfg = StreamConfig {
+            window: 16,
+            stride: 4,
+            ..cfg
+        };
+        let mut st = Stream::new(cfg, 2, 6, 1);
+        let mut reps = vec![];
+        for &l in &long {
+            let mut rep = None;
+            st.push(&mut m, &[l as f32, l as f32], &mut out, &mut rep)
+                .unwrap();
+            reps.extend(rep);
+        }
+        reps.extend(st.flush(&mut m, &mut out).unwrap());
+        let (mut scores, mut keys, mut committed) = (vec![], vec![], 0u64);
+        for (i, r) in reps.iter().enumerate() {
+            let end = r.start + r.frames as u64;
+            let ce = if i + 1 == reps.len() {
+                end
+            } else {
+                end - (16 - 4) / 2
+            };
+            for g in committed.max(r.start)..ce.min(end) {
+                let sc = if g > r.start {
+                    r.scores[(g - r.start - 1) as usize]
+                } else {
+                    0.0
+                };
+                scores.push(sc);
+                if r.keyframes.contains(&g) {
+                    keys.push(g);
+                }
+            }
+            committed = committed.max(ce);
+        }
+        let h = st.history();
+        assert_eq!(h.start, 0);
+        assert_eq!(Vec::from(h.scores.clone()), scores);
+        assert_eq!(scores.len(), long.len());
+        assert_eq!(Vec::from(h.keyframes.clone()), keys);
+        assert!(!keys.is_empty());
     }
 
     fn run(labels: &[u32], window: usize, stride: usize, ratio: f64) -> (Vec<Emitted>, u64) {

@@ -39,7 +39,7 @@ pub struct Played {
 }
 
 /// Decodes `clips` (with frame labels) into one stream, with `gap` frames
-/// between two clips: the next clip's first frame held, its signer at rest
+/// after each clip: the next clip's first frame held, its signer at rest
 /// (the cut to another signer comes right after a clip's own closing rest).
 pub fn play(clips: &[ClipSpec], gap: usize) -> Result<Played> {
     let mut p = Played {
@@ -80,6 +80,13 @@ pub fn play(clips: &[ClipSpec], gap: usize) -> Result<Played> {
         p.reference
             .extend(c.sentence.split_whitespace().map(String::from));
         p.clips.push(signs);
+    }
+    // the pause before the first clip closes the stream, so that a stream
+    // played several times over pauses between passes too
+    if let Some(first) = clips.first().and_then(|c| c.frames.first()) {
+        let mut f = Frame::default();
+        decode_rgb(first, &mut f).with_context(|| format!("{}", first.display()))?;
+        p.frames.extend(std::iter::repeat_n(f, gap));
     }
     Ok(p)
 }
@@ -257,30 +264,39 @@ fn score(
     }
 }
 
-/// Boundary precision and recall: an endpoint (not the stream's end) is right
-/// when it falls between one clip's last sign and the next clip's first,
-/// each true boundary taken once. Also the latency of each right one, and
-/// the number of sentence events.
+/// Boundary precision and recall: a sentence's end is right when it falls
+/// between its clip's last sign and the next clip's first (or the end of the
+/// stream), each true boundary taken once. Also the latency of each right
+/// one, and the number of sentence events.
 fn boundaries(
     played: &Played,
     events: &[(u64, OwnedEvent)],
     ms: &dyn Fn(u64) -> f64,
 ) -> (f64, f64, Vec<f64>, usize) {
+    let total = played
+        .clips
+        .iter()
+        .flatten()
+        .map(|s| s.end + 1)
+        .max()
+        .unwrap_or(0);
+    let starts = played
+        .clips
+        .iter()
+        .skip(1)
+        .map(|c| c.first().map(|s| s.start));
     let gaps: Vec<(u64, u64)> = played
         .clips
-        .windows(2)
-        .filter_map(|w| Some((w[0].last()?.end, w[1].first()?.start)))
+        .iter()
+        .zip(starts.chain(std::iter::once(Some(u64::MAX))))
+        .filter_map(|(c, next)| Some((c.last()?.end, next.unwrap_or(total))))
         .collect();
     let mut taken = vec![false; gaps.len()];
-    let (mut predicted, mut right, mut n) = (0usize, 0usize, 0usize);
+    let (mut right, mut n) = (0usize, 0usize);
     let mut lat = vec![];
     for (at, e) in events {
         let OwnedEvent::Sentence(s) = e else { continue };
         n += 1;
-        if s.endpoint == EndpointRule::EndOfStream {
-            continue;
-        }
-        predicted += 1;
         if let Some(i) = gaps
             .iter()
             .position(|&(a, b)| s.end_frame >= a && s.end_frame < b)
@@ -288,12 +304,14 @@ fn boundaries(
             if !taken[i] {
                 taken[i] = true;
                 right += 1;
-                lat.push(ms(at.saturating_sub(gaps[i].0)));
+                if s.endpoint != EndpointRule::EndOfStream {
+                    lat.push(ms(at.saturating_sub(gaps[i].0)));
+                }
             }
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    (ratio(right, predicted), ratio(right, gaps.len()), lat, n)
+    (ratio(right, n), ratio(right, gaps.len()), lat, n)
 }
 
 /// The `q` quantile (nearest rank) of `v`; 0 when empty.

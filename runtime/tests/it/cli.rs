@@ -118,11 +118,14 @@ fn folder_y4m_file_and_stdin_agree() {
     assert_eq!(s1["windows"], 6 + 1);
     let kf: Vec<u64> = serde_json::from_value(s1["keyframe_indices"].clone()).unwrap();
     assert!(
-        kf.windows(2).all(|w| w[0] < w[1]),
-        "keyframes in time order: {kf:?}"
+        kf.windows(2).all(|w| w[0] < w[1]) && kf.iter().all(|&k| k < 30),
+        "keyframes in time order, in the stream's frames: {kf:?}"
     );
-    // K = ceil(0.7 * 7) = 5 keyframes in a full window
-    assert_eq!(kf.len(), 5);
+    // the whole stream: one score per frame from frame 0, and ratio 0.7 of
+    // the frames as keyframes, give or take each window's rounding up
+    assert_eq!(s1["frame_scores"].as_array().unwrap().len(), 30);
+    assert_eq!(s1["frame_scores_start"], 0);
+    assert!((21..=30).contains(&kf.len()), "{}", kf.len());
     // every gloss event names a gloss of the toy vocabulary with ordered frames
     for l in events(&o1) {
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();

@@ -90,7 +90,7 @@ impl Outcome {
             .and_then(|l| serde_json::from_str(l).ok())
             .unwrap_or_else(|| panic!("no summary line\n{}", self.what(case)));
         assert_eq!(v["type"], "summary", "{}", self.what(case));
-        assert_eq!(v["schema_version"], 1, "{}", self.what(case));
+        assert_eq!(v["schema_version"], 2, "{}", self.what(case));
         v
     }
 

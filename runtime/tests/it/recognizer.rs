@@ -140,6 +140,18 @@ fn a_rest_between_clips_ends_a_sentence() {
     );
     assert_eq!(b.start_frame, a.end_frame + 1);
     assert_eq!(b.end_frame as usize, frames.len() - 1);
+    // each sentence's keyframes and scores cover its own frames, in the
+    // stream's frame numbers
+    for s in [a, b] {
+        let k = &s.keyframes;
+        assert_eq!(k.frame_scores_start, s.start_frame);
+        assert_eq!(k.frame_scores.len() as u64, s.end_frame - s.start_frame + 1);
+        assert!(!k.keyframe_indices.is_empty());
+        assert!(k
+            .keyframe_indices
+            .iter()
+            .all(|f| (s.start_frame..=s.end_frame).contains(f)));
+    }
     assert_eq!(a.glosses, glosses_of(&frames[..split]));
     assert_eq!(b.glosses, glosses_of(&frames[split + 60..]));
     // without endpointing the same stream is one run of glosses

@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Event::Gloss(g) => println!("{:>7.2}s  {}  ({:.2})", g.start_time, g.gloss, g.confidence),
         Event::Reset(r) => println!("{:>7.2}s  -- {}", r.time, r.reason),
         Event::Sentence(s) => println!("{:>7.2}s  == {}", s.end_time, s.glosses),
+        Event::Partial(_) => {} // only with Settings::partials
     })?;
     // 5. The summary says how the stream ended and what was recognised.
     println!("{:?}: {}", summary.end, summary.glosses);

@@ -93,6 +93,10 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         reference: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
+        /// Also print `partial` lines: the glosses not final yet, as soon as a
+        /// window reads them (each replaces the one before).
+        #[arg(long)]
+        partial: bool,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -335,6 +339,7 @@ struct RunArgs {
     threads: Option<usize>,
     reference: Option<String>,
     endpoint: Option<EndpointConfig>,
+    partials: bool,
 }
 
 /// Endpointing flags of `signrt run` (rules in `signrt_runtime::endpoint`).
@@ -412,6 +417,7 @@ fn print_event(format: Format, e: Event<'_>) {
             "{:>8.2}s  == sentence ({:.2}-{:.2}s): {}",
             s.end_time, s.start_time, s.end_time, s.glosses
         ),
+        (Format::Text, Event::Partial(p)) => writeln!(o, "          .. {}", p.glosses),
     };
     let _ = o.flush();
 }
@@ -469,6 +475,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         threads,
         reference,
         endpoint,
+        partials,
     } = a;
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
@@ -485,6 +492,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             threads: 1,
             frame_size: None,
             endpoint: None,
+            partials: false,
         };
         return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
     }
@@ -513,6 +521,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             threads,
             frame_size: src.size(),
             endpoint,
+            partials,
         },
     )?;
     log::info!(
@@ -578,6 +587,7 @@ fn run(cli: Cli) -> Result<i32> {
             height,
             reference,
             endpoint,
+            partial,
         } => run_cmd(RunArgs {
             bundle,
             source,
@@ -589,6 +599,7 @@ fn run(cli: Cli) -> Result<i32> {
             threads,
             reference,
             endpoint: endpoint.config()?,
+            partials: partial,
         }),
         Cmd::Bench {
             bundle,

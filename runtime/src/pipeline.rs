@@ -140,6 +140,19 @@ pub enum Event<'a> {
     Gloss(&'a GlossEvent),
     Reset(&'a ResetEvent),
     Sentence(&'a SentenceEvent),
+    Partial(&'a PartialEvent),
+}
+
+/// The glosses after the last final one, as the newest window reads them
+/// (with partial results on). Each replaces the one before; they may change
+/// or vanish, and become final as `gloss` events. Empty when nothing is pending.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PartialEvent {
+    /// The glosses, space-separated.
+    pub glosses: String,
+    pub spans: Vec<GlossEvent>,
+    /// The newest frame the stream had when it read them.
+    pub frame: u64,
 }
 
 impl Event<'_> {
@@ -149,6 +162,7 @@ impl Event<'_> {
             Event::Gloss(g) => (serde_json::to_value(g), "gloss"),
             Event::Reset(r) => (serde_json::to_value(r), "reset"),
             Event::Sentence(s) => (serde_json::to_value(s), "sentence"),
+            Event::Partial(p) => (serde_json::to_value(p), "partial"),
         };
         let mut v = v.unwrap_or_default();
         v["type"] = kind.into();
@@ -234,6 +248,8 @@ pub struct Settings {
     pub frame_size: Option<(usize, usize)>,
     /// Endpointing: sentence events, and a fresh start after each (None: off).
     pub endpoint: Option<EndpointConfig>,
+    /// Partial results: `partial` events as the glosses not yet final change.
+    pub partials: bool,
 }
 
 impl Default for Settings {
@@ -244,6 +260,7 @@ impl Default for Settings {
             threads: 1,
             frame_size: None,
             endpoint: None,
+            partials: false,
         }
     }
 }
@@ -265,6 +282,7 @@ pub struct Pipeline {
     /// starts a new one).
     offset: u64,
     endpoint: Option<EndpointConfig>,
+    partials: bool,
     /// The run's frame rate, for the endpoint rules' durations.
     fps: f32,
     /// Endpoints found since the emitted glosses were last drained.
@@ -276,10 +294,19 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 struct Mark {
     at: usize,
-    start: u64,
-    end: u64,
-    rule: EndpointRule,
-    trace: KeyframeTrace,
+    kind: MarkKind,
+}
+
+#[derive(Debug, Clone)]
+enum MarkKind {
+    Sentence {
+        start: u64,
+        end: u64,
+        rule: EndpointRule,
+        trace: KeyframeTrace,
+    },
+    /// The partial glosses changed (in the run's frames), at frame `frame`.
+    Partial { glosses: Vec<Emitted>, frame: u64 },
 }
 
 impl Pipeline {
@@ -313,6 +340,7 @@ impl Pipeline {
             threads,
             frame_size,
             endpoint,
+            partials,
         } = settings;
         let threads = threads.max(1);
         let heap0 = memory::heap_now();
@@ -343,6 +371,7 @@ impl Pipeline {
             stop: Arc::new(AtomicBool::new(false)),
             offset: 0,
             endpoint,
+            partials,
             fps: 25.0,
             marks: Vec::new(),
         };
@@ -514,6 +543,7 @@ impl Pipeline {
             .push(&mut self.model, feats, out, &mut rep)
             .map_err(PipelineError::Stream)?;
         self.to_stream_frames(&mut out[before..], rep, last);
+        self.note_partial(out.len());
         if let Some(rule) = self.endpoint_due() {
             self.end_utterance(rule, out, last)?;
         }
@@ -551,7 +581,32 @@ impl Pipeline {
             .flush(&mut self.model, out)
             .map_err(PipelineError::Stream)?;
         self.to_stream_frames(&mut out[before..], rep, last);
+        self.note_partial(out.len());
         Ok(())
+    }
+
+    /// With partial results on, marks the stream's partial glosses when they
+    /// changed, after the first `at` emitted glosses.
+    fn note_partial(&mut self, at: usize) {
+        let offset = self.offset;
+        let frame = (offset + self.stream.frames_seen()).saturating_sub(1);
+        if !self.partials {
+            return;
+        }
+        if let Some(p) = self.stream.take_partial() {
+            let glosses = p
+                .iter()
+                .map(|e| Emitted {
+                    start: e.start + offset,
+                    end: e.end + offset,
+                    ..e.clone()
+                })
+                .collect();
+            self.marks.push(Mark {
+                at,
+                kind: MarkKind::Partial { glosses, frame },
+            });
+        }
     }
 
     /// Processes one frame with encoder threads: copy it into a free slot and
@@ -989,12 +1044,15 @@ impl Pipeline {
             .split_at_commit(out)
             .map_err(PipelineError::Stream)?;
         self.to_stream_frames(&mut out[before..], None, last);
+        self.note_partial(out.len());
         self.marks.push(Mark {
             at: out.len(),
-            start: self.offset,
-            end: self.offset + n - 1,
-            rule,
-            trace: self.trace(),
+            kind: MarkKind::Sentence {
+                start: self.offset,
+                end: self.offset + n - 1,
+                rule,
+                trace: self.trace(),
+            },
         });
         self.stream.reset();
         self.offset += n;
@@ -1193,7 +1251,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
         let mut marks = std::mem::take(&mut pipe.marks).into_iter().peekable();
         for (i, e) in emitted.drain(..).enumerate() {
             while let Some(m) = marks.next_if(|m| m.at <= i) {
-                self.sentence(m.start, m.end, m.rule, m.trace);
+                self.mark(pipe, m.kind);
             }
             let ev = pipe.gloss(&e, self.fps);
             (self.on_event)(Event::Gloss(&ev));
@@ -1208,7 +1266,32 @@ impl<F: FnMut(Event<'_>)> Output<F> {
             self.conf_sum += ev.confidence as f64;
         }
         for m in marks {
-            self.sentence(m.start, m.end, m.rule, m.trace);
+            self.mark(pipe, m.kind);
+        }
+    }
+
+    fn mark(&mut self, pipe: &Pipeline, kind: MarkKind) {
+        match kind {
+            MarkKind::Sentence {
+                start,
+                end,
+                rule,
+                trace,
+            } => self.sentence(start, end, rule, trace),
+            MarkKind::Partial { glosses, frame } => {
+                let spans: Vec<GlossEvent> =
+                    glosses.iter().map(|e| pipe.gloss(e, self.fps)).collect();
+                let ev = PartialEvent {
+                    glosses: spans
+                        .iter()
+                        .map(|g| g.gloss.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    spans,
+                    frame,
+                };
+                (self.on_event)(Event::Partial(&ev));
+            }
         }
     }
 
@@ -1346,7 +1429,7 @@ mod tests {
             .run_events(src, &opts, |e| match e {
                 Event::Gloss(g) => evs.push(Ev::Gloss(g.clone())),
                 Event::Reset(r) => evs.push(Ev::Reset(r.frame)),
-                Event::Sentence(_) => {}
+                Event::Sentence(_) | Event::Partial(_) => {}
             })
             .unwrap();
         (evs, s)

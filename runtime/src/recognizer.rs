@@ -12,7 +12,8 @@
 use crate::bundle::{Bundle, BundleError};
 use crate::endpoint::{EndpointConfig, EndpointConfigError};
 use crate::pipeline::{
-    Event, GlossEvent, Pipeline, PipelineError, Pushed, ResetEvent, SentenceEvent, Settings,
+    Event, GlossEvent, PartialEvent, Pipeline, PipelineError, Pushed, ResetEvent, SentenceEvent,
+    Settings,
 };
 use crate::source::Frame;
 use serde::Serialize;
@@ -36,6 +37,8 @@ pub struct RecognizerOptions {
     pub memory_budget: Option<usize>,
     /// Frame rate of the caller's frames, for times and the endpoint rules.
     pub fps: f32,
+    /// Partial results: `Partial` events as the glosses not yet final change.
+    pub partials: bool,
 }
 
 impl Default for RecognizerOptions {
@@ -47,6 +50,7 @@ impl Default for RecognizerOptions {
             endpoint: Some(EndpointConfig::default()),
             memory_budget: None,
             fps: 25.0,
+            partials: true,
         }
     }
 }
@@ -110,6 +114,7 @@ impl Recognizer {
                 threads: 1,
                 frame_size: None,
                 endpoint: self.options.endpoint,
+                partials: self.options.partials,
             },
         )?;
         let produced: Arc<Mutex<Vec<OwnedEvent>>> = Arc::default();
@@ -147,6 +152,7 @@ pub enum OwnedEvent {
     Gloss(GlossEvent),
     Reset(ResetEvent),
     Sentence(SentenceEvent),
+    Partial(PartialEvent),
 }
 
 impl From<Event<'_>> for OwnedEvent {
@@ -155,6 +161,7 @@ impl From<Event<'_>> for OwnedEvent {
             Event::Gloss(g) => OwnedEvent::Gloss(g.clone()),
             Event::Reset(r) => OwnedEvent::Reset(r.clone()),
             Event::Sentence(s) => OwnedEvent::Sentence(s.clone()),
+            Event::Partial(p) => OwnedEvent::Partial(p.clone()),
         }
     }
 }
@@ -166,6 +173,7 @@ impl OwnedEvent {
             OwnedEvent::Gloss(g) => Event::Gloss(g).to_jsonl(),
             OwnedEvent::Reset(r) => Event::Reset(r).to_jsonl(),
             OwnedEvent::Sentence(s) => Event::Sentence(s).to_jsonl(),
+            OwnedEvent::Partial(p) => Event::Partial(p).to_jsonl(),
         }
     }
 }
@@ -367,7 +375,7 @@ impl Stream {
                     let glosses = std::mem::take(&mut self.utterance);
                     self.sentence = Some((s.clone(), glosses));
                 }
-                OwnedEvent::Reset(_) => {}
+                OwnedEvent::Reset(_) | OwnedEvent::Partial(_) => {}
             }
             self.events.push(e);
         }

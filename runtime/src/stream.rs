@@ -196,6 +196,48 @@ impl GreedyState {
     }
 }
 
+/// Greedy runs over rows, for the partial glosses.
+#[derive(Default)]
+struct PartialRuns {
+    cur: Option<(u32, u64, u64, f32, u32)>,
+    out: Vec<Emitted>,
+}
+
+impl PartialRuns {
+    fn step(&mut self, row: &[f32], g: u64) {
+        let (best, bv) = best_label(row);
+        match &mut self.cur {
+            Some((lab, _, end, sum, n)) if *lab == best => {
+                *end = g;
+                *sum += bv.exp();
+                *n += 1;
+            }
+            _ => {
+                self.close();
+                self.cur = Some((best, g, g, bv.exp(), 1));
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((lab, start, end, sum, n)) = self.cur.take() {
+            if lab != 0 {
+                self.out.push(Emitted {
+                    id: lab,
+                    start,
+                    end,
+                    confidence: sum / n as f32,
+                });
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<Emitted> {
+        self.close();
+        self.out
+    }
+}
+
 /// Beam decoding of the committed stream in bounded segments: rows accumulate
 /// until a confident blank (p > 0.99) after at least `min_len` rows, or until
 /// `max_len` rows, and each segment is beam-searched on its own. A clip
@@ -274,6 +316,10 @@ pub struct Stream {
     /// where the signing was last seen (endpointing counts the rest after it).
     last_sign: Option<u64>,
     history: History,
+    /// Glosses not final yet (see [`Stream::partial`]), and whether they
+    /// changed since [`Stream::take_partial`] last took them.
+    partial: Vec<Emitted>,
+    partial_changed: bool,
     pub windows_run: u64,
 }
 
@@ -317,6 +363,8 @@ impl Stream {
                 frames: Vec::with_capacity(4 * w),
             }),
             last_sign: None,
+            partial: Vec::new(),
+            partial_changed: false,
             history: History {
                 start: 0,
                 scores: std::collections::VecDeque::with_capacity(HISTORY_FRAMES + 1),
@@ -354,6 +402,50 @@ impl Stream {
     /// Frames whose posteriors are final (those before it will not change).
     pub fn frames_committed(&self) -> u64 {
         self.committed
+    }
+
+    /// The glosses after the last final one, as the newest window reads
+    /// them: greedy over the keyframes not decoded for good (the beam's
+    /// pending rows or the greedy run in progress, then the window's
+    /// uncommitted keyframes). They may change; frames count from the reset.
+    /// Returns them when they changed since the last call.
+    pub fn take_partial(&mut self) -> Option<&[Emitted]> {
+        if !std::mem::take(&mut self.partial_changed) {
+            return None;
+        }
+        Some(&self.partial)
+    }
+
+    /// After everything was decoded for good: nothing is partial.
+    fn clear_partial(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.clear();
+            self.partial_changed = true;
+        }
+    }
+
+    /// Recomputes the partial glosses after a window run.
+    fn update_partial(&mut self, start: u64, frames: &[usize]) {
+        let v = self.v;
+        let mut runs = PartialRuns::default();
+        if let Some(b) = &self.beam {
+            for (i, &g) in b.frames.iter().enumerate() {
+                runs.step(&b.rows[i * v..(i + 1) * v], g);
+            }
+        } else if let Some((lab, s, e, sum, n)) = self.greedy.run {
+            runs.cur = Some((lab, s, e, sum, n));
+        }
+        for (j, &f) in frames.iter().enumerate() {
+            let g = start + f as u64;
+            if g >= self.committed {
+                runs.step(&self.log_probs[j * v..(j + 1) * v], g);
+            }
+        }
+        let partial = runs.finish();
+        if partial != self.partial {
+            self.partial = partial;
+            self.partial_changed = true;
+        }
     }
 
     /// Scores and keyframes of the frames committed since the last reset.
@@ -423,6 +515,7 @@ impl Stream {
         if let Some(b) = &mut self.beam {
             b.finish(out)?;
         }
+        self.clear_partial();
         let w = self.cfg.window as u64;
         let d = self.d;
         let from = self.committed.max(self.seen.saturating_sub(w));
@@ -457,6 +550,7 @@ impl Stream {
         if let Some(b) = &mut self.beam {
             b.finish(out)?;
         }
+        self.clear_partial();
         Ok(report)
     }
 
@@ -578,6 +672,7 @@ impl Stream {
         }
         self.record(start, n, &frames, commit_end);
         self.committed = self.committed.max(commit_end);
+        self.update_partial(start, &frames);
         self.last_run_end = start + n as u64;
         self.windows_run += 1;
         Ok(WindowReport {

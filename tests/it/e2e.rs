@@ -157,4 +157,8 @@ fn batch_matches_eval(
         total.wer,
         report.wer
     );
+    // stream-bench's oracle: the clips one by one through the push API
+    let bundle_dir = corpus.parent().unwrap().join("bundle");
+    let wer = signrt_trainer::streaming::clip_by_clip_wer(&bundle_dir, clips, 1, 25.0).unwrap();
+    assert!((wer - report.wer).abs() < 1e-12, "{wer} vs {}", report.wer);
 }

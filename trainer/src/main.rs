@@ -67,35 +67,7 @@ enum Cmd {
     /// streamed WER, sentence-boundary precision and recall, and latency, with
     /// endpointing off and at each --rest-after-sign. Needs frame labels (a
     /// synthetic corpus). JSON lines on stdout.
-    StreamBench {
-        /// Bundle directory.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Dataset root (a synthetic corpus).
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: String,
-        /// Seconds of rest between clips.
-        #[arg(long, default_value_t = 2.0)]
-        gap: f32,
-        /// Beam width (1 = greedy).
-        #[arg(long, default_value_t = 5)]
-        beam: usize,
-        #[arg(long, default_value_t = 25.0)]
-        fps: f32,
-        /// Endpoint rule 2's rest to try, seconds (repeatable; default: the
-        /// runtime's default).
-        #[arg(long)]
-        rest_after_sign: Vec<f32>,
-        /// Use only the first N clips.
-        #[arg(long)]
-        max_clips: Option<usize>,
-        /// Play the clips this many times over as one stream (a long run:
-        /// resident memory is reported after the first and the last pass).
-        #[arg(long, default_value_t = 1)]
-        repeat: usize,
-    },
+    StreamBench(StreamBenchArgs),
     /// Evaluate a checkpoint: WER (S, D, I) and the stage metrics.
     Eval {
         #[arg(long)]
@@ -266,15 +238,34 @@ fn export_cmd(
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct StreamBenchArgs {
+    /// Bundle directory.
+    #[arg(long)]
     bundle: PathBuf,
+    /// Dataset root (a synthetic corpus).
+    #[arg(long)]
     data: PathBuf,
+    #[arg(long, default_value = "test")]
     split: String,
+    /// Seconds of rest between clips.
+    #[arg(long, default_value_t = 2.0)]
     gap: f32,
+    /// Beam width (1 = greedy).
+    #[arg(long, default_value_t = 5)]
     beam: usize,
+    #[arg(long, default_value_t = 25.0)]
     fps: f32,
+    /// Endpoint rule 2's rest to try, seconds (repeatable; default: the
+    /// runtime's default).
+    #[arg(long)]
     rest_after_sign: Vec<f32>,
+    /// Use only the first N clips.
+    #[arg(long)]
     max_clips: Option<usize>,
+    /// Play the clips this many times over as one stream (a long run:
+    /// resident memory is reported after the first and the last pass).
+    #[arg(long, default_value_t = 1)]
     repeat: usize,
 }
 
@@ -438,27 +429,7 @@ fn main() {
             fps,
             out,
         } => samples_cmd(data, split, ids, count, fps, out),
-        Cmd::StreamBench {
-            bundle,
-            data,
-            split,
-            gap,
-            beam,
-            fps,
-            rest_after_sign,
-            max_clips,
-            repeat,
-        } => stream_bench_cmd(StreamBenchArgs {
-            bundle,
-            data,
-            split,
-            gap,
-            beam,
-            fps,
-            rest_after_sign,
-            max_clips,
-            repeat,
-        }),
+        Cmd::StreamBench(args) => stream_bench_cmd(args),
         Cmd::Eval {
             checkpoint,
             data,

@@ -103,6 +103,10 @@ pub struct StreamReport {
     /// From the end of a sign to its gloss event, ms at the stream's fps.
     pub gloss_latency_p50_ms: f64,
     pub gloss_latency_p99_ms: f64,
+    /// From the end of a sign to the first partial or gloss event that has
+    /// it (0 when it appears before the sign ends).
+    pub partial_latency_p50_ms: f64,
+    pub partial_latency_p99_ms: f64,
     /// From the end of a sentence's last sign to its sentence event.
     pub sentence_latency_p50_ms: f64,
     pub sentence_latency_p99_ms: f64,
@@ -128,6 +132,7 @@ pub fn measure(
         endpoint,
         memory_budget: None,
         fps,
+        partials: true,
     };
     let rec = Recognizer::new(bundle, opts)?;
     let mut s = rec.create_stream()?;
@@ -182,6 +187,7 @@ pub fn clip_by_clip_wer(bundle: &Path, clips: &[ClipSpec], beam: usize, fps: f32
         endpoint: None,
         memory_budget: None,
         fps,
+        partials: false,
     };
     let rec = Recognizer::new(bundle, opts)?;
     let mut s = rec.create_stream()?;
@@ -247,6 +253,7 @@ fn score(
             _ => None,
         })
         .collect();
+    let mut partial_lat = first_seen(&signs, events, &ms);
     let (precision, recall, mut sentence_lat, n) = boundaries(played, events, &ms);
     StreamReport {
         rest_after_sign: endpoint.map(|e| e.rest_after_sign),
@@ -256,12 +263,41 @@ fn score(
         boundary_recall: recall,
         gloss_latency_p50_ms: percentile(&mut gloss_lat, 0.5),
         gloss_latency_p99_ms: percentile(&mut gloss_lat, 0.99),
+        partial_latency_p50_ms: percentile(&mut partial_lat, 0.5),
+        partial_latency_p99_ms: percentile(&mut partial_lat, 0.99),
         sentence_latency_p50_ms: percentile(&mut sentence_lat, 0.5),
         sentence_latency_p99_ms: percentile(&mut sentence_lat, 0.99),
         frames: 0,
         rss_first_pass_mib: 0.0,
         rss_last_pass_mib: 0.0,
     }
+}
+
+/// For each true sign that some partial or gloss event shows (its id, over
+/// frames that overlap it), the time from the sign's end to the first such
+/// event.
+fn first_seen(signs: &[Sign], events: &[(u64, OwnedEvent)], ms: &dyn Fn(u64) -> f64) -> Vec<f64> {
+    let mut first: Vec<Option<u64>> = vec![None; signs.len()];
+    for (at, e) in events {
+        let spans = match e {
+            OwnedEvent::Gloss(g) => std::slice::from_ref(g),
+            OwnedEvent::Partial(p) => &p.spans[..],
+            _ => continue,
+        };
+        for g in spans {
+            for (i, s) in signs.iter().enumerate() {
+                let hit = s.id == g.id && g.start_frame <= s.end && g.end_frame >= s.start;
+                if hit && first[i].is_none() {
+                    first[i] = Some(*at);
+                }
+            }
+        }
+    }
+    signs
+        .iter()
+        .zip(first)
+        .filter_map(|(s, f)| f.map(|at| ms(at.saturating_sub(s.end))))
+        .collect()
 }
 
 /// Boundary precision and recall: a sentence's end is right when it falls

@@ -107,6 +107,10 @@ typedef struct SignrtOptions {
    * Frame rate of the frames you push.
    */
   float fps;
+  /**
+   * Non-zero: `partial` events (glosses not final yet) among the events.
+   */
+  int32_t partials;
 } SignrtOptions;
 
 /**
@@ -142,7 +146,7 @@ const char *signrt_version(void);
 
 /**
  * Fills `options` with the defaults: beam 5, endpointing on with the
- * runtime's default rules, no memory budget, 25 fps.
+ * runtime's default rules, no memory budget, 25 fps, partial results on.
  */
 enum SignrtStatus signrt_options_default(struct SignrtOptions *options);
 

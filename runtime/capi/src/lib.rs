@@ -72,6 +72,8 @@ pub struct SignrtOptions {
     pub memory_budget: u64,
     /// Frame rate of the frames you push.
     pub fps: f32,
+    /// Non-zero: `partial` events (glosses not final yet) among the events.
+    pub partials: i32,
 }
 
 /// One frame, borrowed for the call only. `format` is a [`SignrtPixelFormat`].
@@ -170,7 +172,7 @@ pub extern "C" fn signrt_version() -> *const c_char {
 }
 
 /// Fills `options` with the defaults: beam 5, endpointing on with the
-/// runtime's default rules, no memory budget, 25 fps.
+/// runtime's default rules, no memory budget, 25 fps, partial results on.
 #[no_mangle]
 pub unsafe extern "C" fn signrt_options_default(options: *mut SignrtOptions) -> SignrtStatus {
     guard(|| {
@@ -185,6 +187,7 @@ pub unsafe extern "C" fn signrt_options_default(options: *mut SignrtOptions) -> 
             max_utterance: e.max_utterance,
             memory_budget: 0,
             fps: d.fps,
+            partials: i32::from(d.partials),
         };
         Ok(())
     })
@@ -216,6 +219,7 @@ pub unsafe extern "C" fn signrt_recognizer_create(
                 }),
                 memory_budget: (o.memory_budget > 0).then_some(o.memory_budget as usize),
                 fps: o.fps,
+                partials: o.partials != 0,
             },
             None => RecognizerOptions::default(),
         };

@@ -478,7 +478,12 @@ fn jsonl_output_matches_the_documented_schema() {
     // sentences (endpointing) and a batch over the samples folder
     let samples = root.join("models/samples");
     for extra in [
-        &["--source", sample.to_str().unwrap(), "--endpoint"][..],
+        &[
+            "--source",
+            sample.to_str().unwrap(),
+            "--endpoint",
+            "--partial",
+        ][..],
         &["--source", samples.to_str().unwrap()][..],
     ] {
         let mut args = vec![
@@ -505,7 +510,7 @@ fn jsonl_output_matches_the_documented_schema() {
     let line = signrt_runtime::pipeline::Event::Reset(&reset).to_jsonl();
     check_line(&line, &schema);
     assert!(
-        ["gloss", "summary", "sentence", "clip", "corpus"]
+        ["gloss", "summary", "sentence", "partial", "clip", "corpus"]
             .iter()
             .all(|k| kinds.contains(*k)),
         "{kinds:?}"

@@ -64,7 +64,7 @@ fn run_threads(
     pipe.run_events(&mut src, &opts, |e| match e {
         Event::Gloss(g) => glosses.push(g.gloss.clone()),
         Event::Sentence(s) => sentences.push(s.clone()),
-        Event::Reset(_) => {}
+        Event::Reset(_) | Event::Partial(_) => {}
     })
     .unwrap();
     (glosses, sentences)
@@ -167,6 +167,76 @@ fn endpoints_do_not_depend_on_threads() {
     let one = run_threads(&frames, e, 1);
     assert_eq!(one.1.len(), 2);
     assert_eq!(run_threads(&frames, e, 3), one);
+}
+
+/// Partial results change no final output; they name glosses before these
+/// become final, never frames the stream has not had, and end empty.
+#[test]
+fn partials_lead_the_final_glosses() {
+    let (frames, _) = two_sentences(60);
+    let e = Some(EndpointConfig::default());
+    let opts = RecognizerOptions {
+        endpoint: e,
+        partials: true,
+        ..RecognizerOptions::default()
+    };
+    let rec = Recognizer::new(&root().join("models/demo"), opts).unwrap();
+    let mut s = rec.create_stream().unwrap();
+    for f in &frames {
+        s.accept_frame(&FrameRef::rgb(&f.rgb, f.width, f.height))
+            .unwrap();
+    }
+    s.input_finished();
+    while s.is_ready() {
+        s.decode().unwrap();
+    }
+    let events = s.take_events();
+    let finals: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            OwnedEvent::Gloss(g) => Some(g.gloss.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finals,
+        run_pipeline(&frames, e).0,
+        "partials changed the glosses"
+    );
+    let mut led = 0;
+    let mut seen: Vec<(u32, u64, u64)> = vec![];
+    let mut last_partial = None;
+    for e in &events {
+        match e {
+            OwnedEvent::Partial(p) => {
+                for g in &p.spans {
+                    assert!(
+                        g.start_frame <= g.end_frame && g.end_frame <= p.frame,
+                        "{p:?}"
+                    );
+                    seen.push((g.id, g.start_frame, g.end_frame));
+                }
+                last_partial = Some(p.glosses.clone());
+            }
+            OwnedEvent::Gloss(g) => {
+                led += usize::from(
+                    seen.iter()
+                        .any(|&(id, a, b)| id == g.id && a <= g.end_frame && b >= g.start_frame),
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        last_partial.as_deref(),
+        Some(""),
+        "pending glosses left at the end"
+    );
+    assert!(
+        2 * led > finals.len(),
+        "only {led} of {} finals had a partial first",
+        finals.len()
+    );
 }
 
 /// The push API's result and endpoint flag, as an application reads them.

@@ -489,10 +489,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         let settings = Settings {
             budget,
             beam,
-            threads: 1,
-            frame_size: None,
-            endpoint: None,
-            partials: false,
+            ..Settings::default()
         };
         return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
     }
@@ -539,7 +536,24 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         memory_budget: budget,
     };
     let summary = pipe.run_events(src.as_mut(), &opts, |e| print_event(format, e))?;
-    print_summary(format, &summary, reference.as_deref())?;
+    end_run(
+        format,
+        &summary,
+        reference.as_deref(),
+        budget,
+        exit_stopped(),
+    )
+}
+
+/// Prints the summary, warns of a passed budget, and gives the exit status.
+fn end_run(
+    format: Format,
+    summary: &Summary,
+    reference: Option<&str>,
+    budget: Option<usize>,
+    stopped_status: i32,
+) -> Result<i32> {
+    print_summary(format, summary, reference)?;
     if let (Some(b), Some(rss)) = (budget, summary.peak_rss_bytes) {
         if rss > b {
             log::warn!(
@@ -551,7 +565,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     }
     Ok(match summary.end {
         StreamEnd::Eof => 0,
-        StreamEnd::Stopped => exit_stopped(),
+        StreamEnd::Stopped => stopped_status,
         StreamEnd::SourceError | StreamEnd::Budget => {
             eprintln!(
                 "error: {}",

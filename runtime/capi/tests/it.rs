@@ -39,10 +39,37 @@ fn the_header_is_cbindgens_output() {
     );
 }
 
-/// The static library cargo built beside this test binary (target/<profile>/).
+/// The static library, built (or found up to date) by cargo beside this test
+/// binary: `cargo test` builds a library for its tests as an rlib only.
 fn static_lib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().parent().unwrap().join("libsignrt.a");
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // the profile this test was built with, so the runtime is not built again
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("release") => "release",
+        _ => "test",
+    };
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "signrt-capi",
+            "--lib",
+            "--profile",
+            profile,
+        ])
+        .env("CARGO_TARGET_DIR", dir.parent().unwrap())
+        .current_dir(root())
+        .output()
+        .expect("cargo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = dir.join("libsignrt.a");
     assert!(lib.is_file(), "{} was not built", lib.display());
     lib
 }

@@ -318,11 +318,7 @@ fn decode_clip(
             spans.push(g.clone());
         }
     })?;
-    r.glosses = spans
-        .iter()
-        .map(|g| g.gloss.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
+    r.glosses = crate::pipeline::join_glosses(&spans);
     r.spans = spans;
     r.frames = summary.frames_processed;
     r.error = summary.error;

@@ -81,6 +81,12 @@ pub(crate) fn resize_frame(
     Ok(())
 }
 
+/// The glosses of `events`, space-separated.
+pub fn join_glosses(events: &[GlossEvent]) -> String {
+    let words: Vec<&str> = events.iter().map(|g| g.gloss.as_str()).collect();
+    words.join(" ")
+}
+
 /// One gloss, as printed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GlossEvent {
@@ -1226,11 +1232,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
         }
         let fps = self.fps as f64;
         let ev = SentenceEvent {
-            glosses: glosses
-                .iter()
-                .map(|g| g.gloss.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
+            glosses: join_glosses(glosses),
             gloss_count: glosses.len(),
             start_frame: start,
             end_frame: end,
@@ -1282,11 +1284,7 @@ impl<F: FnMut(Event<'_>)> Output<F> {
                 let spans: Vec<GlossEvent> =
                     glosses.iter().map(|e| pipe.gloss(e, self.fps)).collect();
                 let ev = PartialEvent {
-                    glosses: spans
-                        .iter()
-                        .map(|g| g.gloss.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                    glosses: join_glosses(&spans),
                     spans,
                     frame,
                 };

@@ -315,11 +315,7 @@ impl Stream {
             None => (self.utterance.clone(), false),
         };
         RecognitionResult {
-            text: glosses
-                .iter()
-                .map(|g| g.gloss.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
+            text: crate::pipeline::join_glosses(&glosses),
             glosses,
             is_endpoint,
         }

@@ -194,6 +194,18 @@ pub fn greedy(log_probs: &[f32], v: usize) -> Result<Decoded, DecodeError> {
 /// With a width at least the number of distinct prefixes, the result is the
 /// exact most probable label sequence.
 pub fn beam_search(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded, DecodeError> {
+    Ok(beam_search_impl(log_probs, v, width, true)?.0)
+}
+
+/// [`beam_search`] over the frames so far of a longer input, and how many of
+/// its first labels are *settled*: shared by every kept prefix. Prefix beam
+/// search only ever extends kept prefixes, so whatever frames follow, the
+/// most probable label sequence at the end starts with those labels.
+pub fn beam_search_settled(
+    log_probs: &[f32],
+    v: usize,
+    width: usize,
+) -> Result<(Decoded, usize), DecodeError> {
     beam_search_impl(log_probs, v, width, true)
 }
 
@@ -203,13 +215,13 @@ fn beam_search_impl(
     v: usize,
     width: usize,
     prune_symbols: bool,
-) -> Result<Decoded, DecodeError> {
+) -> Result<(Decoded, usize), DecodeError> {
     let t_len = check(log_probs, v)?;
     if width == 0 {
         return Err(DecodeError::ZeroBeamWidth);
     }
     if t_len == 0 {
-        return Ok(Decoded::empty());
+        return Ok((Decoded::empty(), 0));
     }
     let mut beams: Vec<Beam> = vec![(Vec::new(), 0.0, f64::NEG_INFINITY)];
     let n_sym = if prune_symbols {
@@ -222,14 +234,23 @@ fn beam_search_impl(
         top_symbols(row, n_sym, &mut order);
         beams = most_probable(extend_beams(&beams, row, &order), width);
     }
+    let settled = beams.iter().skip(1).fold(beams[0].0.len(), |n, (p, _, _)| {
+        n.min(
+            p.iter()
+                .zip(&beams[0].0)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        )
+    });
     let (ids, pb, pnb) = beams.swap_remove(0);
     let log_prob = log_add(pb, pnb);
     let tokens = beam_tokens(log_probs, v, t_len, &ids, log_prob)?;
-    Ok(Decoded {
+    let d = Decoded {
         ids,
         log_prob: log_prob as f32,
         tokens,
-    })
+    };
+    Ok((d, settled))
 }
 
 /// A kept prefix with log P(its paths ending in blank) and log P(ending in non-blank).
@@ -542,12 +563,37 @@ mod tests {
             for _ in 0..30 {
                 let (t, v) = (rng.random_range(1..=8), rng.random_range(5..=8));
                 let lp = random_log_probs(&mut rng, t, v);
-                let pruned = beam_search_impl(&lp, v, width, true).unwrap();
-                let full = beam_search_impl(&lp, v, width, false).unwrap();
+                let pruned = beam_search_impl(&lp, v, width, true).unwrap().0;
+                let full = beam_search_impl(&lp, v, width, false).unwrap().0;
                 assert_eq!(pruned.ids, full.ids);
                 assert!((pruned.log_prob - full.log_prob).abs() < 1e-5);
             }
         }
+    }
+
+    /// Against the decode of the whole input: at every cut, the settled labels
+    /// of the frames so far are a prefix of the final result.
+    #[test]
+    fn settled_labels_never_change() {
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        let mut settled_some = 0;
+        for width in [1usize, 2, 4] {
+            for _ in 0..40 {
+                let (t, v) = (rng.random_range(4..=30), rng.random_range(3..=6));
+                let lp = random_log_probs(&mut rng, t, v);
+                let end = beam_search(&lp, v, width).unwrap().ids;
+                for cut in 1..=t {
+                    let (d, n) = beam_search_settled(&lp[..cut * v], v, width).unwrap();
+                    assert!(n <= d.ids.len());
+                    assert_eq!(d.ids[..n], end[..n], "width {width}, cut {cut} of {t}");
+                    settled_some += usize::from(n > 0 && cut < t);
+                }
+            }
+        }
+        assert!(
+            settled_some > 0,
+            "nothing ever settled early: the test tests nothing"
+        );
     }
 
     #[test]

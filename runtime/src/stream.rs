@@ -242,6 +242,9 @@ impl PartialRuns {
 /// until a confident blank (p > 0.99) after at least `min_len` rows, or until
 /// `max_len` rows, and each segment is beam-searched on its own. A clip
 /// shorter than `min_len` is one segment, decoded exactly as the evaluation does.
+/// Before a segment ends, its settled labels (those every kept prefix shares,
+/// which the segment's final result starts with whatever follows) are emitted
+/// as each window adds rows, so a gloss need not wait for the segment's end.
 #[derive(Debug)]
 struct BeamState {
     width: usize,
@@ -250,6 +253,10 @@ struct BeamState {
     max_len: usize,
     rows: Vec<f32>,
     frames: Vec<u64>,
+    /// Labels of the current segment already emitted, and the last frame of
+    /// the last of them.
+    emitted: usize,
+    emitted_end: Option<u64>,
 }
 
 impl BeamState {
@@ -264,22 +271,43 @@ impl BeamState {
         Ok(())
     }
 
+    /// Emits the segment's labels that have settled since the last call.
+    fn settle(&mut self, out: &mut Vec<Emitted>) -> Result<(), StreamError> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let (d, n) = crate::decode::beam_search_settled(&self.rows, self.v, self.width)?;
+        if n > self.emitted {
+            self.emit(&d.tokens[self.emitted..n], out);
+            self.emitted = n;
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), StreamError> {
         if self.frames.is_empty() {
             return Ok(());
         }
         let d = crate::decode::beam_search(&self.rows, self.v, self.width)?;
-        for t in d.tokens {
-            out.push(Emitted {
-                id: t.id,
-                start: self.frames[t.start.min(self.frames.len() - 1)],
-                end: self.frames[t.end.min(self.frames.len() - 1)],
-                confidence: t.confidence,
-            });
-        }
+        self.emit(&d.tokens[self.emitted.min(d.tokens.len())..], out);
         self.rows.clear();
         self.frames.clear();
+        self.emitted = 0;
         Ok(())
+    }
+
+    fn emit(&mut self, tokens: &[crate::decode::TokenSpan], out: &mut Vec<Emitted>) {
+        let last = self.frames.len() - 1;
+        for t in tokens {
+            let end = self.frames[t.end.min(last)];
+            out.push(Emitted {
+                id: t.id,
+                start: self.frames[t.start.min(last)],
+                end,
+                confidence: t.confidence,
+            });
+            self.emitted_end = Some(end);
+        }
     }
 }
 
@@ -361,6 +389,8 @@ impl Stream {
                 max_len: 4 * w,
                 rows: Vec::with_capacity(4 * w * vocab_size),
                 frames: Vec::with_capacity(4 * w),
+                emitted: 0,
+                emitted_end: None,
             }),
             last_sign: None,
             partial: Vec::new(),
@@ -430,7 +460,9 @@ impl Stream {
         let mut runs = PartialRuns::default();
         if let Some(b) = &self.beam {
             for (i, &g) in b.frames.iter().enumerate() {
-                runs.step(&b.rows[i * v..(i + 1) * v], g);
+                if b.emitted_end.is_none_or(|e| g > e) || b.emitted == 0 {
+                    runs.step(&b.rows[i * v..(i + 1) * v], g);
+                }
             }
         } else if let Some((lab, s, e, sum, n)) = self.greedy.run {
             runs.cur = Some((lab, s, e, sum, n));
@@ -669,6 +701,9 @@ impl Stream {
                     None => self.greedy.push(g, row, out),
                 }
             }
+        }
+        if let Some(b) = &mut self.beam {
+            b.settle(out)?;
         }
         self.record(start, n, &frames, commit_end);
         self.committed = self.committed.max(commit_end);

@@ -14,8 +14,8 @@ use crate::wer::{align_counts, EditCosts, ErrorCounts};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -163,6 +163,9 @@ pub struct ClipResult {
     pub error: Option<String>,
     #[serde(skip)]
     pub counts: Option<ErrorCounts>,
+    /// A stop (SIGINT/SIGTERM) ended it before its end: not scored.
+    #[serde(skip)]
+    pub stopped: bool,
 }
 
 /// The corpus line: all clips with a reference, counted together.
@@ -172,6 +175,8 @@ pub struct CorpusResult {
     /// Clips with a reference, whose counts are summed here.
     pub scored: usize,
     pub failed: usize,
+    /// Clips a stop left undecoded or cut short (not scored).
+    pub unfinished: usize,
     pub wer: f64,
     pub substitutions: usize,
     pub deletions: usize,
@@ -179,18 +184,30 @@ pub struct CorpusResult {
     pub reference_glosses: usize,
 }
 
-/// Decodes every clip, `parallel` at a time (each its own single-threaded
-/// pipeline), calling `on_clip` in the clips' order. Fewer run at once when
-/// the memory budget in `settings` cannot hold `parallel` pipelines.
+/// How a batch runs.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOptions {
+    /// Clips decoded at once, each by its own single-threaded pipeline.
+    pub parallel: usize,
+    /// Frame rate of folders of frames.
+    pub fps: f32,
+    /// Set, it ends the clips in progress at their next frame and starts no
+    /// more (a signal handler sets it).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Decodes every clip, `opts.parallel` at a time, calling `on_clip` in the
+/// clips' order. Fewer run at once when the memory budget in `settings`
+/// cannot hold that many pipelines.
 pub fn run_batch(
     bundle: &Bundle,
     clips: &[Clip],
     references: &HashMap<String, String>,
     settings: Settings,
-    parallel: usize,
-    fps: f32,
+    opts: &BatchOptions,
     mut on_clip: impl FnMut(&ClipResult),
 ) -> Result<CorpusResult, BatchError> {
+    let (fps, stop) = (opts.fps, opts.stop.clone().unwrap_or_default());
     let settings = Settings {
         threads: 1,
         ..settings
@@ -199,7 +216,7 @@ pub fn run_batch(
     let parallel = fit_budget(
         &first,
         settings.budget,
-        parallel.clamp(1, clips.len().max(1)),
+        opts.parallel.clamp(1, clips.len().max(1)),
     );
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, ClipResult)>();
@@ -212,14 +229,18 @@ pub fn run_batch(
         let mut handles = vec![];
         let mut first = Some(first);
         for _ in 0..parallel {
-            let (tx, next) = (tx.clone(), &next);
+            let (tx, next, stop) = (tx.clone(), &next, stop.clone());
             let pipe = first.take();
             handles.push(scope.spawn(move || -> Result<(), BatchError> {
                 let mut pipe = match pipe {
                     Some(p) => p,
                     None => Pipeline::with_settings(bundle, settings)?,
                 };
+                pipe.set_stop_handle(stop.clone());
                 loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(clip) = clips.get(i) else {
                         return Ok(());
@@ -243,6 +264,7 @@ pub fn run_batch(
                 want += 1;
             }
         }
+        total.unfinished += clips.len() - want;
         handles
             .into_iter()
             .try_for_each(|h| h.join().unwrap_or(Err(BatchError::Worker)))
@@ -270,6 +292,10 @@ fn fit_budget(first: &Pipeline, budget: Option<usize>, want: usize) -> usize {
 }
 
 fn tally(r: &ClipResult, total: &mut CorpusResult, counts: &mut ErrorCounts) {
+    if r.stopped {
+        total.unfinished += 1;
+        return;
+    }
     total.failed += usize::from(r.error.is_some());
     if let Some(c) = &r.counts {
         total.scored += 1;
@@ -295,6 +321,7 @@ fn decode_clip(
         wer: None,
         error: None,
         counts: None,
+        stopped: false,
     };
     let opened: Result<Box<dyn FrameSource + Send>, SourceError> = if clip.path.is_dir() {
         FolderSource::open(&clip.path, fps).map(|s| Box::new(s) as _)
@@ -322,6 +349,11 @@ fn decode_clip(
     r.spans = spans;
     r.frames = summary.frames_processed;
     r.error = summary.error;
+    if summary.end == crate::pipeline::StreamEnd::Stopped {
+        r.stopped = true;
+        r.error = Some("stopped before the clip's end (not scored)".into());
+        return Ok(r);
+    }
     if let Some(reference) = reference {
         let words: Vec<&str> = reference.split_whitespace().collect();
         let hyp: Vec<&str> = r.glosses.split_whitespace().collect();

@@ -271,7 +271,9 @@ fn reference_wer(reference: &str, hyp: &str) -> f64 {
 }
 
 /// `signrt run` over a folder or list of clips: a line per clip, in order,
-/// then the corpus line. Exit 1 if a clip could not be read.
+/// then the corpus line. Exit 1 if a clip could not be read. SIGINT/SIGTERM
+/// end the clips in progress (not scored) and start no more; the corpus line
+/// still comes, then exit 130/143.
 fn batch_cmd(
     bundle: &Bundle,
     source: &Path,
@@ -296,7 +298,14 @@ fn batch_cmd(
         };
         let _ = o.flush();
     };
-    let total = batch::run_batch(bundle, &clips, &refs, settings, parallel, fps, |c| {
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = install_signal_handlers(&stop)?;
+    let opts = batch::BatchOptions {
+        parallel,
+        fps,
+        stop: Some(stop.clone()),
+    };
+    let total = batch::run_batch(bundle, &clips, &refs, settings, &opts, |c| {
         let mut v = serde_json::to_value(c).unwrap_or_default();
         v["type"] = "clip".into();
         let wer = c
@@ -313,7 +322,7 @@ fn batch_cmd(
     print(
         v,
         format!(
-            "corpus: {} clips, {} scored, WER {:.2} % (S {} D {} I {} of N {}), {} failed",
+            "corpus: {} clips, {} scored, WER {:.2} % (S {} D {} I {} of N {}), {} failed, {} unfinished",
             total.clips,
             total.scored,
             100.0 * total.wer,
@@ -321,10 +330,17 @@ fn batch_cmd(
             total.deletions,
             total.insertions,
             total.reference_glosses,
-            total.failed
+            total.failed,
+            total.unfinished
         ),
     );
-    Ok(i32::from(total.failed > 0))
+    Ok(if got[1].load(Ordering::Relaxed) {
+        EXIT_SIGTERM
+    } else if got[0].load(Ordering::Relaxed) {
+        EXIT_SIGINT
+    } else {
+        i32::from(total.failed > 0)
+    })
 }
 
 /// `signrt run`'s arguments.

@@ -119,7 +119,7 @@ fn batch_matches_eval(
     hyps: &[train::Hyp],
     report: &train::EvalReport,
 ) {
-    use signrt_runtime::batch::{list_clips, run_batch};
+    use signrt_runtime::batch::{list_clips, run_batch, BatchOptions};
     use signrt_runtime::pipeline::Settings;
     let listed = list_clips(&corpus.join("test")).unwrap();
     assert_eq!(listed.len(), clips.len());
@@ -132,7 +132,12 @@ fn batch_matches_eval(
         ..Settings::default()
     };
     let mut got = std::collections::HashMap::new();
-    let total = run_batch(bundle, &listed, &refs, settings, 2, 25.0, |c| {
+    let opts = BatchOptions {
+        parallel: 2,
+        fps: 25.0,
+        stop: None,
+    };
+    let total = run_batch(bundle, &listed, &refs, settings, &opts, |c| {
         assert!(c.error.is_none(), "{}: {:?}", c.id, c.error);
         got.insert(c.id.clone(), c.glosses.clone());
     })

@@ -551,3 +551,54 @@ fn signals_stop_a_live_run_with_its_summary() {
         );
     }
 }
+
+/// A batch stopped by SIGINT: the clip lines already printed stay, the clips
+/// in progress end unscored, no more start, and the corpus line still comes,
+/// then exit 130.
+#[test]
+fn a_stopped_batch_still_prints_its_corpus_line() {
+    use std::io::{BufRead, BufReader};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let d = tempfile::tempdir().unwrap();
+    let sample = root.join("models/samples/s14_v00362.y4m");
+    let list: String = (0..400)
+        .map(|_| format!("{}\n", sample.display()))
+        .collect();
+    let list_path = d.path().join("clips.txt");
+    std::fs::write(&list_path, list).unwrap();
+    // the clips' references, from the list's folder
+    std::fs::copy(
+        root.join("models/samples/references.tsv"),
+        d.path().join("references.tsv"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_signrt"))
+        .args(["run", "--threads", "2", "--source"])
+        .arg(&list_path)
+        .arg("--bundle")
+        .arg(root.join("models/demo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // wait for the first clip, then stop
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"clip\""), "{first}");
+    // SAFETY: sending a signal to our own child process
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let corpus: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(corpus["type"], "corpus");
+    let unfinished = corpus["unfinished"].as_u64().unwrap() as usize;
+    assert!(unfinished > 0 && rest.len() < 400, "{corpus}");
+    // every clip is either scored, or counted as unfinished
+    assert_eq!(
+        corpus["scored"].as_u64().unwrap() as usize + unfinished,
+        400,
+        "{corpus}"
+    );
+    assert_eq!(corpus["failed"], 0);
+}

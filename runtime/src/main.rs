@@ -433,6 +433,9 @@ fn print_event(format: Format, e: Event<'_>) {
             "{:>8.2}s  == sentence ({:.2}-{:.2}s): {}",
             s.end_time, s.start_time, s.end_time, s.glosses
         ),
+        (Format::Text, Event::Partial(p)) if p.glosses.is_empty() => {
+            writeln!(o, "          .. (nothing pending)")
+        }
         (Format::Text, Event::Partial(p)) => writeln!(o, "          .. {}", p.glosses),
     };
     let _ = o.flush();

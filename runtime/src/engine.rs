@@ -91,7 +91,9 @@ impl Encoder {
     }
 }
 
-/// The three graphs, ready to run.
+/// The three graphs, ready to run. A clone shares the plans (and their
+/// weights); each run keeps its own state.
+#[derive(Clone)]
 pub struct TractModel {
     encoder: Encoder,
     scorer: Plan,

@@ -340,6 +340,25 @@ impl Pipeline {
 
     /// Builds a pipeline; the memory need counts every encoder thread.
     pub fn with_settings(bundle: &Bundle, settings: Settings) -> Result<Self, PipelineError> {
+        Self::build(bundle, None, settings)
+    }
+
+    /// A pipeline on a model already loaded from `bundle`: its plans are
+    /// shared, not loaded again (several streams of one recogniser). The
+    /// memory need then counts the weights from the bundle's file sizes.
+    pub fn with_model(
+        bundle: &Bundle,
+        model: TractModel,
+        settings: Settings,
+    ) -> Result<Self, PipelineError> {
+        Self::build(bundle, Some(model), settings)
+    }
+
+    fn build(
+        bundle: &Bundle,
+        model: Option<TractModel>,
+        settings: Settings,
+    ) -> Result<Self, PipelineError> {
         let Settings {
             budget,
             beam,
@@ -351,7 +370,10 @@ impl Pipeline {
         let threads = threads.max(1);
         let heap0 = memory::heap_now();
         let rss0 = memory::peak_rss().unwrap_or(0);
-        let model = TractModel::load(bundle)?;
+        let model = match model {
+            Some(m) => m,
+            None => TractModel::load(bundle)?,
+        };
         let heap_model = memory::heap_now().saturating_sub(heap0);
         let m = &bundle.manifest;
         let d = m.model.feature_dim * m.model.grid * m.model.grid;

@@ -11,6 +11,7 @@
 
 use crate::bundle::{Bundle, BundleError};
 use crate::endpoint::{EndpointConfig, EndpointConfigError};
+use crate::engine::TractModel;
 use crate::pipeline::{
     Event, GlossEvent, PartialEvent, Pipeline, PipelineError, Pushed, ResetEvent, SentenceEvent,
     Settings,
@@ -73,9 +74,11 @@ pub enum RecognizerError {
     Finished,
 }
 
-/// A loaded bundle and how to decode it. Streams made from it are independent.
+/// A loaded bundle and how to decode it. Streams made from it share the
+/// model's weights and are otherwise independent.
 pub struct Recognizer {
     bundle: Bundle,
+    model: TractModel,
     options: RecognizerOptions,
 }
 
@@ -94,8 +97,11 @@ impl Recognizer {
         if let Some(e) = &options.endpoint {
             e.validate()?;
         }
+        let bundle = Bundle::open(bundle_dir)?;
+        let model = TractModel::load(&bundle).map_err(PipelineError::from)?;
         Ok(Self {
-            bundle: Bundle::open(bundle_dir)?,
+            bundle,
+            model,
             options,
         })
     }
@@ -104,10 +110,11 @@ impl Recognizer {
         &self.options
     }
 
-    /// A new stream: loads the graphs into tract and checks the memory budget.
+    /// A new stream on the recogniser's model; checks the memory budget.
     pub fn create_stream(&self) -> Result<Stream, RecognizerError> {
-        let mut pipe = Pipeline::with_settings(
+        let mut pipe = Pipeline::with_model(
             &self.bundle,
+            self.model.clone(),
             Settings {
                 budget: self.options.memory_budget,
                 beam: self.options.beam,

@@ -278,6 +278,38 @@ fn result_and_endpoint_follow_the_sentence() {
         .unwrap();
 }
 
+/// Two streams of one recogniser share its model, not their state: fed two
+/// clips frame by frame in turn, each gives its own clip's glosses.
+#[test]
+fn streams_of_one_recognizer_are_independent() {
+    let opts = RecognizerOptions {
+        endpoint: None,
+        ..RecognizerOptions::default()
+    };
+    let rec = Recognizer::new(&root().join("models/demo"), opts).unwrap();
+    let clips = [sample("s14_v00360.y4m"), sample("s14_v00366.y4m")];
+    let mut streams = [rec.create_stream().unwrap(), rec.create_stream().unwrap()];
+    let longest = clips.iter().map(Vec::len).max().unwrap();
+    for i in 0..longest {
+        for (s, c) in streams.iter_mut().zip(&clips) {
+            if let Some(f) = c.get(i) {
+                s.accept_frame(&FrameRef::rgb(&f.rgb, f.width, f.height))
+                    .unwrap();
+                while s.is_ready() {
+                    s.decode().unwrap();
+                }
+            }
+        }
+    }
+    for (s, c) in streams.iter_mut().zip(&clips) {
+        s.input_finished();
+        while s.is_ready() {
+            s.decode().unwrap();
+        }
+        assert_eq!(s.result().text, glosses_of(c));
+    }
+}
+
 #[test]
 fn bad_options_and_frames_are_refused_by_name() {
     let dir = root().join("models/demo");

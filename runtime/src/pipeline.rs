@@ -13,7 +13,7 @@ use crate::engine::{EngineError, TractModel};
 use crate::memory;
 use crate::preprocess::{FrameResizer, Resampler};
 use crate::source::{Frame, FrameSource, SourceError};
-use crate::stream::{Emitted, Model, Stream, StreamConfig, StreamError, WindowReport};
+use crate::stream::{Emitted, Model, Stream, StreamConfig, StreamError};
 use crate::workers::EncoderPool;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -546,12 +546,11 @@ impl Pipeline {
         resizer: &mut FrameResizer,
         frame: &Frame,
         out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
         resize_frame(resizer, frame, &mut self.input)?;
         self.model.encode(&self.input, &mut self.features)?;
         let feats = std::mem::take(&mut self.features);
-        let r = self.push_features(&feats, out, last);
+        let r = self.push_features(&feats, out);
         self.features = feats;
         r
     }
@@ -563,52 +562,35 @@ impl Pipeline {
         &mut self,
         feats: &[f32],
         out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
         let before = out.len();
-        let mut rep = None;
         self.stream
-            .push(&mut self.model, feats, out, &mut rep)
+            .push(&mut self.model, feats, out, &mut None)
             .map_err(PipelineError::Stream)?;
-        self.to_stream_frames(&mut out[before..], rep, last);
+        self.to_stream_frames(&mut out[before..]);
         self.note_partial(out.len());
         if let Some(rule) = self.endpoint_due() {
-            self.end_utterance(rule, out, last)?;
+            self.end_utterance(rule, out)?;
         }
         Ok(())
     }
 
     /// The stream counts frames from its last reset; events count them from
     /// the run's start.
-    fn to_stream_frames(
-        &self,
-        new: &mut [Emitted],
-        rep: Option<WindowReport>,
-        last: &mut Option<WindowReport>,
-    ) {
+    fn to_stream_frames(&self, new: &mut [Emitted]) {
         for e in new {
             e.start += self.offset;
             e.end += self.offset;
         }
-        if let Some(mut r) = rep {
-            r.start += self.offset;
-            r.keyframes.iter_mut().for_each(|k| *k += self.offset);
-            *last = Some(r);
-        }
     }
 
     /// Decodes what the stream holds to its end.
-    fn flush_stream(
-        &mut self,
-        out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
-    ) -> Result<(), PipelineError> {
+    fn flush_stream(&mut self, out: &mut Vec<Emitted>) -> Result<(), PipelineError> {
         let before = out.len();
-        let rep = self
-            .stream
+        self.stream
             .flush(&mut self.model, out)
             .map_err(PipelineError::Stream)?;
-        self.to_stream_frames(&mut out[before..], rep, last);
+        self.to_stream_frames(&mut out[before..]);
         self.note_partial(out.len());
         Ok(())
     }
@@ -616,11 +598,11 @@ impl Pipeline {
     /// With partial results on, marks the stream's partial glosses when they
     /// changed, after the first `at` emitted glosses.
     fn note_partial(&mut self, at: usize) {
-        let offset = self.offset;
-        let frame = (offset + self.stream.frames_seen()).saturating_sub(1);
         if !self.partials {
             return;
         }
+        let offset = self.offset;
+        let frame = (offset + self.stream.frames_seen()).saturating_sub(1);
         if let Some(p) = self.stream.take_partial() {
             let glosses = p
                 .iter()
@@ -648,7 +630,6 @@ impl Pipeline {
         pool: &mut EncoderPool,
         frame: &Frame,
         out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
         if let Some(mut slot) = pool.take_slot() {
             slot.set_frame(frame);
@@ -667,7 +648,7 @@ impl Pipeline {
         feats.extend_from_slice(&slot.feats);
         slot.set_frame(frame);
         let submitted = pool.submit(slot);
-        let pushed = self.push_features(&feats, out, last);
+        let pushed = self.push_features(&feats, out);
         self.features = feats;
         submitted.and(pushed)
     }
@@ -683,12 +664,11 @@ impl Pipeline {
         pool: &mut EncoderPool,
         wait: bool,
         out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
         let next = |p: &mut EncoderPool| if wait { p.collect() } else { p.try_collect() };
         while let Some(r) = next(pool) {
             let s = r?;
-            let pushed = self.push_features(&s.feats, out, last);
+            let pushed = self.push_features(&s.feats, out);
             pool.recycle(s);
             pushed?;
         }
@@ -698,26 +678,34 @@ impl Pipeline {
     /// Starts a run driven frame by frame ([`crate::recognizer`]): the same
     /// steps as [`Pipeline::run`], on the calling thread, with the caller's frames.
     pub(crate) fn start_push<F: FnMut(Event<'_>)>(&mut self, fps: f32, on_event: F) -> Pushed<F> {
-        let mut out = Output::new(on_event, fps);
+        let (out, run) = self.begin(fps, on_event, self.budget);
+        Pushed { run, out }
+    }
+
+    /// What every run starts with: a fresh stream, the output and the run's
+    /// state (its resizer is the one each encoder thread copies).
+    fn begin<F: FnMut(Event<'_>)>(
+        &mut self,
+        fps: f32,
+        on_event: F,
+        budget: Option<usize>,
+    ) -> (Output<F>, RunState) {
+        // a pipeline may run many sources (a batch): each starts afresh
+        self.stream.reset();
+        self.offset = 0;
         self.fps = fps;
+        let mut out = Output::new(on_event, fps);
         if self.endpoint.is_some() {
             out.keep_sentences();
         }
         let encoder = self.model.encoder();
-        Pushed {
-            run: RunState {
-                resizer: FrameResizer::new(
-                    (encoder.width(), encoder.height()),
-                    self.mean,
-                    self.std,
-                ),
-                emitted: Vec::new(),
-                last: None,
-                epoch: None,
-                budget: self.budget,
-            },
-            out,
-        }
+        let run = RunState {
+            resizer: FrameResizer::new((encoder.width(), encoder.height()), self.mean, self.std),
+            emitted: Vec::new(),
+            epoch: None,
+            budget,
+        };
+        (out, run)
     }
 
     /// One pushed frame, as a run consumes a source's frame.
@@ -803,25 +791,9 @@ impl Pipeline {
         on_event: impl FnMut(Event<'_>),
     ) -> Result<(Summary, Option<SourceError>), PipelineError> {
         let fps = source.fps().filter(|f| *f > 0.0).unwrap_or(opts.fps);
-        // a pipeline may run many sources (a batch): each starts afresh
-        self.stream.reset();
-        self.offset = 0;
-        let mut out = Output::new(on_event, fps);
-        self.fps = fps;
-        if self.endpoint.is_some() {
-            out.keep_sentences();
-        }
-        let budget = opts.memory_budget.or(self.budget);
+        let (mut out, mut run) = self.begin(fps, on_event, opts.memory_budget.or(self.budget));
         let encoder = self.model.encoder().clone();
-        // the serial path's resizer, and the one each encoder thread copies
-        let pre = FrameResizer::new((encoder.width(), encoder.height()), self.mean, self.std);
-        let mut run = RunState {
-            resizer: pre.clone(),
-            emitted: Vec::new(),
-            last: None,
-            epoch: None,
-            budget,
-        };
+        let pre = run.resizer.clone();
         let started = Instant::now();
         let feature_len = self.model.feature_len();
         let threads = self.threads;
@@ -938,7 +910,7 @@ impl Pipeline {
                         // have finished into the stream now
                         if let (Ok(None), Some(p)) = (&result, pool.as_mut()) {
                             result = self
-                                .push_finished(p, false, &mut run.emitted, &mut run.last)
+                                .push_finished(p, false, &mut run.emitted)
                                 .map(|()| None);
                             out.glosses(self, &mut run.emitted);
                         }
@@ -975,8 +947,8 @@ impl Pipeline {
         }
         run.epoch = Some(frame.epoch);
         match pool {
-            Some(p) => self.step_parallel(p, frame, &mut run.emitted, &mut run.last)?,
-            None => self.step(&mut run.resizer, frame, &mut run.emitted, &mut run.last)?,
+            Some(p) => self.step_parallel(p, frame, &mut run.emitted)?,
+            None => self.step(&mut run.resizer, frame, &mut run.emitted)?,
         }
         out.processed += 1;
         out.glosses(self, &mut run.emitted);
@@ -1063,7 +1035,6 @@ impl Pipeline {
         &mut self,
         rule: EndpointRule,
         out: &mut Vec<Emitted>,
-        last: &mut Option<WindowReport>,
     ) -> Result<(), PipelineError> {
         let before = out.len();
         let n = self.stream.frames_committed().max(1);
@@ -1071,7 +1042,7 @@ impl Pipeline {
             .stream
             .split_at_commit(out)
             .map_err(PipelineError::Stream)?;
-        self.to_stream_frames(&mut out[before..], None, last);
+        self.to_stream_frames(&mut out[before..]);
         self.note_partial(out.len());
         self.marks.push(Mark {
             at: out.len(),
@@ -1086,7 +1057,7 @@ impl Pipeline {
         self.offset += n;
         // each replay holds fewer frames than this one, so this recursion ends
         for feats in tail.chunks_exact(self.model.feature_len()) {
-            self.push_features(feats, out, last)?;
+            self.push_features(feats, out)?;
         }
         Ok(())
     }
@@ -1100,9 +1071,9 @@ impl Pipeline {
         out: &mut Output<F>,
     ) -> Result<(), PipelineError> {
         if let Some(p) = pool {
-            self.push_finished(p, true, &mut run.emitted, &mut run.last)?;
+            self.push_finished(p, true, &mut run.emitted)?;
         }
-        self.flush_stream(&mut run.emitted, &mut run.last)?;
+        self.flush_stream(&mut run.emitted)?;
         out.glosses(self, &mut run.emitted);
         Ok(())
     }
@@ -1162,7 +1133,6 @@ struct Measured {
 struct RunState {
     resizer: FrameResizer,
     emitted: Vec<Emitted>,
-    last: Option<WindowReport>,
     /// The epoch of the frames seen so far (None before the first).
     epoch: Option<u64>,
     budget: Option<usize>,

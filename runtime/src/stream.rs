@@ -196,48 +196,6 @@ impl GreedyState {
     }
 }
 
-/// Greedy runs over rows, for the partial glosses.
-#[derive(Default)]
-struct PartialRuns {
-    cur: Option<(u32, u64, u64, f32, u32)>,
-    out: Vec<Emitted>,
-}
-
-impl PartialRuns {
-    fn step(&mut self, row: &[f32], g: u64) {
-        let (best, bv) = best_label(row);
-        match &mut self.cur {
-            Some((lab, _, end, sum, n)) if *lab == best => {
-                *end = g;
-                *sum += bv.exp();
-                *n += 1;
-            }
-            _ => {
-                self.close();
-                self.cur = Some((best, g, g, bv.exp(), 1));
-            }
-        }
-    }
-
-    fn close(&mut self) {
-        if let Some((lab, start, end, sum, n)) = self.cur.take() {
-            if lab != 0 {
-                self.out.push(Emitted {
-                    id: lab,
-                    start,
-                    end,
-                    confidence: sum / n as f32,
-                });
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<Emitted> {
-        self.close();
-        self.out
-    }
-}
-
 /// Beam decoding of the committed stream in bounded segments: rows accumulate
 /// until a confident blank (p > 0.99) after at least `min_len` rows, or until
 /// `max_len` rows, and each segment is beam-searched on its own. A clip
@@ -254,7 +212,7 @@ struct BeamState {
     rows: Vec<f32>,
     frames: Vec<u64>,
     /// Labels of the current segment already emitted, and the last frame of
-    /// the last of them.
+    /// the last of them (None before the first).
     emitted: usize,
     emitted_end: Option<u64>,
 }
@@ -293,6 +251,7 @@ impl BeamState {
         self.rows.clear();
         self.frames.clear();
         self.emitted = 0;
+        self.emitted_end = None;
         Ok(())
     }
 
@@ -457,23 +416,26 @@ impl Stream {
     /// Recomputes the partial glosses after a window run.
     fn update_partial(&mut self, start: u64, frames: &[usize]) {
         let v = self.v;
-        let mut runs = PartialRuns::default();
+        // greedy, continuing the greedy run in progress (or over the beam's
+        // rows not emitted yet), emitting into `partial` instead of for good
+        let mut runs = GreedyState::default();
+        let mut partial = Vec::new();
         if let Some(b) = &self.beam {
             for (i, &g) in b.frames.iter().enumerate() {
-                if b.emitted_end.is_none_or(|e| g > e) || b.emitted == 0 {
-                    runs.step(&b.rows[i * v..(i + 1) * v], g);
+                if b.emitted_end.is_none_or(|e| g > e) {
+                    runs.push(g, &b.rows[i * v..(i + 1) * v], &mut partial);
                 }
             }
-        } else if let Some((lab, s, e, sum, n)) = self.greedy.run {
-            runs.cur = Some((lab, s, e, sum, n));
+        } else {
+            runs.run = self.greedy.run;
         }
         for (j, &f) in frames.iter().enumerate() {
             let g = start + f as u64;
             if g >= self.committed {
-                runs.step(&self.log_probs[j * v..(j + 1) * v], g);
+                runs.push(g, &self.log_probs[j * v..(j + 1) * v], &mut partial);
             }
         }
-        let partial = runs.finish();
+        runs.finish(&mut partial);
         if partial != self.partial {
             self.partial = partial;
             self.partial_changed = true;

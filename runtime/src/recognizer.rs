@@ -448,25 +448,13 @@ fn plane(f: &FrameRef<'_>, i: usize, row: usize, rows: usize) -> Result<usize, S
     Ok(s)
 }
 
-/// Fills `out` from a (Y, U, V) reader with the BT.601 matrix, as the Y4M
-/// reader and the camera path convert.
+/// Fills `out` from a (Y, U, V) reader, converted as the Y4M reader does.
 fn fill(out: &mut Frame, full: bool, pix: impl Fn(usize, usize) -> (u8, u8, u8)) {
-    let (yk, yo, ck) = if full {
-        (1.0f32, 0.0f32, 1.0f32)
-    } else {
-        (255.0 / 219.0, 16.0, 255.0 / 224.0)
-    };
     for y in 0..out.height {
         for x in 0..out.width {
             let (yy, u, v) = pix(x, y);
-            let yy = (yy as f32 - yo) * yk;
-            let (u, v) = ((u as f32 - 128.0) * ck, (v as f32 - 128.0) * ck);
             let o = (y * out.width + x) * 3;
-            out.rgb[o] = (yy + 1.402 * v).round().clamp(0.0, 255.0) as u8;
-            out.rgb[o + 1] = (yy - 0.344_136 * u - 0.714_136 * v)
-                .round()
-                .clamp(0.0, 255.0) as u8;
-            out.rgb[o + 2] = (yy + 1.772 * u).round().clamp(0.0, 255.0) as u8;
+            out.rgb[o..o + 3].copy_from_slice(&crate::y4m::yuv_pixel(yy, u, v, full));
         }
     }
 }
@@ -476,8 +464,10 @@ mod tests {
     use super::*;
     use crate::source::FrameSource;
 
-    /// I420 and YUYV against the Y4M reader, an independent decoder of the
-    /// same bytes (C420 and C422 Y4M files), in both ranges.
+    /// I420 (with padded rows) and YUYV against the Y4M reader's decoding of
+    /// the same samples as C420 and C422 files, in both ranges: the planes,
+    /// strides and chroma siting (the pixel formula is the reader's own,
+    /// `y4m::yuv_pixel`, tested there).
     #[test]
     fn yuv_frames_convert_as_the_y4m_reader_does() {
         let (w, h) = (5usize, 3usize);

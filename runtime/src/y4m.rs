@@ -250,16 +250,10 @@ fn yuv_to_rgb(h: &Y4mHeader, p: &[u8], rgb: &mut Vec<u8>) {
         &p[w * ht..],
         &p[w * ht + cw * h.chroma_size().1..],
     );
-    let (yk, yo, ck) = if h.full_range {
-        (1.0f32, 0.0f32, 1.0f32)
-    } else {
-        (255.0 / 219.0, 16.0, 255.0 / 224.0)
-    };
     for y in 0..ht {
         for x in 0..w {
-            let yy = (ys[y * w + x] as f32 - yo) * yk;
             let (u, v) = match h.chroma {
-                Chroma::Mono => (0.0, 0.0),
+                Chroma::Mono => (128, 128),
                 _ => {
                     let (cx, cy) = match h.chroma {
                         Chroma::C420 => (x / 2, y / 2),
@@ -267,18 +261,32 @@ fn yuv_to_rgb(h: &Y4mHeader, p: &[u8], rgb: &mut Vec<u8>) {
                         _ => (x, y),
                     };
                     let i = cy * cw + cx;
-                    ((us[i] as f32 - 128.0) * ck, (vs[i] as f32 - 128.0) * ck)
+                    (us[i], vs[i])
                 }
             };
-            let r = yy + 1.402 * v;
-            let g = yy - 0.344_136 * u - 0.714_136 * v;
-            let b = yy + 1.772 * u;
             let o = (y * w + x) * 3;
-            rgb[o] = r.round().clamp(0.0, 255.0) as u8;
-            rgb[o + 1] = g.round().clamp(0.0, 255.0) as u8;
-            rgb[o + 2] = b.round().clamp(0.0, 255.0) as u8;
+            rgb[o..o + 3].copy_from_slice(&yuv_pixel(ys[y * w + x], u, v, h.full_range));
         }
     }
+}
+
+/// One BT.601 pixel to RGB8, from full range (0-255) or video range
+/// (Y 16-235, chroma 16-240): the Y4M reader's conversion, and the push API's.
+#[inline]
+pub(crate) fn yuv_pixel(y: u8, u: u8, v: u8, full: bool) -> [u8; 3] {
+    let (yk, yo, ck) = if full {
+        (1.0f32, 0.0f32, 1.0f32)
+    } else {
+        (255.0 / 219.0, 16.0, 255.0 / 224.0)
+    };
+    let yy = (y as f32 - yo) * yk;
+    let (u, v) = ((u as f32 - 128.0) * ck, (v as f32 - 128.0) * ck);
+    let px = |c: f32| c.round().clamp(0.0, 255.0) as u8;
+    [
+        px(yy + 1.402 * v),
+        px(yy - 0.344_136 * u - 0.714_136 * v),
+        px(yy + 1.772 * u),
+    ]
 }
 
 /// Writes RGB8 frames as a 4:4:4 full-range Y4M stream (lossless up to the

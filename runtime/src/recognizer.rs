@@ -206,6 +206,22 @@ pub enum PixelFormat {
     I420,
 }
 
+impl PixelFormat {
+    /// Each plane's row bytes and rows for a `width` x `height` frame
+    /// ((0, 0): the plane is unused).
+    pub fn plane_shapes(self, width: usize, height: usize) -> [(usize, usize); 3] {
+        let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
+        match self {
+            PixelFormat::Rgb24 => [(width * 3, height), (0, 0), (0, 0)],
+            PixelFormat::Yuyv => [(cw * 4, height), (0, 0), (0, 0)],
+            PixelFormat::I420 => [(width, height), (cw, ch), (cw, ch)],
+        }
+    }
+}
+
+/// The largest frame width or height a stream takes.
+pub const MAX_SIDE: usize = 1 << 14;
+
 /// A caller's frame, borrowed. Strides are bytes per row of each plane, at
 /// least the row's own bytes (0: exactly that). YUV is BT.601.
 #[derive(Debug, Clone, Copy)]
@@ -388,21 +404,23 @@ impl Stream {
 /// Converts a caller's frame to packed RGB in `out`, checking every plane's size.
 fn to_rgb(f: &FrameRef<'_>, out: &mut Frame) -> Result<(), String> {
     let (w, h) = (f.width, f.height);
-    if w == 0 || h == 0 || w > 1 << 14 || h > 1 << 14 {
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!("size {w}x{h} is not a frame size"));
     }
+    let shapes = f.format.plane_shapes(w, h);
+    let plane = |i: usize| plane(f, i, shapes[i].0, shapes[i].1);
     out.width = w;
     out.height = h;
     out.rgb.resize(w * h * 3, 0);
     match f.format {
         PixelFormat::Rgb24 => {
-            let s = plane(f, 0, w * 3, h)?;
+            let s = plane(0)?;
             for y in 0..h {
                 out.rgb[y * w * 3..(y + 1) * w * 3].copy_from_slice(&f.planes[0][y * s..][..w * 3]);
             }
         }
         PixelFormat::Yuyv => {
-            let s = plane(f, 0, w.div_ceil(2) * 4, h)?;
+            let s = plane(0)?;
             let pix = |x: usize, y: usize| {
                 let p = &f.planes[0][y * s + (x / 2) * 4..][..4];
                 (p[if x % 2 == 0 { 0 } else { 2 }], p[1], p[3])
@@ -410,10 +428,7 @@ fn to_rgb(f: &FrameRef<'_>, out: &mut Frame) -> Result<(), String> {
             fill(out, f.full_range, pix);
         }
         PixelFormat::I420 => {
-            let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-            let sy = plane(f, 0, w, h)?;
-            let su = plane(f, 1, cw, ch)?;
-            let sv = plane(f, 2, cw, ch)?;
+            let (sy, su, sv) = (plane(0)?, plane(1)?, plane(2)?);
             let pix = |x: usize, y: usize| {
                 (
                     f.planes[0][y * sy + x],

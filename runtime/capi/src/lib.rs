@@ -16,7 +16,7 @@
 
 use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::recognizer::{
-    FrameRef, PixelFormat, Recognizer, RecognizerError, RecognizerOptions, Stream,
+    FrameRef, PixelFormat, Recognizer, RecognizerError, RecognizerOptions, Stream, MAX_SIDE,
 };
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
@@ -279,17 +279,11 @@ unsafe fn frame_ref(f: &SignrtFrame) -> Result<FrameRef<'_>, Failure> {
         }
     };
     let (w, h) = (f.width as usize, f.height as usize);
-    if w == 0 || h == 0 || w > 1 << 14 || h > 1 << 14 {
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
         return Err(invalid(format!("frame size {w}x{h} is not a frame size")));
     }
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    let rows: [(usize, usize); 3] = match format {
-        PixelFormat::Rgb24 => [(w * 3, h), (0, 0), (0, 0)],
-        PixelFormat::Yuyv => [(cw * 4, h), (0, 0), (0, 0)],
-        PixelFormat::I420 => [(w, h), (cw, ch), (cw, ch)],
-    };
     let mut planes: [&[u8]; 3] = [&[]; 3];
-    for (i, &(row, n)) in rows.iter().enumerate() {
+    for (i, &(row, n)) in format.plane_shapes(w, h).iter().enumerate() {
         if n == 0 {
             continue;
         }

@@ -194,18 +194,6 @@ pub fn greedy(log_probs: &[f32], v: usize) -> Result<Decoded, DecodeError> {
 /// With a width at least the number of distinct prefixes, the result is the
 /// exact most probable label sequence.
 pub fn beam_search(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded, DecodeError> {
-    Ok(beam_search_impl(log_probs, v, width, true)?.0)
-}
-
-/// [`beam_search`] over the frames so far of a longer input, and how many of
-/// its first labels are *settled*: shared by every kept prefix. Prefix beam
-/// search only ever extends kept prefixes, so whatever frames follow, the
-/// most probable label sequence at the end starts with those labels.
-pub fn beam_search_settled(
-    log_probs: &[f32],
-    v: usize,
-    width: usize,
-) -> Result<(Decoded, usize), DecodeError> {
     beam_search_impl(log_probs, v, width, true)
 }
 
@@ -215,42 +203,147 @@ fn beam_search_impl(
     v: usize,
     width: usize,
     prune_symbols: bool,
-) -> Result<(Decoded, usize), DecodeError> {
-    let t_len = check(log_probs, v)?;
-    if width == 0 {
-        return Err(DecodeError::ZeroBeamWidth);
+) -> Result<Decoded, DecodeError> {
+    check(log_probs, v)?;
+    let mut search = PrefixBeam::new(v, width)?;
+    if !prune_symbols {
+        search.n_sym = v - 1;
     }
-    if t_len == 0 {
-        return Ok((Decoded::empty(), 0));
-    }
-    let mut beams: Vec<Beam> = vec![(Vec::new(), 0.0, f64::NEG_INFINITY)];
-    let n_sym = if prune_symbols {
-        (width + 1).min(v - 1)
-    } else {
-        v - 1
-    };
-    let mut order: Vec<usize> = Vec::with_capacity(v.saturating_sub(1));
     for row in log_probs.chunks_exact(v) {
-        top_symbols(row, n_sym, &mut order);
-        beams = most_probable(extend_beams(&beams, row, &order), width);
+        search.push(row);
     }
-    let settled = beams.iter().skip(1).fold(beams[0].0.len(), |n, (p, _, _)| {
-        n.min(
-            p.iter()
-                .zip(&beams[0].0)
-                .take_while(|(a, b)| a == b)
-                .count(),
-        )
-    });
-    let (ids, pb, pnb) = beams.swap_remove(0);
-    let log_prob = log_add(pb, pnb);
-    let tokens = beam_tokens(log_probs, v, t_len, &ids, log_prob)?;
-    let d = Decoded {
-        ids,
-        log_prob: log_prob as f32,
-        tokens,
-    };
-    Ok((d, settled))
+    search.decoded(log_probs)
+}
+
+/// Prefix beam search a frame at a time: the streaming form of
+/// [`beam_search`] (pushing every row of an input and taking
+/// [`PrefixBeam::decoded`] is `beam_search` of it). [`PrefixBeam::settle`]
+/// fixes the labels the kept prefixes agree on, so a stream can emit them early.
+#[derive(Debug, Clone)]
+pub struct PrefixBeam {
+    v: usize,
+    width: usize,
+    /// Non-blank symbols that open new prefixes per frame (see [`beam_search`]).
+    n_sym: usize,
+    beams: Vec<Beam>,
+    order: Vec<usize>,
+    rows: usize,
+}
+
+impl PrefixBeam {
+    pub fn new(v: usize, width: usize) -> Result<Self, DecodeError> {
+        if v == 0 {
+            return Err(DecodeError::EmptyVocab);
+        }
+        if width == 0 {
+            return Err(DecodeError::ZeroBeamWidth);
+        }
+        Ok(Self {
+            v,
+            width,
+            n_sym: (width + 1).min(v - 1),
+            beams: vec![(Vec::new(), 0.0, f64::NEG_INFINITY)],
+            order: Vec::with_capacity(v.saturating_sub(1)),
+            rows: 0,
+        })
+    }
+
+    /// Forgets every frame: a new input.
+    pub fn restart(&mut self) {
+        self.beams.clear();
+        self.beams.push((Vec::new(), 0.0, f64::NEG_INFINITY));
+        self.rows = 0;
+    }
+
+    /// One frame's log-probabilities (`v` values, checked by the caller).
+    pub fn push(&mut self, row: &[f32]) {
+        top_symbols(row, self.n_sym, &mut self.order);
+        self.beams = most_probable(extend_beams(&self.beams, row, &self.order), self.width);
+        self.rows += 1;
+    }
+
+    /// The most probable label sequence so far.
+    pub fn best(&self) -> &[u32] {
+        &self.beams[0].0
+    }
+
+    /// How many first labels of the best prefix are extended by kept prefixes
+    /// holding all but at most `eps` of the kept probability.
+    fn agreed(&self, eps: f64) -> usize {
+        let mass = |b: &Beam| log_add(b.1, b.2);
+        let total = self
+            .beams
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, b| log_add(a, mass(b)));
+        let best = &self.beams[0].0;
+        let agree = |b: &Beam, n: usize| b.0.len() >= n && b.0[..n] == best[..n];
+        // eps 0 (or no probability at all): what every kept prefix shares,
+        // decided on the labels, not on sums that round
+        let everyone = eps <= 0.0 || total == f64::NEG_INFINITY;
+        let floor = total + (1.0 - eps).ln();
+        (0..=best.len())
+            .rev()
+            .find(|&n| {
+                if everyone {
+                    self.beams.iter().all(|b| agree(b, n))
+                } else {
+                    let m = self
+                        .beams
+                        .iter()
+                        .filter(|b| agree(b, n))
+                        .fold(f64::NEG_INFINITY, |a, b| log_add(a, mass(b)));
+                    m >= floor
+                }
+            })
+            .unwrap_or(0)
+    }
+
+    /// Settles the first labels of the best prefix that kept prefixes holding
+    /// at least `1 - eps` of the kept probability start with, and drops the
+    /// prefixes that do not start with them (at most `eps` of it): from then
+    /// on every kept prefix, so the final best one, starts with the settled
+    /// labels. `eps` = 0 settles only what every kept prefix shares, and
+    /// drops nothing, so the search stays exactly [`beam_search`]'s. Returns
+    /// how many labels are settled.
+    pub fn settle(&mut self, eps: f64) -> usize {
+        let n = self.agreed(eps);
+        self.settle_best(n);
+        n
+    }
+
+    /// Settles the first `n` labels of the best prefix (at most all of them)
+    /// whatever the other prefixes hold: those that do not start with them
+    /// are dropped.
+    pub fn settle_best(&mut self, n: usize) {
+        let n = n.min(self.beams[0].0.len());
+        if n > 0 {
+            let head = self.beams[0].0[..n].to_vec();
+            self.beams.retain(|b| b.0.starts_with(&head));
+        }
+    }
+
+    /// The best prefix with its probability and token spans, aligned on
+    /// `log_probs`: every row pushed so far, in order.
+    pub fn decoded(&self, log_probs: &[f32]) -> Result<Decoded, DecodeError> {
+        let t_len = check(log_probs, self.v)?;
+        if t_len != self.rows {
+            return Err(DecodeError::BadLength {
+                len: log_probs.len(),
+                v: self.v,
+            });
+        }
+        if t_len == 0 {
+            return Ok(Decoded::empty());
+        }
+        let (ids, pb, pnb) = self.beams[0].clone();
+        let log_prob = log_add(pb, pnb);
+        let tokens = beam_tokens(log_probs, self.v, t_len, &ids, log_prob)?;
+        Ok(Decoded {
+            ids,
+            log_prob: log_prob as f32,
+            tokens,
+        })
+    }
 }
 
 /// A kept prefix with log P(its paths ending in blank) and log P(ending in non-blank).
@@ -563,16 +656,16 @@ mod tests {
             for _ in 0..30 {
                 let (t, v) = (rng.random_range(1..=8), rng.random_range(5..=8));
                 let lp = random_log_probs(&mut rng, t, v);
-                let pruned = beam_search_impl(&lp, v, width, true).unwrap().0;
-                let full = beam_search_impl(&lp, v, width, false).unwrap().0;
+                let pruned = beam_search_impl(&lp, v, width, true).unwrap();
+                let full = beam_search_impl(&lp, v, width, false).unwrap();
                 assert_eq!(pruned.ids, full.ids);
                 assert!((pruned.log_prob - full.log_prob).abs() < 1e-5);
             }
         }
     }
 
-    /// Against the decode of the whole input: at every cut, the settled labels
-    /// of the frames so far are a prefix of the final result.
+    /// Against the decode of the whole input: at every cut, the labels that
+    /// every kept prefix shares are a prefix of the final result.
     #[test]
     fn settled_labels_never_change() {
         let mut rng = ChaCha8Rng::seed_from_u64(23);
@@ -582,18 +675,70 @@ mod tests {
                 let (t, v) = (rng.random_range(4..=30), rng.random_range(3..=6));
                 let lp = random_log_probs(&mut rng, t, v);
                 let end = beam_search(&lp, v, width).unwrap().ids;
-                for cut in 1..=t {
-                    let (d, n) = beam_search_settled(&lp[..cut * v], v, width).unwrap();
-                    assert!(n <= d.ids.len());
-                    assert_eq!(d.ids[..n], end[..n], "width {width}, cut {cut} of {t}");
-                    settled_some += usize::from(n > 0 && cut < t);
+                let mut search = PrefixBeam::new(v, width).unwrap();
+                for (cut, row) in lp.chunks_exact(v).enumerate() {
+                    search.push(row);
+                    let n = search.settle(0.0);
+                    assert!(n <= search.best().len());
+                    assert_eq!(
+                        search.best()[..n],
+                        end[..n],
+                        "width {width}, cut {cut} of {t}"
+                    );
+                    settled_some += usize::from(n > 0 && cut + 1 < t);
                 }
+                // settling with eps 0 drops nothing: the search is beam_search's
+                let whole = search.decoded(&lp).unwrap();
+                assert_eq!(whole, beam_search(&lp, v, width).unwrap());
             }
         }
         assert!(
             settled_some > 0,
             "nothing ever settled early: the test tests nothing"
         );
+    }
+
+    /// `settle(eps)` against every frame path: with a beam wide enough to
+    /// keep every prefix, the settled labels are the longest head of the best
+    /// prefix that label sequences holding at least `1 - eps` of the
+    /// probability start with; and the search then keeps only those.
+    #[test]
+    fn settle_keeps_all_but_eps_of_the_probability() {
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        let mut settled_some = 0;
+        for case in 0..60 {
+            let (t, v) = (rng.random_range(1..=6), rng.random_range(2..=4));
+            let lp = random_log_probs(&mut rng, t, v);
+            let seqs = brute_force_sequences(&lp, t, v);
+            let mass = |head: &[u32]| -> f64 {
+                seqs.iter()
+                    .filter(|(s, _)| s.starts_with(head))
+                    .map(|(_, p)| p.exp())
+                    .sum()
+            };
+            for eps in [1e-3, 0.05, 0.3] {
+                let mut search = PrefixBeam::new(v, 10_000).unwrap();
+                for row in lp.chunks_exact(v) {
+                    search.push(row);
+                }
+                let best = search.best().to_vec();
+                let n = search.settle(eps);
+                assert!(
+                    mass(&best[..n]) >= 1.0 - eps - 1e-9,
+                    "case {case} eps {eps}"
+                );
+                if n < best.len() {
+                    assert!(
+                        mass(&best[..n + 1]) < 1.0 - eps + 1e-9,
+                        "case {case} eps {eps}"
+                    );
+                }
+                assert!(search.beams.iter().all(|b| b.0.starts_with(&best[..n])));
+                assert_eq!(search.best(), &best[..], "the best prefix is kept");
+                settled_some += usize::from(n > 0);
+            }
+        }
+        assert!(settled_some > 10, "hardly anything settled: {settled_some}");
     }
 
     #[test]

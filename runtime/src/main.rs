@@ -97,6 +97,11 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// window reads them (each replaces the one before).
         #[arg(long)]
         partial: bool,
+        /// Frames a window reads past the frames it makes final (default: the
+        /// bundle's `(window - stride) / 2`). Fewer: final glosses come sooner,
+        /// from posteriors that saw less of what follows.
+        #[arg(long)]
+        lookahead: Option<usize>,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -356,6 +361,7 @@ struct RunArgs {
     reference: Option<String>,
     endpoint: Option<EndpointConfig>,
     partials: bool,
+    lookahead: Option<usize>,
 }
 
 /// Endpointing flags of `signrt run` (rules in `signrt_runtime::endpoint`).
@@ -495,6 +501,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         reference,
         endpoint,
         partials,
+        lookahead,
     } = a;
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
@@ -508,6 +515,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         let settings = Settings {
             budget,
             beam,
+            lookahead,
             ..Settings::default()
         };
         return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
@@ -538,6 +546,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             frame_size: src.size(),
             endpoint,
             partials,
+            lookahead,
         },
     )?;
     log::info!(
@@ -621,6 +630,7 @@ fn run(cli: Cli) -> Result<i32> {
             reference,
             endpoint,
             partial,
+            lookahead,
         } => run_cmd(RunArgs {
             bundle,
             source,
@@ -633,6 +643,7 @@ fn run(cli: Cli) -> Result<i32> {
             reference,
             endpoint: endpoint.config()?,
             partials: partial,
+            lookahead,
         }),
         Cmd::Bench {
             bundle,

@@ -256,6 +256,9 @@ pub struct Settings {
     pub endpoint: Option<EndpointConfig>,
     /// Partial results: `partial` events as the glosses not yet final change.
     pub partials: bool,
+    /// Right context, in frames, a posterior waits for before it is final
+    /// ([`StreamConfig::lookahead`]); None: the stream's default.
+    pub lookahead: Option<usize>,
 }
 
 impl Default for Settings {
@@ -267,6 +270,7 @@ impl Default for Settings {
             frame_size: None,
             endpoint: None,
             partials: false,
+            lookahead: None,
         }
     }
 }
@@ -366,6 +370,7 @@ impl Pipeline {
             frame_size,
             endpoint,
             partials,
+            lookahead,
         } = settings;
         let threads = threads.max(1);
         let heap0 = memory::heap_now();
@@ -383,6 +388,7 @@ impl Pipeline {
             keyframe_ratio: m.keyframe_ratio as f64,
             score_scaling: m.score_scaling,
             beam: beam.max(1),
+            lookahead,
         };
         let stream = Stream::new(cfg, d, m.model.vocab_size, model.scorer_state_len());
         let mut me = Self {
@@ -1000,10 +1006,10 @@ impl Pipeline {
     /// With endpointing on, the sentence in progress ends with the stream
     /// (or the segment, when the source restarts).
     fn close_sentence<F: FnMut(Event<'_>)>(&self, out: &mut Output<F>) {
-        let n = self.stream.frames_seen();
-        if self.endpoint.is_some() && n > 0 {
-            let end = self.offset + n - 1;
-            out.sentence(self.offset, end, EndpointRule::EndOfStream, self.trace());
+        let (first, n) = (self.stream.utterance_start(), self.stream.frames_seen());
+        if self.endpoint.is_some() && n > first {
+            let (start, end) = (self.offset + first, self.offset + n - 1);
+            out.sentence(start, end, EndpointRule::EndOfStream, self.trace());
         }
     }
 
@@ -1020,45 +1026,43 @@ impl Pipeline {
     /// The endpoint rule that holds now, with endpointing on.
     fn endpoint_due(&self) -> Option<EndpointRule> {
         let c = self.endpoint?;
+        let first = self.stream.utterance_start();
         c.check(
-            self.stream.frames_committed(),
-            self.stream.last_sign_frame(),
+            self.stream.frames_committed() - first,
+            self.stream.last_sign_frame().map(|f| f - first),
             self.fps,
         )
     }
 
     /// An endpoint: the utterance ends where the stream's posteriors are
     /// final (the rules count committed frames); its glosses are emitted and the
-    /// sentence is marked after them. The stream starts afresh and takes the
-    /// lookahead frames after that point again: the next sentence's start.
+    /// sentence is marked after them. The next utterance starts there
+    /// ([`Stream::end_utterance`]).
     fn end_utterance(
         &mut self,
         rule: EndpointRule,
         out: &mut Vec<Emitted>,
     ) -> Result<(), PipelineError> {
         let before = out.len();
-        let n = self.stream.frames_committed().max(1);
-        let tail = self
-            .stream
-            .split_at_commit(out)
+        let (first, end) = (
+            self.stream.utterance_start(),
+            self.stream.frames_committed(),
+        );
+        let trace = self.trace();
+        self.stream
+            .end_utterance(out)
             .map_err(PipelineError::Stream)?;
         self.to_stream_frames(&mut out[before..]);
         self.note_partial(out.len());
         self.marks.push(Mark {
             at: out.len(),
             kind: MarkKind::Sentence {
-                start: self.offset,
-                end: self.offset + n - 1,
+                start: self.offset + first,
+                end: self.offset + end.max(first + 1) - 1,
                 rule,
-                trace: self.trace(),
+                trace,
             },
         });
-        self.stream.reset();
-        self.offset += n;
-        // each replay holds fewer frames than this one, so this recursion ends
-        for feats in tail.chunks_exact(self.model.feature_len()) {
-            self.push_features(feats, out)?;
-        }
         Ok(())
     }
 

@@ -40,6 +40,10 @@ pub struct RecognizerOptions {
     pub fps: f32,
     /// Partial results: `Partial` events as the glosses not yet final change.
     pub partials: bool,
+    /// Frames of right context a posterior waits for before its glosses are
+    /// final; fewer: final glosses sooner (see `StreamConfig::lookahead`).
+    /// None: the default.
+    pub lookahead: Option<usize>,
 }
 
 impl Default for RecognizerOptions {
@@ -52,6 +56,7 @@ impl Default for RecognizerOptions {
             memory_budget: None,
             fps: 25.0,
             partials: true,
+            lookahead: None,
         }
     }
 }
@@ -122,6 +127,7 @@ impl Recognizer {
                 frame_size: None,
                 endpoint: self.options.endpoint,
                 partials: self.options.partials,
+                lookahead: self.options.lookahead,
             },
         )?;
         let produced: Arc<Mutex<Vec<OwnedEvent>>> = Arc::default();

@@ -17,6 +17,7 @@
 //! A clip shorter than the window is scored in one run over all its frames,
 //! which is exactly what the trainer's evaluation computes.
 
+use crate::decode::{DecodeError, PrefixBeam};
 use crate::topk;
 
 /// What the pipeline needs from a model (the bundle's three graphs).
@@ -103,7 +104,7 @@ pub const HISTORY_FRAMES: usize = 1_500;
 /// The keyframe scorer's view of an utterance's final frames: what each
 /// frame's difference scored in the window that made the frame final, and
 /// the keyframes chosen among them. Frame numbers count from the stream's
-/// last reset.
+/// last reset, the frames from the utterance's start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
     /// The frame of `scores[0]`.
@@ -140,6 +141,23 @@ pub struct StreamConfig {
     pub score_scaling: bool,
     /// CTC beam width; 1 = greedy.
     pub beam: usize,
+    /// Frames a window reads past the last frame it makes final: the right
+    /// context a posterior waits for. Fewer means final glosses sooner, from
+    /// posteriors that saw less of what follows. None: half a stride, so a
+    /// frame is final between half a stride and a stride and a half after it
+    /// arrives (a centred commit point, `(window - stride) / 2`, gave the
+    /// posteriors more context for hardly fewer errors, and glosses twice as
+    /// late: docs/experiments.md). At most `window - stride`, so that the
+    /// final frames of consecutive windows tile the stream.
+    pub lookahead: Option<usize>,
+}
+
+impl StreamConfig {
+    /// The lookahead in frames, the default resolved and the bound applied.
+    pub fn lookahead_frames(&self) -> usize {
+        let free = self.window.saturating_sub(self.stride);
+        self.lookahead.unwrap_or(self.stride / 2).min(free)
+    }
 }
 
 /// Incremental greedy CTC over the committed keyframe stream.
@@ -196,19 +214,32 @@ impl GreedyState {
     }
 }
 
+/// Probability share of the kept prefixes a beam may drop to settle a label:
+/// a label is final once the prefixes that start with it hold all but this
+/// share. Keeping every prefix until all agree held glosses back until a
+/// tail of near-impossible prefixes died out (docs/experiments.md).
+const SETTLE_EPS: f64 = 1e-3;
+
 /// Beam decoding of the committed stream in bounded segments: rows accumulate
-/// until a confident blank (p > 0.99) after at least `min_len` rows, or until
-/// `max_len` rows, and each segment is beam-searched on its own. A clip
-/// shorter than `min_len` is one segment, decoded exactly as the evaluation does.
-/// Before a segment ends, its settled labels (those every kept prefix shares,
-/// which the segment's final result starts with whatever follows) are emitted
-/// as each window adds rows, so a gloss need not wait for the segment's end.
+/// until a confident blank (p > 0.99) after at least `min_len` rows, or a
+/// row whose best label is the blank after `max_len` rows (a cut inside a
+/// sign would emit it twice), or `cap` rows whatever the row, and each
+/// segment is beam-searched on its own, a row at a time. A clip shorter than `min_len` is one segment. As each window adds
+/// rows, the labels that are final are emitted ([`BeamState::settle`]), so a
+/// gloss need not wait for the segment's end. A label is final when the kept
+/// prefixes agree on it, or at the latest `wait` frames (the stream's
+/// lookahead) after its sign ended: two readings that stay close (a gloss
+/// signed once or twice) would otherwise hold every later gloss back until
+/// the segment's end.
 #[derive(Debug)]
 struct BeamState {
-    width: usize,
-    v: usize,
+    search: PrefixBeam,
+    /// Committed frames after a label's last frame before the best prefix's
+    /// reading of it is final.
+    wait: u64,
     min_len: usize,
     max_len: usize,
+    cap: usize,
     rows: Vec<f32>,
     frames: Vec<u64>,
     /// Labels of the current segment already emitted, and the last frame of
@@ -218,23 +249,51 @@ struct BeamState {
 }
 
 impl BeamState {
+    fn new(v: usize, width: usize, window: usize, wait: usize) -> Result<Self, DecodeError> {
+        Ok(Self {
+            search: PrefixBeam::new(v, width)?,
+            wait: wait as u64,
+            min_len: window,
+            max_len: 4 * window,
+            cap: 8 * window,
+            rows: Vec::with_capacity(8 * window * v),
+            frames: Vec::with_capacity(8 * window),
+            emitted: 0,
+            emitted_end: None,
+        })
+    }
+
     fn push(&mut self, frame: u64, row: &[f32], out: &mut Vec<Emitted>) -> Result<(), StreamError> {
         self.rows.extend_from_slice(row);
         self.frames.push(frame);
+        self.search.push(row);
         let n = self.frames.len();
         let blank_sure = row.first().is_some_and(|b| b.exp() > 0.99);
-        if (n >= self.min_len && blank_sure) || n >= self.max_len {
+        let blank_best = argmax(row) == 0;
+        if (n >= self.min_len && blank_sure) || (n >= self.max_len && blank_best) || n >= self.cap {
             self.finish(out)?;
         }
         Ok(())
     }
 
     /// Emits the segment's labels that have settled since the last call.
+    /// Emits the segment's labels that are final now: those the kept
+    /// prefixes agree on ([`SETTLE_EPS`]), and those of the best prefix whose
+    /// sign ended `wait` committed frames ago or more, which no later frame
+    /// may take back any more (the other prefixes are dropped).
     fn settle(&mut self, out: &mut Vec<Emitted>) -> Result<(), StreamError> {
-        if self.frames.is_empty() {
+        let Some(&last) = self.frames.last() else {
             return Ok(());
-        }
-        let (d, n) = crate::decode::beam_search_settled(&self.rows, self.v, self.width)?;
+        };
+        let agreed = self.search.settle(SETTLE_EPS);
+        let d = self.search.decoded(&self.rows)?;
+        let waited = d
+            .tokens
+            .iter()
+            .take_while(|t| self.frames[t.end] + self.wait <= last)
+            .count();
+        self.search.settle_best(waited);
+        let n = agreed.max(waited);
         if n > self.emitted {
             self.emit(&d.tokens[self.emitted..n], out);
             self.emitted = n;
@@ -246,8 +305,9 @@ impl BeamState {
         if self.frames.is_empty() {
             return Ok(());
         }
-        let d = crate::decode::beam_search(&self.rows, self.v, self.width)?;
+        let d = self.search.decoded(&self.rows)?;
         self.emit(&d.tokens[self.emitted.min(d.tokens.len())..], out);
+        self.search.restart();
         self.rows.clear();
         self.frames.clear();
         self.emitted = 0;
@@ -281,6 +341,8 @@ pub struct Stream {
     seen: u64,
     /// Frames up to which posteriors are committed.
     committed: u64,
+    /// First frame of the utterance in progress ([`Stream::end_utterance`]).
+    utterance_start: u64,
     /// End frame (exclusive) of the last window run.
     last_run_end: u64,
     /// Window features; also the scorer's input (up to `window` + 1 frames).
@@ -319,17 +381,20 @@ impl Stream {
     ) -> Self {
         let w = cfg.window.max(2);
         let k = topk::keyframe_count(w, cfg.keyframe_ratio).max(1);
+        let cfg = StreamConfig {
+            window: w,
+            stride: cfg.stride.clamp(1, w),
+            ..cfg
+        };
+        let lookahead = cfg.lookahead_frames();
         Self {
-            cfg: StreamConfig {
-                window: w,
-                stride: cfg.stride.clamp(1, w),
-                ..cfg
-            },
+            cfg,
             d: feature_len,
             v: vocab_size,
             ring: vec![0.0; w * feature_len],
             seen: 0,
             committed: 0,
+            utterance_start: 0,
             last_run_end: 0,
             window_feats: vec![0.0; (w + 1) * feature_len],
             selected: vec![0.0; k * feature_len],
@@ -341,16 +406,10 @@ impl Stream {
             scores: Vec::with_capacity(w),
             log_probs: Vec::with_capacity(k * vocab_size),
             greedy: GreedyState::default(),
-            beam: (cfg.beam > 1).then(|| BeamState {
-                width: cfg.beam,
-                v: vocab_size,
-                min_len: w,
-                max_len: 4 * w,
-                rows: Vec::with_capacity(4 * w * vocab_size),
-                frames: Vec::with_capacity(4 * w),
-                emitted: 0,
-                emitted_end: None,
-            }),
+            // (a vocabulary without symbols cannot be beam-searched: greedy)
+            beam: (cfg.beam > 1)
+                .then(|| BeamState::new(vocab_size, cfg.beam, w, lookahead))
+                .and_then(Result::ok),
             last_sign: None,
             partial: Vec::new(),
             partial_changed: false,
@@ -442,7 +501,7 @@ impl Stream {
         }
     }
 
-    /// Scores and keyframes of the frames committed since the last reset.
+    /// Scores and keyframes of the frames committed in this utterance.
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -474,7 +533,7 @@ impl Stream {
         self.seen += 1;
         if self.seen >= w && (self.seen - w) % self.cfg.stride as u64 == 0 {
             let start = self.seen - w;
-            let commit_end = self.seen - (w - self.cfg.stride as u64) / 2;
+            let commit_end = self.seen - self.cfg.lookahead_frames() as u64;
             *report = Some(self.run_window(model, start, self.cfg.window, commit_end, out)?);
         }
         Ok(())
@@ -500,25 +559,32 @@ impl Stream {
     }
 
     /// Ends the utterance at the commit point (an endpoint): the decoders
-    /// finish on the committed frames, and the features of the frames after it
-    /// (the lookahead, less than a window) are returned, oldest first, for the
-    /// next utterance to take again. Their posteriors were not final, so they
-    /// belong to what comes next.
-    pub fn split_at_commit(&mut self, out: &mut Vec<Emitted>) -> Result<Vec<f32>, StreamError> {
+    /// finish on the committed frames, and the next utterance starts there
+    /// with a fresh recurrent scorer state, decoders and history. The ring
+    /// keeps its frames: those before the commit point stay the next windows'
+    /// left context (they were rest, and are not decoded again), those after
+    /// it are the next utterance's first frames. Emptying the ring instead
+    /// would hold the next sentence's first glosses back until a whole window
+    /// had arrived. Frame numbers go on counting from the last reset.
+    pub fn end_utterance(&mut self, out: &mut Vec<Emitted>) -> Result<(), StreamError> {
         self.greedy.finish(out);
         if let Some(b) = &mut self.beam {
             b.finish(out)?;
         }
         self.clear_partial();
-        let w = self.cfg.window as u64;
-        let d = self.d;
-        let from = self.committed.max(self.seen.saturating_sub(w));
-        let mut tail = Vec::with_capacity((self.seen - from) as usize * d);
-        for f in from..self.seen {
-            let slot = (f % w) as usize;
-            tail.extend_from_slice(&self.ring[slot * d..(slot + 1) * d]);
-        }
-        Ok(tail)
+        self.utterance_start = self.committed;
+        self.scorer_state.fill(0.0);
+        self.last_sign = None;
+        self.history.scores.clear();
+        self.history.keyframes.clear();
+        self.history.start = self.committed;
+        Ok(())
+    }
+
+    /// The first frame of the utterance in progress: 0 after a reset, the
+    /// commit point of the last [`Stream::end_utterance`] after one.
+    pub fn utterance_start(&self) -> u64 {
+        self.utterance_start
     }
 
     /// Ends the stream: runs a last window over what is not committed yet and
@@ -694,6 +760,8 @@ mod tests {
         calls: usize,
         /// Frame differences the scorer was run over, in all.
         diffs_scored: usize,
+        /// Probability of each frame's own label.
+        p_own: f32,
     }
 
     impl Model for Oracle {
@@ -733,9 +801,9 @@ mod tests {
                 let lab = sel[j * 2 + 1] as usize; // feature 1 is unscaled label copy
                 for c in 0..self.v {
                     let p = if c == lab {
-                        0.9
+                        self.p_own
                     } else {
-                        0.1 / (self.v - 1) as f32
+                        (1.0 - self.p_own) / (self.v - 1) as f32
                     };
                     lp.push(p.ln());
                 }
@@ -763,6 +831,7 @@ mod tests {
             v: 6,
             calls: 0,
             diffs_scored: 0,
+            p_own: 0.9,
         };
         let cfg = StreamConfig {
             window,
@@ -770,6 +839,7 @@ mod tests {
             keyframe_ratio: ratio,
             score_scaling: false,
             beam,
+            lookahead: None,
         };
         let mut s = Stream::new(cfg, 2, 6, 1);
         let mut out = Vec::new();
@@ -794,6 +864,7 @@ mod tests {
             v: 6,
             calls: 0,
             diffs_scored: 0,
+            p_own: 0.9,
         };
         let cfg = StreamConfig {
             window: 64,
@@ -801,6 +872,7 @@ mod tests {
             keyframe_ratio: 0.5,
             score_scaling: false,
             beam: 1,
+            lookahead: None,
         };
         let mut one = Stream::new(cfg, 2, 6, 1);
         let mut out = vec![];
@@ -818,48 +890,59 @@ mod tests {
         // a long stream, against the window reports: frame g is final in the
         // first window whose commit end passes it (mid-window for a full one,
         // the end for the flush); its score and keyframe are that window's
+        // (the commit end is `lookahead` frames before the window's end: by
+        // default half the stride, at most window - stride)
         let long: Vec<u32> = (0..6).flat_map(|_| labels.clone()).collect();
-        let cfg = StreamConfig {
-            window: 16,
-            stride: 4,
-            ..cfg
-        };
-        let mut st = Stream::new(cfg, 2, 6, 1);
-        let mut reps = vec![];
-        for &l in &long {
-            let mut rep = None;
-            st.push(&mut m, &[l as f32, l as f32], &mut out, &mut rep)
-                .unwrap();
-            reps.extend(rep);
-        }
-        reps.extend(st.flush(&mut m, &mut out).unwrap());
-        let (mut scores, mut keys, mut committed) = (vec![], vec![], 0u64);
-        for (i, r) in reps.iter().enumerate() {
-            let end = r.start + r.frames as u64;
-            let ce = if i + 1 == reps.len() {
-                end
-            } else {
-                end - (16 - 4) / 2
+        for (lookahead, behind) in [
+            (None, 2),
+            (Some(0), 0),
+            (Some(3), 3),
+            (Some(6), 6),
+            (Some(40), 12),
+        ] {
+            let cfg = StreamConfig {
+                window: 16,
+                stride: 4,
+                lookahead,
+                ..cfg
             };
-            for g in committed.max(r.start)..ce.min(end) {
-                let sc = if g > r.start {
-                    r.scores[(g - r.start - 1) as usize]
-                } else {
-                    0.0
-                };
-                scores.push(sc);
-                if r.keyframes.contains(&g) {
-                    keys.push(g);
-                }
+            let mut st = Stream::new(cfg, 2, 6, 1);
+            let mut reps = vec![];
+            for &l in &long {
+                let mut rep = None;
+                st.push(&mut m, &[l as f32, l as f32], &mut out, &mut rep)
+                    .unwrap();
+                reps.extend(rep);
             }
-            committed = committed.max(ce);
+            reps.extend(st.flush(&mut m, &mut out).unwrap());
+            let (mut scores, mut keys, mut committed) = (vec![], vec![], 0u64);
+            for (i, r) in reps.iter().enumerate() {
+                let end = r.start + r.frames as u64;
+                let ce = if i + 1 == reps.len() {
+                    end
+                } else {
+                    end - behind
+                };
+                for g in committed.max(r.start)..ce.min(end) {
+                    let sc = if g > r.start {
+                        r.scores[(g - r.start - 1) as usize]
+                    } else {
+                        0.0
+                    };
+                    scores.push(sc);
+                    if r.keyframes.contains(&g) {
+                        keys.push(g);
+                    }
+                }
+                committed = committed.max(ce);
+            }
+            let h = st.history();
+            assert_eq!(h.start, 0);
+            assert_eq!(Vec::from(h.scores.clone()), scores, "{lookahead:?}");
+            assert_eq!(scores.len(), long.len());
+            assert_eq!(Vec::from(h.keyframes.clone()), keys, "{lookahead:?}");
+            assert!(!keys.is_empty());
         }
-        let h = st.history();
-        assert_eq!(h.start, 0);
-        assert_eq!(Vec::from(h.scores.clone()), scores);
-        assert_eq!(scores.len(), long.len());
-        assert_eq!(Vec::from(h.keyframes.clone()), keys);
-        assert!(!keys.is_empty());
     }
 
     fn run(labels: &[u32], window: usize, stride: usize, ratio: f64) -> (Vec<Emitted>, u64) {
@@ -913,6 +996,60 @@ mod tests {
                 vec![1, 2, 3, 4, 5],
                 "window {window}"
             );
+        }
+    }
+
+    /// A beam gloss is final by the first window whose commit point is
+    /// `wait` (the lookahead) frames past its last frame, even on posteriors
+    /// so flat that the kept prefixes never agree: not at its segment's end.
+    #[test]
+    fn beam_glosses_are_final_a_wait_after_their_sign() {
+        let long: Vec<u32> = (0..6).flat_map(|_| five_glosses()).collect();
+        for (p_own, lookahead) in [(0.9, None), (0.5, None), (0.5, Some(5))] {
+            let mut m = Oracle {
+                v: 6,
+                calls: 0,
+                diffs_scored: 0,
+                p_own,
+            };
+            let cfg = StreamConfig {
+                window: 16,
+                stride: 4,
+                keyframe_ratio: 1.0,
+                score_scaling: false,
+                beam: 4,
+                lookahead,
+            };
+            let wait = cfg.lookahead_frames() as u64;
+            let mut s = Stream::new(cfg, 2, 6, 1);
+            let mut out = Vec::new();
+            for (i, &l) in long.iter().enumerate() {
+                let before = out.len();
+                s.push(&mut m, &[l as f32, l as f32], &mut out, &mut None)
+                    .unwrap();
+                for e in &out[before..] {
+                    let seen = i as u64 + 1;
+                    // final once committed frames reach e.end + wait: the
+                    // window ending `lookahead` later, at a stride's step;
+                    // and two strides more, as the best prefix may have
+                    // aligned it later a window before (far below a
+                    // segment: 64 rows or more)
+                    let bound = e.end + 1 + wait + wait + 3 * 4;
+                    assert!(
+                        seen <= bound,
+                        "{p_own} {lookahead:?}: gloss ending at {} came at {seen} > {bound}",
+                        e.end
+                    );
+                }
+            }
+            s.flush(&mut m, &mut out).unwrap();
+            // (at p 0.5 the posteriors hardly tell the labels apart: what
+            // counts there is when the glosses come, not which)
+            if p_own > 0.5 {
+                let ids: Vec<u32> = out.iter().map(|e| e.id).collect();
+                let want: Vec<u32> = (0..6).flat_map(|_| 1..=5).collect();
+                assert_eq!(ids, want, "{p_own} {lookahead:?}");
+            }
         }
     }
 

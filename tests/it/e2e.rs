@@ -164,6 +164,10 @@ fn batch_matches_eval(
     );
     // stream-bench's oracle: the clips one by one through the push API
     let bundle_dir = corpus.parent().unwrap().join("bundle");
-    let wer = signrt_trainer::streaming::clip_by_clip_wer(&bundle_dir, clips, 1, 25.0).unwrap();
+    let opts = signrt_runtime::recognizer::RecognizerOptions {
+        beam: 1,
+        ..Default::default()
+    };
+    let wer = signrt_trainer::streaming::clip_by_clip_wer(&bundle_dir, clips, opts).unwrap();
     assert!((wer - report.wer).abs() < 1e-12, "{wer} vs {}", report.wer);
 }

@@ -267,10 +267,14 @@ struct StreamBenchArgs {
     /// resident memory is reported after the first and the last pass).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Frames of lookahead to try (repeatable; default: the runtime's).
+    #[arg(long)]
+    lookahead: Vec<usize>,
 }
 
 fn stream_bench_cmd(a: StreamBenchArgs) -> anyhow::Result<()> {
     use signrt_runtime::endpoint::EndpointConfig;
+    use signrt_runtime::recognizer::RecognizerOptions;
     use signrt_trainer::streaming;
     let vocab = signrt_runtime::Vocab::load(&a.bundle.join("vocab.txt"))
         .with_context(|| format!("reading {}", a.bundle.display()))?;
@@ -284,22 +288,42 @@ fn stream_bench_cmd(a: StreamBenchArgs) -> anyhow::Result<()> {
     } else {
         a.rest_after_sign.clone()
     };
-    let configs = std::iter::once(None).chain(rests.into_iter().map(|r| {
-        Some(EndpointConfig {
-            rest_after_sign: r,
-            ..EndpointConfig::default()
-        })
-    }));
-    let beam = a.beam.max(1);
-    let clip_wer = streaming::clip_by_clip_wer(&a.bundle, &clips, beam, a.fps)?;
-    for endpoint in configs {
-        let r = streaming::measure(&a.bundle, &played, a.repeat, beam, a.fps, endpoint)?;
-        let mut v = serde_json::to_value(&r)?;
-        v["clip_by_clip_wer"] = clip_wer.into();
-        v["clips"] = clips.len().into();
-        v["gap_s"] = a.gap.into();
-        v["beam"] = a.beam.into();
-        println!("{v}");
+    let configs: Vec<Option<EndpointConfig>> = std::iter::once(None)
+        .chain(rests.into_iter().map(|r| {
+            Some(EndpointConfig {
+                rest_after_sign: r,
+                ..EndpointConfig::default()
+            })
+        }))
+        .collect();
+    let lookaheads: Vec<Option<usize>> = if a.lookahead.is_empty() {
+        vec![None]
+    } else {
+        a.lookahead.iter().copied().map(Some).collect()
+    };
+    for lookahead in lookaheads {
+        let opts = RecognizerOptions {
+            beam: a.beam.max(1),
+            fps: a.fps,
+            lookahead,
+            ..RecognizerOptions::default()
+        };
+        let clip_wer = streaming::clip_by_clip_wer(&a.bundle, &clips, opts)?;
+        for &endpoint in &configs {
+            let r = streaming::measure(
+                &a.bundle,
+                &played,
+                a.repeat,
+                RecognizerOptions { endpoint, ..opts },
+            )?;
+            let mut v = serde_json::to_value(&r)?;
+            v["clip_by_clip_wer"] = clip_wer.into();
+            v["clips"] = clips.len().into();
+            v["gap_s"] = a.gap.into();
+            v["beam"] = a.beam.into();
+            v["lookahead"] = lookahead.into();
+            println!("{v}");
+        }
     }
     Ok(())
 }

@@ -119,22 +119,21 @@ pub struct StreamReport {
 
 /// Runs the stream, `repeat` times over, through a push-API stream and
 /// scores it.
+/// Partials are always on: their latency is measured.
 pub fn measure(
     bundle: &Path,
     played: &Played,
     repeat: usize,
-    beam: usize,
-    fps: f32,
-    endpoint: Option<EndpointConfig>,
+    opts: RecognizerOptions,
 ) -> Result<StreamReport> {
-    let opts = RecognizerOptions {
-        beam,
-        endpoint,
-        memory_budget: None,
-        fps,
-        partials: true,
-    };
-    let rec = Recognizer::new(bundle, opts)?;
+    let (fps, endpoint) = (opts.fps, opts.endpoint);
+    let rec = Recognizer::new(
+        bundle,
+        RecognizerOptions {
+            partials: true,
+            ..opts
+        },
+    )?;
     let mut s = rec.create_stream()?;
     // (frame at which the event came out, event)
     let mut events: Vec<(u64, OwnedEvent)> = vec![];
@@ -180,14 +179,12 @@ impl Played {
 }
 
 /// WER of the clips decoded one by one, each in a fresh stream (the oracle a
-/// streamed run is held to).
-pub fn clip_by_clip_wer(bundle: &Path, clips: &[ClipSpec], beam: usize, fps: f32) -> Result<f64> {
+/// streamed run is held to); `opts`' endpointing and partials are not used.
+pub fn clip_by_clip_wer(bundle: &Path, clips: &[ClipSpec], opts: RecognizerOptions) -> Result<f64> {
     let opts = RecognizerOptions {
-        beam,
         endpoint: None,
-        memory_budget: None,
-        fps,
         partials: false,
+        ..opts
     };
     let rec = Recognizer::new(bundle, opts)?;
     let mut s = rec.create_stream()?;

@@ -111,6 +111,12 @@ typedef struct SignrtOptions {
    * Non-zero: `partial` events (glosses not final yet) among the events.
    */
   int32_t partials;
+  /**
+   * Frames of right context a posterior waits for before its glosses are
+   * final; fewer: final glosses sooner. -1: the default (half the bundle's
+   * stride).
+   */
+  int32_t lookahead;
 } SignrtOptions;
 
 /**

@@ -74,6 +74,10 @@ pub struct SignrtOptions {
     pub fps: f32,
     /// Non-zero: `partial` events (glosses not final yet) among the events.
     pub partials: i32,
+    /// Frames of right context a posterior waits for before its glosses are
+    /// final; fewer: final glosses sooner. -1: the default (half the bundle's
+    /// stride).
+    pub lookahead: i32,
 }
 
 /// One frame, borrowed for the call only. `format` is a [`SignrtPixelFormat`].
@@ -188,6 +192,7 @@ pub unsafe extern "C" fn signrt_options_default(options: *mut SignrtOptions) -> 
             memory_budget: 0,
             fps: d.fps,
             partials: i32::from(d.partials),
+            lookahead: d.lookahead.map_or(-1, |n| n as i32),
         };
         Ok(())
     })
@@ -220,6 +225,7 @@ pub unsafe extern "C" fn signrt_recognizer_create(
                 memory_budget: (o.memory_budget > 0).then_some(o.memory_budget as usize),
                 fps: o.fps,
                 partials: o.partials != 0,
+                lookahead: usize::try_from(o.lookahead).ok(),
             },
             None => RecognizerOptions::default(),
         };

@@ -111,7 +111,7 @@ fn run_matches_eval_from_folder_and_y4m() {
 
 /// `signrt run` over the test split's folder (a batch, two clips at a time)
 /// against the trainer's evaluation: the same hypotheses, and the same corpus
-/// counts and WER.
+/// counts and WER; and the counts against sclite's.
 fn batch_matches_eval(
     bundle: &Bundle,
     corpus: &std::path::Path,
@@ -156,6 +156,24 @@ fn batch_matches_eval(
         (c.sub, c.del, c.ins, c.n_ref)
     );
     assert_eq!(total.scored, clips.len());
+    // and sclite on the same hypotheses
+    let utterances: Vec<(String, String, String)> = clips
+        .iter()
+        .map(|c| (c.id.clone(), c.sentence.clone(), got[&c.id].clone()))
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    if let Some(s) = signrt_test_support::sclite::score(d.path(), &utterances) {
+        assert_eq!(
+            (
+                s.substitutions,
+                s.deletions,
+                s.insertions,
+                s.reference_words
+            ),
+            (c.sub, c.del, c.ins, c.n_ref),
+            "sclite vs signrt run"
+        );
+    }
     assert!(
         (total.wer - report.wer).abs() < 1e-12,
         "{} vs {}",

@@ -17,6 +17,7 @@
 pub mod ctc;
 pub mod encoders;
 pub mod grad;
+pub mod sclite;
 pub mod toy;
 
 use signrt_runtime::onnx::{encode, GraphBuilder};

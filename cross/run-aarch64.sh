@@ -81,6 +81,19 @@ say "  took $((SECONDS - t0)) s"
 say "aarch64: $QEMU $ARM_BIN info --bundle $BUNDLE"
 "$QEMU" "$ARM_BIN" info --bundle "$BUNDLE" > "$TMP/info.txt" || { cat "$TMP/info.txt" >&2; die "the aarch64 signrt info failed"; }
 sed 's/^/    /' "$TMP/info.txt" >&2
+# The int8 kernel tract picks by CPU model (#37): with FEAT_DotProd (Cortex-A76: Pi 5, Jetson Orin)
+# it must be the SDOT one, so the build must contain it; without (Cortex-A72: Pi 4) the SMLAL one.
+for cpu_want in cortex-a76:_dot cortex-a72:plain; do
+  cpu=${cpu_want%%:*} want=${cpu_want#*:}
+  kernel=$("$QEMU" -cpu "$cpu" "$ARM_BIN" info --bundle "$BUNDLE" 2>/dev/null | awk '$1 == "int8" && $2 == "mm" {print $3}')
+  say "aarch64 -cpu $cpu: tract's int8 matrix kernel: ${kernel:-none}"
+  case $want:$kernel in
+    _dot:*_dot) ;;
+    plain:*_dot|plain:) die "-cpu $cpu has no dot product, yet the int8 kernel is '${kernel:-none}'" ;;
+    plain:*) ;;
+    *) die "-cpu $cpu has the dot product, but tract picks '${kernel:-none}': the build lacks the SDOT kernel (tract-linalg's sdot probe failed?)" ;;
+  esac
+done
 say "aarch64: $QEMU $ARM_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
 "$QEMU" "$ARM_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||

@@ -64,7 +64,13 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
     out.push(check(
         "dispatch",
         Verdict::Ok,
-        format!("{d}; tract's tiers: {}", crate::isa::tract_tiers()),
+        format!(
+            "{d}; tract's tiers: {}; matrix kernels: {}",
+            crate::isa::tract_tiers(),
+            crate::isa::matmul_kernels()
+                .map(|(what, k)| format!("{what} {}", k.unwrap_or_else(|| "none".into())))
+                .join(", ")
+        ),
     ));
     out.extend(cameras());
     out.push(memory_check(&bundle, o));

@@ -178,6 +178,23 @@ pub fn tract_tiers() -> String {
         .join(" > ")
 }
 
+/// The kernel tract picks, on this CPU as dispatched, for an int8 (i8 × i8 → i32) and for an f32
+/// matrix product the size of an encoder convolution's (64 output channels, 64 × 3 × 3 inputs, a
+/// 16 × 16 map), weights packed ahead of time as a loaded graph's are. On aarch64 the int8 one
+/// names whether tract uses the dot-product (`sdot`) instructions. None: no kernel fits.
+pub fn matmul_kernels() -> [(&'static str, Option<String>); 2] {
+    use tract_linalg::mmm::Query;
+    use tract_onnx::prelude::DatumType;
+    let pick = |acc: DatumType| {
+        let mut q = Query::plain(acc, Some(64), Some(576), Some(256));
+        q.allow_extractor = false;
+        tract_linalg::MmmDispatch::native()
+            .pick(&q)
+            .map(|(mmm, _, _)| mmm.name().to_string())
+    };
+    [("int8", pick(DatumType::I32)), ("f32", pick(DatumType::F32))]
+}
+
 /// The decision [`prepare`] made, if it ran.
 pub fn decided() -> Option<&'static Dispatch> {
     DECIDED.get()

@@ -753,6 +753,10 @@ fn info(dir: &std::path::Path) -> Result<()> {
         signrt_runtime::isa::prepare(b.manifest.int8_compute())
     );
     println!("tiers       {}", signrt_runtime::isa::tract_tiers());
+    for (what, kernel) in signrt_runtime::isa::matmul_kernels() {
+        let kernel = kernel.unwrap_or_else(|| "none fits".into());
+        println!("{:<12}{kernel}", format!("{what} mm"));
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 #   SIGNRT_HOST_BIN          the host signrt to compare with (default: built here, `cargo build -p
 #                            signrt-runtime --bin signrt`, the workspace's dev profile, target/debug)
 #   SIGNRT_CROSS_BEAM          CTC beam width of the runs (default 5, as the README's command)
+#   SIGNRT_QEMU_CPU            qemu CPU model of the recognition run (default cortex-a76: SDOT int8)
 #   SIGNRT_CROSS_EXPECT_QUANT  the quantisation mode the bundle must report (default int8; `none` for
 #                            a float bundle, e.g. the toy bundle while developing)
 set -euo pipefail
@@ -31,6 +32,10 @@ EXPECT_QUANT=${SIGNRT_CROSS_EXPECT_QUANT:-int8}
 # CTC beam width of both runs: the README's `signrt run --beam 5`, with which the samples are checked
 BEAM=${SIGNRT_CROSS_BEAM:-5}
 QEMU=qemu-aarch64-static
+# The emulated CPU of the recognition run: a Cortex-A76 (Pi 5, Jetson Orin's A78 alike), so the
+# glosses are checked on the int8 path the target boards take (SDOT), not on qemu's default `max`
+# (SVE, which those boards lack).
+RUN_CPU=${SIGNRT_QEMU_CPU:-cortex-a76}
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -94,9 +99,9 @@ for cpu_want in cortex-a76:_dot cortex-a72:plain; do
     *) die "-cpu $cpu has the dot product, but tract picks '${kernel:-none}': the build lacks the SDOT kernel (tract-linalg's sdot probe failed?)" ;;
   esac
 done
-say "aarch64: $QEMU $ARM_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
+say "aarch64: $QEMU -cpu $RUN_CPU $ARM_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
-"$QEMU" "$ARM_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
+"$QEMU" -cpu "$RUN_CPU" "$ARM_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
   die "the aarch64 signrt failed under qemu on $BUNDLE / $SAMPLE"
 say "  took $((SECONDS - t0)) s"
 

@@ -192,7 +192,10 @@ pub fn matmul_kernels() -> [(&'static str, Option<String>); 2] {
             .pick(&q)
             .map(|(mmm, _, _)| mmm.name().to_string())
     };
-    [("int8", pick(DatumType::I32)), ("f32", pick(DatumType::F32))]
+    [
+        ("int8", pick(DatumType::I32)),
+        ("f32", pick(DatumType::F32)),
+    ]
 }
 
 /// The decision [`prepare`] made, if it ran.

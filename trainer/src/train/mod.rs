@@ -20,6 +20,7 @@ mod eval;
 pub mod loss;
 pub mod optim;
 mod replicas;
+pub mod tensorboard;
 mod trainer;
 
 pub use eval::{evaluate, evaluate_parallel, EvalReport, Hyp};

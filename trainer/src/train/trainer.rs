@@ -19,6 +19,7 @@ use crate::train::loss::{LossWeights, Weighting};
 use crate::train::optim::{
     clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, Ema, ParamGroup, ScheduleState,
 };
+use crate::train::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -72,6 +73,8 @@ pub struct Trainer {
     /// The data-parallel replicas' thread pools (`hardware.replicas` > 1).
     replicas: Option<Vec<rayon::ThreadPool>>,
     metrics: std::fs::File,
+    /// The same lines as TensorBoard scalars, in `RUN_DIR/tb/`.
+    events: EventWriter,
     pb: indicatif::ProgressBar,
     at: Position,
     best: Option<f64>,
@@ -116,6 +119,7 @@ impl Trainer {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        let events = EventWriter::create(&opts.out.join("tb"))?;
         let pb = progress_bar(opts, data.train.len(), at.step);
         let replicas = replica_pools(cfg, dev)?;
         Ok(Self {
@@ -130,6 +134,7 @@ impl Trainer {
             shared,
             replicas,
             metrics,
+            events,
             pb,
             at,
             best,
@@ -260,10 +265,8 @@ impl Trainer {
         } else {
             "trained"
         };
-        writeln!(
-            self.metrics,
-            "{}",
-            serde_json::json!({"kind": "eval", "split": "dev", "step": self.at.step, "model": model, "report": rep})
+        self.log_line(
+            serde_json::json!({"kind": "eval", "split": "dev", "step": self.at.step, "model": model, "report": rep}),
         )?;
         self.pb.println(format!(
             "step {}: dev WER {:.2}% (S {} D {} I {} / N {})",
@@ -388,8 +391,13 @@ impl Trainer {
         if let Some(g) = group_norms {
             rec["group_norms"] = serde_json::Value::Object(g);
         }
+        self.log_line(rec)
+    }
+
+    /// One line of `metrics.jsonl`, and its scalars in the TensorBoard events.
+    fn log_line(&mut self, rec: serde_json::Value) -> Result<()> {
         writeln!(self.metrics, "{rec}")?;
-        Ok(())
+        self.events.line(&rec)
     }
 
     /// The progress bar after a step: position, ETA and the step's losses.

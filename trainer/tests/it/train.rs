@@ -321,3 +321,50 @@ fn the_model_overfits_eight_videos() {
 /// other CPUs' rounding (the measured steps are in docs/experiments.md, "The
 /// overfit test").
 const OVERFIT_STEPS: u64 = 200;
+
+/// The TensorBoard events a run writes, read back by the `tensorboard` package
+/// (`tb_readback.py`): the same scalars, steps and values as `metrics.jsonl`.
+/// Python is `SIGNRT_PYTHON` (`.ci/run` makes a venv with tensorboard) or
+/// `python3`; outside CI a missing tensorboard is a note, in CI a failure.
+#[test]
+fn tensorboard_events_hold_the_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 4);
+    let mut c = tiny();
+    c.training.max_steps = 4;
+    let run = d.path().join("run");
+    train(&TrainOptions {
+        config: c,
+        data,
+        out: run.clone(),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        progress: false,
+    })
+    .unwrap();
+    let python = std::env::var("SIGNRT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tb_readback.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&run)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    if out.status.code() == Some(3) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{python} has no tensorboard package (.ci/run installs it)"
+        );
+        eprintln!("note: no tensorboard for {python}: the event files were not read back");
+        return;
+    }
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("tensorboard read back: {said}");
+    // steps and evaluations both: more than a handful of scalars
+    let tags: usize = said.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(tags > 10, "{said}");
+}

@@ -549,15 +549,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             lookahead,
         },
     )?;
-    log::info!(
-        "bundle {} needs {} with {} encoder thread{} for {} frames",
-        dir.display(),
-        pipe.need.describe(),
-        threads,
-        if threads == 1 { "" } else { "s" },
-        src.size()
-            .map_or("640x480".into(), |(w, h)| format!("{w}x{h}"))
-    );
+    log_need(&dir, &pipe, threads, src.size());
     pipe.set_stop_handle(stop);
     let opts = RunOptions {
         fps,
@@ -571,6 +563,18 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         budget,
         exit_stopped(),
     )
+}
+
+/// Logs what the pipeline needs (the memory budget's measure) for its threads and frame size.
+fn log_need(dir: &Path, pipe: &Pipeline, threads: usize, size: Option<(usize, usize)>) {
+    log::info!(
+        "bundle {} needs {} with {} encoder thread{} for {} frames",
+        dir.display(),
+        pipe.need.describe(),
+        threads,
+        if threads == 1 { "" } else { "s" },
+        size.map_or("640x480".into(), |(w, h)| format!("{w}x{h}"))
+    );
 }
 
 /// Prints the summary, warns of a passed budget, and gives the exit status.
@@ -680,22 +684,26 @@ fn run(cli: Cli) -> Result<i32> {
             memory_budget,
             sample,
         } => doctor_cmd(bundle, threads, camera, memory_budget, sample),
-        Cmd::Info { bundle, ops } => {
-            let dir = default_bundle(bundle)?;
-            info(&dir)?;
-            if ops {
-                let b = Bundle::open(&dir)?;
-                println!(
-                    "encoder ops (tract, optimised, 1x3x{}x{})",
-                    b.manifest.input.height, b.manifest.input.width
-                );
-                for (name, op, dts) in signrt_runtime::bench::encoder_ops(&b)? {
-                    println!("  {op:<28} {dts:<20} {name}");
-                }
-            }
-            Ok(0)
+        Cmd::Info { bundle, ops } => info_cmd(bundle, ops),
+    }
+}
+
+/// `signrt info`: the manifest and the dispatch, and with `ops` the encoder's ops as tract
+/// optimises them.
+fn info_cmd(bundle: Option<PathBuf>, ops: bool) -> Result<i32> {
+    let dir = default_bundle(bundle)?;
+    info(&dir)?;
+    if ops {
+        let b = Bundle::open(&dir)?;
+        println!(
+            "encoder ops (tract, optimised, 1x3x{}x{})",
+            b.manifest.input.height, b.manifest.input.width
+        );
+        for (name, op, dts) in signrt_runtime::bench::encoder_ops(&b)? {
+            println!("  {op:<28} {dts:<20} {name}");
         }
     }
+    Ok(0)
 }
 
 fn info(dir: &std::path::Path) -> Result<()> {

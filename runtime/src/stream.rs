@@ -224,9 +224,10 @@ const SETTLE_EPS: f64 = 1e-3;
 /// until a confident blank (p > 0.99) after at least `min_len` rows, or a
 /// row whose best label is the blank after `max_len` rows (a cut inside a
 /// sign would emit it twice), or `cap` rows whatever the row, and each
-/// segment is beam-searched on its own, a row at a time. A clip shorter than `min_len` is one segment. As each window adds
-/// rows, the labels that are final are emitted ([`BeamState::settle`]), so a
-/// gloss need not wait for the segment's end. A label is final when the kept
+/// segment is beam-searched on its own, a row at a time. A clip shorter than
+/// `min_len` is one segment. As each window adds rows, the labels that are
+/// final are emitted ([`BeamState::settle`]), so a gloss need not wait for
+/// the segment's end. A label is final when the kept
 /// prefixes agree on it, or at the latest `wait` frames (the stream's
 /// lookahead) after its sign ended: two readings that stay close (a gloss
 /// signed once or twice) would otherwise hold every later gloss back until

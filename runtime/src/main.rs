@@ -97,9 +97,9 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// window reads them (each replaces the one before).
         #[arg(long)]
         partial: bool,
-        /// Frames a window reads past the frames it makes final (default: the
-        /// bundle's `(window - stride) / 2`). Fewer: final glosses come sooner,
-        /// from posteriors that saw less of what follows.
+        /// Frames a window reads past the frames it makes final (default: half
+        /// the bundle's stride). Fewer: final glosses come sooner, from
+        /// posteriors that saw less of what follows.
         #[arg(long)]
         lookahead: Option<usize>,
     },

@@ -138,16 +138,8 @@ impl EventWriter {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{}",
-            now as u64,
-            std::process::id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let (file, path) =
+            create_unique(dir, &format!("events.out.tfevents.{}.{host}", now as u64))?;
         let mut w = Self { file, path };
         w.write(&event(now, 0, Some("brain.Event:2"), &[]))?;
         Ok(w)
@@ -168,6 +160,29 @@ impl EventWriter {
             .write_all(&record(data))
             .and_then(|()| self.file.flush())
             .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// A new file `dir/stem.PID`, or `stem.PID.K` for the first K free: a run resumed within the
+/// same second, in the same process, must not write into the file before it.
+fn create_unique(dir: &Path, stem: &str) -> Result<(std::fs::File, PathBuf)> {
+    let pid = std::process::id();
+    let mut k = 0;
+    loop {
+        let name = match k {
+            0 => format!("{stem}.{pid}"),
+            k => format!("{stem}.{pid}.{k}"),
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && k < 1000 => k += 1,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
     }
 }
 
@@ -194,6 +209,18 @@ mod tests {
             u32::from_le_bytes(r[15..].try_into().unwrap()),
             masked_crc(b"abc")
         );
+    }
+
+    /// Two writers in one directory in the same second (a resumed run) get two files.
+    #[test]
+    fn writers_in_the_same_second_get_their_own_files() {
+        let d = std::env::temp_dir().join(format!("signrt-tb-{}", std::process::id()));
+        let a = EventWriter::create(&d).unwrap();
+        let b = EventWriter::create(&d).unwrap();
+        assert_ne!(a.path, b.path);
+        let files = std::fs::read_dir(&d).unwrap().count();
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(files >= 2);
     }
 
     #[test]

@@ -174,6 +174,19 @@ fn batch_matches_eval(
             "sclite vs signrt run"
         );
     }
+    // and the trainer's own CTM / STM files (`signrt-train eval --ctm-out --stm-out`)
+    let (ctm, stm) = (d.path().join("hyp.ctm"), d.path().join("ref.stm"));
+    std::fs::write(&ctm, train::ctm(hyps)).unwrap();
+    std::fs::write(&stm, train::stm(hyps)).unwrap();
+    if let Some(s) = signrt_test_support::sclite::score_files(&stm, "stm", &ctm, "ctm") {
+        let got = (
+            s.substitutions,
+            s.deletions,
+            s.insertions,
+            s.reference_words,
+        );
+        assert_eq!(got, (c.sub, c.del, c.ins, c.n_ref), "sclite on CTM/STM");
+    }
     assert!(
         (total.wer - report.wer).abs() < 1e-12,
         "{} vs {}",

@@ -82,6 +82,12 @@ enum Cmd {
         /// Write `id<TAB>hypothesis<TAB>reference` lines here.
         #[arg(long)]
         hyp_out: Option<PathBuf>,
+        /// Write the hypotheses as sclite's CTM here (`sclite -h F ctm -r R stm`).
+        #[arg(long)]
+        ctm_out: Option<PathBuf>,
+        /// Write the references as sclite's STM here.
+        #[arg(long)]
+        stm_out: Option<PathBuf>,
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -328,12 +334,19 @@ fn stream_bench_cmd(a: StreamBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `signrt-train eval` writes the hypotheses besides its report.
+struct EvalOutputs {
+    hyp: Option<PathBuf>,
+    ctm: Option<PathBuf>,
+    stm: Option<PathBuf>,
+}
+
 fn eval_cmd(
     checkpoint: PathBuf,
     data_dir: PathBuf,
     split: String,
     beam: usize,
-    hyp_out: Option<PathBuf>,
+    outs: EvalOutputs,
     device: Device,
 ) -> anyhow::Result<()> {
     let dev = train::device(device)?;
@@ -341,13 +354,20 @@ fn eval_cmd(
     let format = data::detect(&data_dir)?;
     let (clips, samples) = train::clips(&data_dir, format, &split, &vocab)?;
     let (rep, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, beam.max(1), &dev)?;
-    if let Some(p) = hyp_out {
-        let text: String = hyps
-            .iter()
+    let tsv = || -> String {
+        hyps.iter()
             .map(|h| format!("{}\t{}\t{}\n", h.id, h.hyp.join(" "), h.reference.join(" ")))
-            .collect();
-        signrt_runtime::fsutil::write_atomic(&p, text.as_bytes())
-            .with_context(|| format!("writing {}", p.display()))?;
+            .collect()
+    };
+    for (path, text) in [
+        (outs.hyp, &tsv as &dyn Fn() -> String),
+        (outs.ctm, &|| train::ctm(&hyps)),
+        (outs.stm, &|| train::stm(&hyps)),
+    ] {
+        if let Some(p) = path {
+            signrt_runtime::fsutil::write_atomic(&p, text().as_bytes())
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
     }
     println!(
         "{split}: WER {:.2}% = (S {} + D {} + I {}) / N {}  over {} videos (beam {})",
@@ -460,11 +480,18 @@ fn main() {
             split,
             beam,
             hyp_out,
+            ctm_out,
+            stm_out,
             device,
             threads,
         } => {
             set_threads(threads.unwrap_or(0), 1);
-            eval_cmd(checkpoint, data, split, beam, hyp_out, device)
+            let outs = EvalOutputs {
+                hyp: hyp_out,
+                ctm: ctm_out,
+                stm: stm_out,
+            };
+            eval_cmd(checkpoint, data, split, beam, outs, device)
         }
     };
     if let Err(e) = result {

@@ -28,8 +28,24 @@ fn command() -> Option<Vec<&'static str>> {
 }
 
 /// Scores `(id, reference, hypothesis)` triples (glosses separated by spaces) with sclite, in
-/// `dir`. None when sclite is not installed; in CI (`CI` set) that is a failure instead.
+/// `dir`, as `trn` files. None when sclite is not installed; in CI (`CI` set) that is a failure
+/// instead.
 pub fn score(dir: &Path, utterances: &[(String, String, String)]) -> Option<Counts> {
+    let trn = |pick: fn(&(String, String, String)) -> &String| -> String {
+        utterances
+            .iter()
+            .map(|u| format!("{} ({})\n", pick(u), u.0))
+            .collect()
+    };
+    let (r, h) = (dir.join("ref.trn"), dir.join("hyp.trn"));
+    std::fs::write(&r, trn(|u| &u.1)).unwrap();
+    std::fs::write(&h, trn(|u| &u.2)).unwrap();
+    score_files(&r, "trn", &h, "trn")
+}
+
+/// Scores a hypothesis file against a reference file in the formats sclite names (`trn`, `ctm`,
+/// `stm`). None when sclite is not installed; in CI (`CI` set) that is a failure instead.
+pub fn score_files(reference: &Path, rfmt: &str, hypothesis: &Path, hfmt: &str) -> Option<Counts> {
     let Some(cmd) = command() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -40,24 +56,14 @@ pub fn score(dir: &Path, utterances: &[(String, String, String)]) -> Option<Coun
         );
         return None;
     };
-    let trn = |pick: fn(&(String, String, String)) -> &String| -> String {
-        utterances
-            .iter()
-            .map(|u| format!("{} ({})\n", pick(u), u.0))
-            .collect()
-    };
-    let (r, h) = (dir.join("ref.trn"), dir.join("hyp.trn"));
-    std::fs::write(&r, trn(|u| &u.1)).unwrap();
-    std::fs::write(&h, trn(|u| &u.2)).unwrap();
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .arg("-r")
-        .arg(&r)
-        .arg("trn")
-        .arg("-h")
-        .arg(&h)
-        .arg("trn")
-        .args(["-i", "rm", "-o", "dtl", "stdout"])
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..]).arg("-r").arg(reference).arg(rfmt);
+    c.arg("-h").arg(hypothesis).arg(hfmt);
+    if rfmt == "trn" {
+        c.args(["-i", "rm"]);
+    }
+    let out = c
+        .args(["-o", "dtl", "stdout"])
         .output()
         .expect("running sclite");
     let report = String::from_utf8_lossy(&out.stdout);

@@ -295,3 +295,44 @@ fn glosses(vocab: &Vocab, ids: &[u32]) -> Vec<String> {
         .filter_map(|&g| vocab.gloss(g as usize).map(String::from))
         .collect()
 }
+
+/// Seconds each gloss of a CTM line spans: the evaluation has no times, and
+/// sclite aligns by text within each clip's STM segment, as PHOENIX's
+/// official scoring does with its own placeholder times.
+const CTM_SLOT: f64 = 0.01;
+
+/// The hypotheses as sclite's CTM: `CLIP 1 START DURATION GLOSS`, one line a
+/// gloss, clips in name order.
+pub fn ctm(hyps: &[Hyp]) -> String {
+    let mut sorted: Vec<&Hyp> = hyps.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = String::new();
+    for h in sorted {
+        for (i, g) in h.hyp.iter().enumerate() {
+            out += &format!(
+                "{} 1 {:.3} {:.3} {g}\n",
+                h.id,
+                i as f64 * CTM_SLOT,
+                CTM_SLOT
+            );
+        }
+    }
+    out
+}
+
+/// The references as sclite's STM: `CLIP 1 signer 0 END GLOSSES`, one segment
+/// a clip covering every CTM slot of it, clips in name order.
+pub fn stm(hyps: &[Hyp]) -> String {
+    let mut sorted: Vec<&Hyp> = hyps.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = String::new();
+    for h in sorted {
+        let end = (h.hyp.len() + 1) as f64 * CTM_SLOT;
+        out += &format!(
+            "{} 1 signer 0.000 {end:.3} {}\n",
+            h.id,
+            h.reference.join(" ")
+        );
+    }
+    out
+}

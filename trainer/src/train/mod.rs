@@ -23,7 +23,7 @@ mod replicas;
 pub mod tensorboard;
 mod trainer;
 
-pub use eval::{evaluate, evaluate_parallel, EvalReport, Hyp};
+pub use eval::{ctm, evaluate, evaluate_parallel, stm, EvalReport, Hyp};
 pub use replicas::split_batch;
 pub use trainer::{Position, StepReport, Trainer};
 

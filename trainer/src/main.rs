@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signrt_trainer::config::{Config, Device};
+use signrt_trainer::data::phoenix_cleanup::{clean, Cleanup};
 use signrt_trainer::{data, synth, train};
 use std::path::PathBuf;
 
@@ -88,6 +89,9 @@ enum Cmd {
         /// Write the references as sclite's STM here.
         #[arg(long)]
         stm_out: Option<PathBuf>,
+        /// Gloss cleanup before scoring: PHOENIX's official rules (auto: by the dataset's format).
+        #[arg(long, value_enum, default_value = "auto")]
+        cleanup: CleanupArg,
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -339,6 +343,44 @@ struct EvalOutputs {
     hyp: Option<PathBuf>,
     ctm: Option<PathBuf>,
     stm: Option<PathBuf>,
+    cleanup: CleanupArg,
+}
+
+/// `signrt-train eval --cleanup`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CleanupArg {
+    /// PHOENIX-2014's rules for PHOENIX-2014, PHOENIX-2014-T's for it, none otherwise.
+    Auto,
+    None,
+    Phoenix2014,
+    Phoenix2014t,
+}
+
+impl CleanupArg {
+    fn rules(self, format: data::Format) -> Option<Cleanup> {
+        match (self, format) {
+            (CleanupArg::Auto, data::Format::Phoenix2014) | (CleanupArg::Phoenix2014, _) => {
+                Some(Cleanup::Phoenix2014)
+            }
+            (CleanupArg::Auto, data::Format::Phoenix2014t) | (CleanupArg::Phoenix2014t, _) => {
+                Some(Cleanup::Phoenix2014t)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The hypotheses and references after `rules`, and the report's WER and counts over them.
+fn apply_cleanup(rules: Cleanup, rep: &mut train::EvalReport, hyps: &mut [train::Hyp]) {
+    use signrt_runtime::wer::{align_counts, EditCosts, ErrorCounts};
+    let mut counts = ErrorCounts::default();
+    for h in hyps.iter_mut() {
+        h.hyp = clean(rules, &h.hyp);
+        h.reference = clean(rules, &h.reference);
+        counts.add(&align_counts(&h.reference, &h.hyp, EditCosts::SCLITE));
+    }
+    rep.wer = counts.wer();
+    rep.counts = counts;
 }
 
 fn eval_cmd(
@@ -353,7 +395,12 @@ fn eval_cmd(
     let (model, _vm, cfg, vocab) = train::load_model(&checkpoint, &dev)?;
     let format = data::detect(&data_dir)?;
     let (clips, samples) = train::clips(&data_dir, format, &split, &vocab)?;
-    let (rep, hyps) = train::evaluate(&model, &cfg, &vocab, &clips, &samples, beam.max(1), &dev)?;
+    let (mut rep, mut hyps) =
+        train::evaluate(&model, &cfg, &vocab, &clips, &samples, beam.max(1), &dev)?;
+    let rules = outs.cleanup.rules(format);
+    if let Some(r) = rules {
+        apply_cleanup(r, &mut rep, &mut hyps);
+    }
     let tsv = || -> String {
         hyps.iter()
             .map(|h| format!("{}\t{}\t{}\n", h.id, h.hyp.join(" "), h.reference.join(" ")))
@@ -369,8 +416,9 @@ fn eval_cmd(
                 .with_context(|| format!("writing {}", p.display()))?;
         }
     }
+    let cleaned = rules.map_or(String::new(), |r| format!(", {r:?} cleanup"));
     println!(
-        "{split}: WER {:.2}% = (S {} + D {} + I {}) / N {}  over {} videos (beam {})",
+        "{split}: WER {:.2}% = (S {} + D {} + I {}) / N {}  over {} videos (beam {}{cleaned})",
         100.0 * rep.wer,
         rep.counts.sub,
         rep.counts.del,
@@ -482,6 +530,7 @@ fn main() {
             hyp_out,
             ctm_out,
             stm_out,
+            cleanup,
             device,
             threads,
         } => {
@@ -490,6 +539,7 @@ fn main() {
                 hyp: hyp_out,
                 ctm: ctm_out,
                 stm: stm_out,
+                cleanup,
             };
             eval_cmd(checkpoint, data, split, beam, outs, device)
         }
@@ -497,5 +547,53 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod cleanup_tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_the_dataset_and_a_named_rule_set_wins() {
+        use data::Format::{Phoenix2014, Phoenix2014t, Seed};
+        let p14 = Some(Cleanup::Phoenix2014);
+        let p14t = Some(Cleanup::Phoenix2014t);
+        assert_eq!(CleanupArg::Auto.rules(Phoenix2014), p14);
+        assert_eq!(CleanupArg::Auto.rules(Phoenix2014t), p14t);
+        assert_eq!(CleanupArg::Auto.rules(Seed), None);
+        assert_eq!(CleanupArg::None.rules(Phoenix2014), None);
+        assert_eq!(CleanupArg::Phoenix2014t.rules(Seed), p14t);
+        assert_eq!(CleanupArg::Phoenix2014.rules(Phoenix2014t), p14);
+    }
+
+    /// The report's counts are recomputed on the cleaned glosses, by hand:
+    /// clip 1 matches once the markers go (0 errors), clip 2 keeps one
+    /// substitution (B for C) of 2 reference glosses.
+    #[test]
+    fn cleanup_rescores_the_report() {
+        let h = |id: &str, hyp: &str, r: &str| train::Hyp {
+            id: id.into(),
+            hyp: hyp.split_whitespace().map(String::from).collect(),
+            reference: r.split_whitespace().map(String::from).collect(),
+        };
+        let mut hyps = vec![
+            h("1", "A loc-B B", "__ON__ A B __OFF__"),
+            h("2", "X B", "X C-PLUSPLUS"),
+        ];
+        let mut rep = train::EvalReport::default();
+        apply_cleanup(Cleanup::Phoenix2014t, &mut rep, &mut hyps);
+        assert_eq!(hyps[0].hyp, ["A", "B"]);
+        assert_eq!(hyps[0].reference, ["A", "B"]);
+        assert_eq!(
+            (
+                rep.counts.sub,
+                rep.counts.del,
+                rep.counts.ins,
+                rep.counts.n_ref
+            ),
+            (1, 0, 0, 4)
+        );
+        assert!((rep.wer - 0.25).abs() < 1e-12);
     }
 }

@@ -14,6 +14,7 @@
 pub mod augment;
 pub mod cli;
 pub mod loader;
+pub mod phoenix_cleanup;
 
 use signrt_runtime::source::{list_frames, SourceError};
 use signrt_runtime::Vocab;

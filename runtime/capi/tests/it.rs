@@ -50,13 +50,17 @@ fn static_lib() -> PathBuf {
         Some("release") => "release",
         _ => "test",
     };
+    // The workspace's libraries with its examples: like `cargo test --workspace`, that turns the
+    // dev-dependencies' features on, so tract and the runtime are the test build's, not built
+    // again with other features (`-p signrt-capi` alone rebuilt them, minutes on 2 cores).
+    // Examples are only compiled by `cargo test`, never run, so none is rewritten while it runs.
     let out = Command::new(cargo)
         .args([
             "build",
             "--quiet",
-            "-p",
-            "signrt-capi",
+            "--workspace",
             "--lib",
+            "--examples",
             "--profile",
             profile,
         ])

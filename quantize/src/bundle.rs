@@ -1,9 +1,14 @@
 //! Float bundle in, quantised bundle out.
 //!
 //! The output is written into `<out>.partial-<pid>` and renamed into place, so
-//! a failed run never leaves half a bundle. `vocab.txt`, `scorer.onnx` and
-//! `temporal.onnx` are copied unchanged (the LSTM stays f32); `encoder.onnx` is
-//! rewritten; the manifest gets a `quantization` section and new checksums.
+//! a failed run never leaves half a bundle. `encoder.onnx` is rewritten, and
+//! in int8 mode `temporal.onnx` too (its BiLSTM's input projection on integer
+//! kernels: [`crate::lstm`]); `vocab.txt` and `scorer.onnx` are copied
+//! unchanged (the ConvGRU stays f32: its convolutions are too small to gain).
+//! With `keep_float` the float encoder and temporal graphs go in beside them
+//! (`encoder.f32.onnx`, `temporal.f32.onnx`), named in the manifest's
+//! `float_graphs`, for CPUs without int8 dot products. The manifest gets a
+//! `quantization` section and new checksums.
 
 use crate::calib::{self, Method, Stats};
 use crate::proto;
@@ -43,7 +48,15 @@ pub struct Options {
     pub samples: usize,
     pub mode: Mode,
     pub out: PathBuf,
+    /// int8 mode: also the temporal graph's BiLSTM (else it stays f32).
+    pub temporal_int8: bool,
+    /// Also carry the float graphs, for the runtime to choose by CPU.
+    pub keep_float: bool,
 }
+
+/// File names of the float graphs in a bundle that carries both.
+pub const FLOAT_ENCODER: &str = "encoder.f32.onnx";
+pub const FLOAT_TEMPORAL: &str = "temporal.f32.onnx";
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -56,6 +69,8 @@ pub struct Outcome {
     pub videos: usize,
     pub float_encoder_bytes: u64,
     pub int8_encoder_bytes: u64,
+    /// The rewritten temporal graph's projection weights (empty: it stayed f32).
+    pub temporal_weights: Vec<WeightSummary>,
 }
 
 /// Opens the float bundle and refuses an already quantised one.
@@ -85,10 +100,12 @@ pub fn ranges_of(stats: &HashMap<String, Stats>, method: Method) -> HashMap<Stri
 
 fn summary(
     opts: &Options,
-    acts: &[ActSummary],
-    weights: &[WeightSummary],
+    rewritten: &Rewritten,
+    temporal: Option<&[WeightSummary]>,
     counts: &std::collections::BTreeMap<String, usize>,
 ) -> serde_json::Value {
+    let (acts, weights): (&[ActSummary], &[WeightSummary]) =
+        (&rewritten.activations, &rewritten.weights);
     let form = match opts.mode {
         Mode::Int8(f) => serde_json::json!({
             "activations": match f.act {
@@ -112,7 +129,14 @@ fn summary(
     let smin = acts.iter().map(|a| a.scale).fold(f32::INFINITY, f32::min);
     let smax = acts.iter().map(|a| a.scale).fold(0.0, f32::max);
     serde_json::json!({
-        "graphs": { "encoder": opts.mode.name(), "scorer": "f32", "temporal": "f32" },
+        "graphs": {
+            "encoder": opts.mode.name(),
+            "scorer": "f32",
+            "temporal": if temporal.is_some() {
+                "int8 input projection (DynamicQuantizeLinear, MatMulInteger; i8 weights per gate row), f32 recurrence"
+            } else { "f32" },
+        },
+        "float_graphs": opts.keep_float,
         "calibration_split": opts.calib_split,
         "calibration_frames_per_video": calib::FRAMES_PER_VIDEO,
         "form": form,
@@ -123,6 +147,10 @@ fn summary(
         "activations": acts.iter().map(|a| serde_json::json!({
             "tensor": a.tensor, "scale": a.scale, "zero_point": a.zero_point,
             "min": a.min, "max": a.max,
+        })).collect::<Vec<_>>(),
+        "temporal_weights": temporal.unwrap_or_default().iter().map(|w| serde_json::json!({
+            "layer": w.layer, "op": w.op, "scales": w.scales,
+            "scale_min": w.scale_min, "scale_max": w.scale_max,
         })).collect::<Vec<_>>(),
         "weights": weights.iter().map(|w| serde_json::json!({
             "layer": w.layer, "op": w.op, "scales": w.scales,
@@ -150,8 +178,17 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         videos,
     } = rewrite_encoder(opts, &enc, m)?;
     check_output_shape(&rewritten, m)?;
+    let temporal = match opts.mode {
+        Mode::Int8(_) if opts.temporal_int8 => {
+            let path = b.path_of(&m.temporal);
+            let (model, weights) = crate::lstm::quantize_temporal(&proto::read_model(&path)?)
+                .map_err(|e| QuantizeError::Graph(format!("{}: {e}", path.display())))?;
+            (!weights.is_empty()).then_some((model, weights))
+        }
+        _ => None,
+    };
     let tmp = fresh_partial_dir(&opts.out)?;
-    let manifest = match write_bundle(opts, &b, &rewritten, videos, &tmp) {
+    let manifest = match write_bundle(opts, &b, &rewritten, temporal.as_ref(), videos, &tmp) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -168,6 +205,7 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         videos,
         float_encoder_bytes,
         int8_encoder_bytes,
+        temporal_weights: temporal.map(|t| t.1).unwrap_or_default(),
     })
 }
 
@@ -271,16 +309,42 @@ fn write_bundle(
     opts: &Options,
     b: &Bundle,
     rewritten: &Rewritten,
+    temporal: Option<&(pb::ModelProto, Vec<WeightSummary>)>,
     videos: usize,
     tmp: &Path,
 ) -> Result<signrt_runtime::Manifest, QuantizeError> {
     let m = &b.manifest;
-    for f in [&m.vocabulary, &m.scorer, &m.temporal] {
-        std::fs::copy(b.path_of(f), tmp.join(f)).map_err(io(&b.path_of(f)))?;
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(b.path_of(from), tmp.join(to)).map_err(io(&b.path_of(from)))
+    };
+    for f in [&m.vocabulary, &m.scorer] {
+        copy(f, f)?;
     }
-    let enc_out = tmp.join(&m.encoder);
-    signrt_runtime::onnx::write_model(&rewritten.model, &enc_out).map_err(io(&enc_out))?;
+    let write = |model: &pb::ModelProto, name: &str| {
+        let p = tmp.join(name);
+        signrt_runtime::onnx::write_model(model, &p).map_err(io(&p))
+    };
+    write(&rewritten.model, &m.encoder)?;
+    match temporal {
+        Some((t, _)) => write(t, &m.temporal)?,
+        None => copy(&m.temporal, &m.temporal).map(|_| ())?,
+    }
     let mut manifest = m.clone();
+    if opts.keep_float {
+        copy(&m.encoder, FLOAT_ENCODER)?;
+        let temporal_f32 = match temporal {
+            Some(_) => {
+                copy(&m.temporal, FLOAT_TEMPORAL)?;
+                FLOAT_TEMPORAL
+            }
+            None => &m.temporal,
+        };
+        manifest.float_graphs = Some(signrt_runtime::bundle::GraphFiles {
+            encoder: FLOAT_ENCODER.into(),
+            scorer: m.scorer.clone(),
+            temporal: temporal_f32.into(),
+        });
+    }
     manifest.producer = concat!("signrt-quantize ", env!("CARGO_PKG_VERSION")).into();
     let counts = rewrite::op_counts(&rewritten.model);
     manifest.quantization = Some(Quantization {
@@ -290,7 +354,7 @@ fn write_bundle(
             Mode::Int8Weights => "none (weights only)".into(),
         },
         samples: videos,
-        summary: summary(opts, &rewritten.activations, &rewritten.weights, &counts),
+        summary: summary(opts, rewritten, temporal.map(|t| t.1.as_slice()), &counts),
     });
     manifest.seal_and_write(tmp)?;
     if opts.out.exists() {

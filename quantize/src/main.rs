@@ -41,6 +41,12 @@ enum ActArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum TemporalArg {
+    Int8,
+    F32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum WeightsArg {
     PerTensor,
     PerChannel,
@@ -85,6 +91,14 @@ struct QuantArgs {
     /// Weight scales (int8 mode).
     #[arg(long, value_enum, default_value = "per-tensor")]
     weights: WeightsArg,
+    /// The temporal graph's precision (int8 mode): int8 = its BiLSTM's input
+    /// projection on integer kernels; f32 = copied as it is.
+    #[arg(long, value_enum, default_value = "int8")]
+    temporal: TemporalArg,
+    /// Also carry the float graphs (`encoder.f32.onnx`, `temporal.f32.onnx`):
+    /// the runtime then runs f32 on CPUs without int8 dot products (`--precision auto`).
+    #[arg(long)]
+    keep_float: bool,
     /// Where to write the quantised bundle (must not exist or be empty).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -175,12 +189,17 @@ fn quantize(q: QuantArgs) -> Result<()> {
         samples: q.samples,
         mode,
         out: out.clone(),
+        temporal_int8: q.temporal == TemporalArg::Int8,
+        keep_float: q.keep_float,
     };
     let outcome = bundle::quantize_bundle(&opts)
         .with_context(|| format!("quantising {}", bundle_dir.display()))?;
     println!("wrote {}", out.display());
     let float = Bundle::open(&bundle_dir)?;
-    let int8 = Bundle::open(&out).with_context(|| format!("re-opening {}", out.display()))?;
+    // the int8 graphs, whatever this CPU would pick
+    let int8 = Bundle::open(&out)
+        .and_then(|b| b.with_precision(signrt_runtime::Precision::Int8))
+        .with_context(|| format!("re-opening {}", out.display()))?;
     let layers = match mode {
         Mode::Int8(form) => {
             let enc = proto::read_model(&float.path_of(&float.manifest.encoder))?;

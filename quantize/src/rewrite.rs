@@ -139,7 +139,7 @@ pub fn quantized_op(model: &pb::ModelProto) -> Option<String> {
 impl WeightSummary {
     /// The summary of weights `w` of `layer` quantised with `scales` (all
     /// positive: an all-zero block gets scale 1).
-    fn of(layer: &str, op: &str, w: &[f32], scales: &[f32]) -> Self {
+    pub(crate) fn of(layer: &str, op: &str, w: &[f32], scales: &[f32]) -> Self {
         WeightSummary {
             layer: layer.into(),
             op: op.into(),

@@ -193,11 +193,14 @@ pub fn run(
     set_default_executor(Executor::SingleThread);
     Ok(BenchReport {
         bundle: bundle.dir.display().to_string(),
-        quantization: m
-            .quantization
-            .as_ref()
-            .map_or("none (float)".into(), |q| q.mode.clone()),
-        dispatch: crate::isa::prepare(m.int8_compute()).to_string(),
+        quantization: match &m.quantization {
+            None => "none (float)".into(),
+            Some(q) => format!(
+                "{}; running {} graphs ({})",
+                q.mode, bundle.choice.precision, bundle.choice.reason
+            ),
+        },
+        dispatch: crate::isa::prepare(bundle.int8_compute()).to_string(),
         camera_frame: camera,
         stream_frames,
         per_threads: per,
@@ -398,7 +401,7 @@ pub fn compare_encoders(
 ) -> Result<(Stat, Stat), PipelineError> {
     set_default_executor(Executor::SingleThread);
     // tract's CPU dispatch is decided once: for int8 if either bundle is int8
-    crate::isa::prepare(a.manifest.int8_compute() || b.manifest.int8_compute());
+    crate::isa::prepare(a.int8_compute() || b.int8_compute());
     let mut ma = crate::engine::TractModel::load(a)?;
     let mut mb = crate::engine::TractModel::load(b)?;
     let input = |bundle: &Bundle| {
@@ -439,12 +442,12 @@ pub fn encoder_ops(
 ) -> Result<Vec<(String, String, String)>, crate::engine::EngineError> {
     use tract_onnx::prelude::*;
     let m = &bundle.manifest;
-    let path = bundle.path_of(&m.encoder);
+    let path = bundle.path_of(&bundle.graph_files().encoder);
     let err = |e: TractError| crate::engine::EngineError::Load {
         path: path.clone(),
         message: format!("{e:#}"),
     };
-    crate::isa::prepare(m.int8_compute());
+    crate::isa::prepare(bundle.int8_compute());
     let model = tract_onnx::onnx()
         .model_for_path(&path)
         .map_err(err)?

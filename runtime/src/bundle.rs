@@ -13,6 +13,10 @@
 //! temporal.onnx   selected keyframe features (1,K,C*G*G) -> CTC log-probs (1,K,V)
 //! ```
 //!
+//! A quantised bundle's three graphs are its int8 ones; it may also carry the
+//! float graphs it was made from (`float_graphs`, e.g. `encoder.f32.onnx`), and
+//! then [`Bundle::open`] runs whichever suits the CPU ([`crate::precision`]).
+//!
 //! The scorer's state is an input and an output so that the runtime carries it
 //! across the stream: every frame difference goes through the ConvGRU once.
 //! The softmax over a window's logits, top-K keyframe selection and putting the
@@ -77,6 +81,11 @@ pub enum BundleError {
     },
     #[error(transparent)]
     Vocab(#[from] VocabError),
+    #[error("{path}: {source}")]
+    Precision {
+        path: PathBuf,
+        source: crate::precision::Unavailable,
+    },
 }
 
 /// What the runtime needs to know of the model; other keys are kept as they are
@@ -169,6 +178,18 @@ pub struct Manifest {
     /// `null` for a float bundle.
     #[serde(default)]
     pub quantization: Option<Quantization>,
+    /// A quantised bundle's float graphs, when it carries them too (a graph that
+    /// stayed f32 is named once, in both sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_graphs: Option<GraphFiles>,
+}
+
+/// The three graphs' file names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphFiles {
+    pub encoder: String,
+    pub scorer: String,
+    pub temporal: String,
 }
 
 /// Hex sha256 and size of a file, streamed.
@@ -219,6 +240,7 @@ impl Manifest {
             temporal: "temporal.onnx".into(),
             files: BTreeMap::new(),
             quantization: None,
+            float_graphs: None,
         }
     }
 
@@ -228,14 +250,36 @@ impl Manifest {
         self.quantization.as_ref().is_some_and(|q| q.mode == "int8")
     }
 
-    /// The files the manifest refers to by role.
-    pub fn referenced_files(&self) -> [&str; 4] {
-        [
-            &self.vocabulary,
+    /// The files the manifest refers to by role (each once).
+    pub fn referenced_files(&self) -> Vec<&str> {
+        let mut v = vec![
+            self.vocabulary.as_str(),
             &self.encoder,
             &self.scorer,
             &self.temporal,
-        ]
+        ];
+        if let Some(f) = &self.float_graphs {
+            for n in [&f.encoder, &f.scorer, &f.temporal] {
+                if !v.contains(&n.as_str()) {
+                    v.push(n);
+                }
+            }
+        }
+        v
+    }
+
+    /// The graphs that compute in `precision` (`F32` or `Int8`), if the bundle has them.
+    pub fn graphs(&self, precision: crate::Precision) -> Option<GraphFiles> {
+        let main = GraphFiles {
+            encoder: self.encoder.clone(),
+            scorer: self.scorer.clone(),
+            temporal: self.temporal.clone(),
+        };
+        match (precision, self.int8_compute()) {
+            (crate::Precision::Int8, true) | (crate::Precision::F32, false) => Some(main),
+            (crate::Precision::F32, true) => self.float_graphs.clone(),
+            _ => None,
+        }
     }
 
     /// Recomputes `files` from the referenced files in `dir`, then writes the
@@ -335,6 +379,9 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub vocab: Vocab,
+    /// Which graphs run: f32 or int8, and why ([`Bundle::with_precision`]).
+    pub choice: crate::precision::Choice,
+    graphs: GraphFiles,
 }
 
 impl Bundle {
@@ -418,11 +465,59 @@ impl Bundle {
                 ),
             });
         }
-        Ok(Self {
+        let mut b = Self {
             dir: dir.into(),
+            graphs: GraphFiles {
+                encoder: manifest.encoder.clone(),
+                scorer: manifest.scorer.clone(),
+                temporal: manifest.temporal.clone(),
+            },
+            choice: crate::precision::Choice {
+                precision: crate::Precision::F32,
+                reason: String::new(),
+            },
             manifest,
             vocab,
-        })
+        };
+        b.choose(crate::Precision::Auto, &crate::precision::Cpu::detect())?;
+        Ok(b)
+    }
+
+    /// The same bundle running the graphs `p` asks for (`auto`: by this CPU).
+    pub fn with_precision(mut self, p: crate::Precision) -> Result<Self, BundleError> {
+        self.choose(p, &crate::precision::Cpu::detect())?;
+        Ok(self)
+    }
+
+    /// Chooses the graphs for `p` on `cpu` (the rule: [`crate::precision::choose`]).
+    pub fn choose(
+        &mut self,
+        p: crate::Precision,
+        cpu: &crate::precision::Cpu,
+    ) -> Result<(), BundleError> {
+        use crate::Precision::{Int8, F32};
+        let m = &self.manifest;
+        let err = |source| BundleError::Precision {
+            path: self.dir.join(MANIFEST_FILE),
+            source,
+        };
+        let c = crate::precision::choose(p, m.graphs(F32).is_some(), m.graphs(Int8).is_some(), cpu)
+            .map_err(err)?;
+        self.graphs = m
+            .graphs(c.precision)
+            .expect("choose() picks a set the bundle has");
+        self.choice = c;
+        Ok(())
+    }
+
+    /// Whether the graphs that run compute in int8.
+    pub fn int8_compute(&self) -> bool {
+        self.choice.precision == crate::Precision::Int8 && self.manifest.int8_compute()
+    }
+
+    /// The graphs that run (the chosen precision's).
+    pub fn graph_files(&self) -> &GraphFiles {
+        &self.graphs
     }
 
     pub fn path_of(&self, name: &str) -> PathBuf {

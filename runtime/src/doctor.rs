@@ -32,6 +32,8 @@ pub struct DoctorOptions {
     pub budget: Option<usize>,
     /// A clip to recognise (default: the shipped samples beside the bundle).
     pub sample: Option<PathBuf>,
+    /// Which of the bundle's graphs to run (`--precision`).
+    pub precision: crate::Precision,
 }
 
 fn check(what: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
@@ -45,7 +47,7 @@ fn check(what: &'static str, verdict: Verdict, detail: impl Into<String>) -> Che
 /// Runs every check; the bundle's are skipped (failed) when it cannot be opened.
 pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
     let mut out = vec![cpu_check()];
-    let bundle = match Bundle::open(dir) {
+    let bundle = match Bundle::open(dir).and_then(|b| b.with_precision(o.precision)) {
         Ok(b) => {
             out.push(check(
                 "bundle",
@@ -60,7 +62,15 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
             return out;
         }
     };
-    let d = crate::isa::prepare(bundle.manifest.int8_compute());
+    out.push(check(
+        "precision",
+        Verdict::Ok,
+        format!(
+            "running the {} graphs: {}",
+            bundle.choice.precision, bundle.choice.reason
+        ),
+    ));
+    let d = crate::isa::prepare(bundle.int8_compute());
     out.push(check(
         "dispatch",
         Verdict::Ok,

@@ -108,14 +108,15 @@ pub struct TractModel {
 impl TractModel {
     pub fn load(bundle: &Bundle) -> Result<Self, EngineError> {
         let m = &bundle.manifest;
-        crate::isa::prepare(m.int8_compute());
+        crate::isa::prepare(bundle.int8_compute());
+        let files = bundle.graph_files();
         let (h, w) = (m.input.height, m.input.width);
         let c = m.model.feature_dim;
         let g = m.model.grid;
         let enc_fact = InferenceFact::dt_shape(f32::datum_type(), tvec!(1, 3, h, w));
-        let encoder = load(&bundle.path_of(&m.encoder), Some(enc_fact))?;
-        let scorer = load(&bundle.path_of(&m.scorer), None)?;
-        let temporal = load(&bundle.path_of(&m.temporal), None)?;
+        let encoder = load(&bundle.path_of(&files.encoder), Some(enc_fact))?;
+        let scorer = load(&bundle.path_of(&files.scorer), None)?;
+        let temporal = load(&bundle.path_of(&files.temporal), None)?;
         let mut me = Self {
             encoder: Encoder {
                 plan: encoder,
@@ -136,7 +137,7 @@ impl TractModel {
         let shape = run1(&me.encoder.plan, "encoder", &[1, 3, h, w], &zeros, &mut out)?;
         if shape != [1, c, g, g] {
             return Err(EngineError::Mismatch {
-                path: bundle.path_of(&m.encoder),
+                path: bundle.path_of(&files.encoder),
                 message: format!("output shape {shape:?}, manifest says [1, {c}, {g}, {g}]"),
             });
         }
@@ -146,12 +147,12 @@ impl TractModel {
         let two = vec![0f32; 2 * me.feature_len];
         me.score(&two, 2, &mut state, &mut logits)
             .map_err(|e| EngineError::Mismatch {
-                path: bundle.path_of(&m.scorer),
+                path: bundle.path_of(&files.scorer),
                 message: e.to_string(),
             })?;
         if logits.len() != 1 {
             return Err(EngineError::Mismatch {
-                path: bundle.path_of(&m.scorer),
+                path: bundle.path_of(&files.scorer),
                 message: format!("{} logits for 2 frames, expected 1", logits.len()),
             });
         }

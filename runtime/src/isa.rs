@@ -34,6 +34,8 @@ pub struct X86Features {
     pub avx2: bool,
     pub fma: bool,
     pub avx512f: bool,
+    /// AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
+    pub avx512vnni: bool,
     pub avxvnni: bool,
     /// Intel AMX with int8 tiles (CPUID leaf 7: AMX-TILE and AMX-INT8).
     pub amx_int8: bool,
@@ -48,6 +50,7 @@ impl X86Features {
                 avx2: std::arch::is_x86_feature_detected!("avx2"),
                 fma: std::arch::is_x86_feature_detected!("fma"),
                 avx512f: std::arch::is_x86_feature_detected!("avx512f"),
+                avx512vnni: std::arch::is_x86_feature_detected!("avx512vnni"),
                 avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
                 amx_int8: cpuid_amx_int8(),
             }
@@ -217,6 +220,7 @@ mod tests {
                 avx512f: bits & 4 != 0,
                 avxvnni: bits & 8 != 0,
                 amx_int8: bits & 16 != 0,
+                ..Default::default()
             };
             let zen2 = bits & 0b1111 == 0b0011;
             let amx = bits & 16 != 0 && bits & 4 != 0;

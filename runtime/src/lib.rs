@@ -29,6 +29,7 @@ pub mod isa;
 pub mod memory;
 /// The streaming pipeline: source -> encoder -> windows -> glosses and a summary.
 pub mod pipeline;
+pub mod precision;
 /// The push API: a loaded recogniser, and streams fed one frame at a time.
 pub mod recognizer;
 /// Frame sources behind one trait: Y4M files and stdin, image folders, memory.
@@ -68,4 +69,5 @@ mod natural;
 mod workers;
 
 pub use bundle::{Bundle, BundleError, Manifest};
+pub use precision::Precision;
 pub use vocab::{Vocab, VocabError, BLANK, BLANK_TOKEN};

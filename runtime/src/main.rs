@@ -8,6 +8,7 @@ use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::memory::{self, CountingAlloc};
 use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
+use signrt_runtime::Precision;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,51 @@ choice), RUST_LOG (log level). Output schema and exit statuses: docs/output-sche
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Which graphs of a bundle that carries both to run: auto = int8 on CPUs
+    /// with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX, aarch64 dotprod),
+    /// else f32. `signrt info` says what was picked and why.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "SIGNRT_PRECISION"
+    )]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum PrecisionArg {
+    Auto,
+    F32,
+    Int8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Auto => Precision::Auto,
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Int8 => Precision::Int8,
+        }
+    }
+}
+
+/// `--precision`, set once from the command line before any bundle opens.
+static PRECISION: std::sync::OnceLock<Precision> = std::sync::OnceLock::new();
+
+/// Opens a bundle and picks its graphs as `--precision` says.
+fn open_bundle(dir: &Path) -> Result<Bundle> {
+    let p = PRECISION.get().copied().unwrap_or_default();
+    let b = Bundle::open(dir)
+        .and_then(|b| b.with_precision(p))
+        .with_context(|| format!("opening bundle {}", dir.display()))?;
+    log::info!(
+        "running the {} graphs ({})",
+        b.choice.precision,
+        b.choice.reason
+    );
+    Ok(b)
 }
 
 #[derive(Subcommand)]
@@ -510,7 +556,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     };
     let source = source.as_str();
     let dir = default_bundle(bundle)?;
-    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let bundle = open_bundle(&dir)?;
     if batch::is_batch_source(Path::new(source)) {
         let settings = Settings {
             budget,
@@ -610,7 +656,9 @@ fn end_run(
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    PRECISION.get_or_init(|| cli.precision.into());
+    match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -694,7 +742,7 @@ fn info_cmd(bundle: Option<PathBuf>, ops: bool) -> Result<i32> {
     let dir = default_bundle(bundle)?;
     info(&dir)?;
     if ops {
-        let b = Bundle::open(&dir)?;
+        let b = open_bundle(&dir)?;
         println!(
             "encoder ops (tract, optimised, 1x3x{}x{})",
             b.manifest.input.height, b.manifest.input.width
@@ -754,11 +802,12 @@ fn info(dir: &std::path::Path) -> Result<()> {
             dir.join(MANIFEST_FILE).display()
         );
     }
-    let b = Bundle::open(dir)?;
+    let b = open_bundle(dir)?;
     println!("vocabulary  {} glosses + blank", b.vocab.len() - 1);
+    println!("precision   {} ({})", b.choice.precision, b.choice.reason);
     println!(
         "dispatch    {}",
-        signrt_runtime::isa::prepare(b.manifest.int8_compute())
+        signrt_runtime::isa::prepare(b.int8_compute())
     );
     println!("tiers       {}", signrt_runtime::isa::tract_tiers());
     for (what, kernel) in signrt_runtime::isa::matmul_kernels() {
@@ -778,7 +827,7 @@ fn bench_cmd(
     json: bool,
 ) -> Result<()> {
     let dir = default_bundle(bundle)?;
-    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let bundle = open_bundle(&dir)?;
     let (w, h) = parse_camera(camera)?;
     if threads.is_empty() {
         let all = all_cores();
@@ -869,7 +918,7 @@ fn soak_cmd(
     json: bool,
 ) -> Result<i32> {
     let dir = default_bundle(bundle)?;
-    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let bundle = open_bundle(&dir)?;
     let size = parse_camera(camera)?;
     let threads = threads.unwrap_or_else(all_cores).max(1);
     let r = signrt_runtime::bench::soak(&bundle, threads, size, frames.max(1), 20)?;
@@ -919,6 +968,7 @@ fn doctor_cmd(
         camera,
         budget,
         sample,
+        precision: PRECISION.get().copied().unwrap_or_default(),
     };
     let checks = doctor::run(&dir, &opts);
     for c in &checks {
@@ -938,8 +988,8 @@ fn doctor_cmd(
 
 fn compare_cmd(bundle: Option<PathBuf>, other: &Path, iters: usize) -> Result<()> {
     let dir = default_bundle(bundle)?;
-    let a = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
-    let b = Bundle::open(other).with_context(|| format!("opening bundle {}", other.display()))?;
+    let a = open_bundle(&dir)?;
+    let b = open_bundle(other)?;
     let (sa, sb) = signrt_runtime::bench::compare_encoders(&a, &b, iters.max(1))?;
     let mode = |b: &Bundle| {
         b.manifest

@@ -44,6 +44,8 @@ pub struct RecognizerOptions {
     /// final; fewer: final glosses sooner (see `StreamConfig::lookahead`).
     /// None: the default.
     pub lookahead: Option<usize>,
+    /// Which of the bundle's graphs to run (default: auto, by this CPU).
+    pub precision: crate::Precision,
 }
 
 impl Default for RecognizerOptions {
@@ -57,6 +59,7 @@ impl Default for RecognizerOptions {
             fps: 25.0,
             partials: true,
             lookahead: None,
+            precision: crate::Precision::Auto,
         }
     }
 }
@@ -102,7 +105,7 @@ impl Recognizer {
         if let Some(e) = &options.endpoint {
             e.validate()?;
         }
-        let bundle = Bundle::open(bundle_dir)?;
+        let bundle = Bundle::open(bundle_dir)?.with_precision(options.precision)?;
         let model = TractModel::load(&bundle).map_err(PipelineError::from)?;
         Ok(Self {
             bundle,

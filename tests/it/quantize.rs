@@ -59,6 +59,8 @@ fn options(bundle: &Path, calib: &Path, out: &Path) -> Options {
         samples: 16,
         mode: Mode::Int8(Form::DEFAULT),
         out: out.into(),
+        temporal_int8: true,
+        keep_float: false,
     }
 }
 
@@ -82,6 +84,27 @@ fn int8_bundle_from_a_trained_model() {
         .opset_import
         .iter()
         .all(|o| o.domain.is_empty() && o.version == 17));
+
+    // ... and the temporal graph's BiLSTM projects on an integer matmul
+    let tem = signrt_quantize::proto::read_model(&int8_dir.join("temporal.onnx")).unwrap();
+    let ops: Vec<&str> = tem
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert!(
+        ops.contains(&"MatMulInteger") && ops.contains(&"Scan"),
+        "{ops:?}"
+    );
+    assert!(!ops.contains(&"LSTM"), "{ops:?}");
+    assert!(
+        outcome.temporal_weights.len() == 1,
+        "{:?}",
+        outcome.temporal_weights
+    );
 
     // (b) the runtime loads and streams the int8 bundle unchanged
     let float = Bundle::open(&float_dir).unwrap();
@@ -140,6 +163,48 @@ fn int8_bundle_from_a_trained_model() {
         "int8 WER {:.2} % vs float {:.2} %",
         100.0 * w.int8_wer,
         100.0 * w.float_wer
+    );
+
+    // (e) a bundle with both sets runs either: f32 gives the float bundle's glosses exactly,
+    // int8 the int8 bundle's
+    let both_dir = d.path().join("both");
+    let mut o = options(&float_dir, &corpus, &both_dir);
+    o.keep_float = true;
+    quantize_bundle(&o).unwrap();
+    let both = Bundle::open(&both_dir).unwrap();
+    assert!(both.manifest.float_graphs.is_some());
+    use signrt_runtime::Precision;
+    let glosses = |b: &Bundle| {
+        std::fs::read_dir(corpus.join("test"))
+            .unwrap()
+            .take(4)
+            .map(|c| {
+                let mut pipe = Pipeline::new(b, None).unwrap();
+                let mut src = FolderSource::open(&c.unwrap().path(), 25.0).unwrap();
+                let opts = RunOptions {
+                    fps: 25.0,
+                    memory_budget: None,
+                };
+                pipe.run(&mut src, &opts, |_| {}).unwrap().glosses
+            })
+            .collect::<Vec<_>>()
+    };
+    let as_f32 = Bundle::open(&both_dir)
+        .unwrap()
+        .with_precision(Precision::F32)
+        .unwrap();
+    assert_eq!(as_f32.graph_files().encoder, "encoder.f32.onnx");
+    assert_eq!(glosses(&as_f32), glosses(&float));
+    let as_int8 = both.with_precision(Precision::Int8).unwrap();
+    assert_eq!(glosses(&as_int8), glosses(&int8));
+    // a bundle without float graphs refuses f32, naming the manifest
+    let e = Bundle::open(&int8_dir)
+        .unwrap()
+        .with_precision(Precision::F32)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("manifest.json") && e.to_string().contains("no f32 graphs"),
+        "{e}"
     );
 
     // bad input: a bundle already quantised

@@ -70,6 +70,8 @@ fn opts(bundle: &Path, calib: &Path, out: &Path, mode: Mode) -> Options {
         samples: 8,
         mode,
         out: out.into(),
+        temporal_int8: true,
+        keep_float: false,
     }
 }
 

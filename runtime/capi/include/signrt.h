@@ -117,6 +117,11 @@ typedef struct SignrtOptions {
    * stride).
    */
   int32_t lookahead;
+  /**
+   * Which of the bundle's graphs run: 0 = auto (int8 on CPUs with int8 dot
+   * products, else f32), 1 = f32, 2 = int8.
+   */
+  int32_t precision;
 } SignrtOptions;
 
 /**

@@ -18,6 +18,7 @@ use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::recognizer::{
     FrameRef, PixelFormat, Recognizer, RecognizerError, RecognizerOptions, Stream, MAX_SIDE,
 };
+use signrt_runtime::Precision;
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -78,6 +79,9 @@ pub struct SignrtOptions {
     /// final; fewer: final glosses sooner. -1: the default (half the bundle's
     /// stride).
     pub lookahead: i32,
+    /// Which of the bundle's graphs run: 0 = auto (int8 on CPUs with int8 dot
+    /// products, else f32), 1 = f32, 2 = int8.
+    pub precision: i32,
 }
 
 /// One frame, borrowed for the call only. `format` is a [`SignrtPixelFormat`].
@@ -193,6 +197,7 @@ pub unsafe extern "C" fn signrt_options_default(options: *mut SignrtOptions) -> 
             fps: d.fps,
             partials: i32::from(d.partials),
             lookahead: d.lookahead.map_or(-1, |n| n as i32),
+            precision: 0,
         };
         Ok(())
     })
@@ -226,6 +231,16 @@ pub unsafe extern "C" fn signrt_recognizer_create(
                 fps: o.fps,
                 partials: o.partials != 0,
                 lookahead: usize::try_from(o.lookahead).ok(),
+                precision: match o.precision {
+                    0 => Precision::Auto,
+                    1 => Precision::F32,
+                    2 => Precision::Int8,
+                    p => {
+                        return Err(invalid(format!(
+                            "precision {p}: 0 (auto), 1 (f32) or 2 (int8)"
+                        )))
+                    }
+                },
             },
             None => RecognizerOptions::default(),
         };

@@ -1,14 +1,14 @@
 //! Float bundle in, quantised bundle out.
 //!
 //! The output is written into `<out>.partial-<pid>` and renamed into place, so
-//! a failed run never leaves half a bundle. `encoder.onnx` is rewritten, and
-//! in int8 mode `temporal.onnx` too (its BiLSTM's input projection on integer
-//! kernels: [`crate::lstm`]); `vocab.txt` and `scorer.onnx` are copied
-//! unchanged (the ConvGRU stays f32: its convolutions are too small to gain).
-//! With `keep_float` the float encoder and temporal graphs go in beside them
-//! (`encoder.f32.onnx`, `temporal.f32.onnx`), named in the manifest's
-//! `float_graphs`, for CPUs without int8 dot products. The manifest gets a
-//! `quantization` section and new checksums.
+//! a failed run never leaves half a bundle. `encoder.onnx` is rewritten; in
+//! int8 mode `temporal.onnx` (its BiLSTM's input projection on integer
+//! kernels: [`crate::lstm`]) and `scorer.onnx` (its convolutions:
+//! [`crate::dynamic`]) too, unless the options keep them f32; `vocab.txt` is
+//! copied. With `keep_float` the float graphs go in beside them
+//! (`encoder.f32.onnx`, `temporal.f32.onnx`, `scorer.f32.onnx`), named in the
+//! manifest's `float_graphs`, for CPUs without int8 dot products. The manifest
+//! gets a `quantization` section and new checksums.
 
 use crate::calib::{self, Method, Stats};
 use crate::proto;
@@ -50,6 +50,8 @@ pub struct Options {
     pub out: PathBuf,
     /// int8 mode: also the temporal graph's BiLSTM (else it stays f32).
     pub temporal_int8: bool,
+    /// int8 mode: also the scorer's convolutions (else it stays f32).
+    pub scorer_int8: bool,
     /// Also carry the float graphs, for the runtime to choose by CPU.
     pub keep_float: bool,
 }
@@ -57,6 +59,17 @@ pub struct Options {
 /// File names of the float graphs in a bundle that carries both.
 pub const FLOAT_ENCODER: &str = "encoder.f32.onnx";
 pub const FLOAT_TEMPORAL: &str = "temporal.f32.onnx";
+pub const FLOAT_SCORER: &str = "scorer.f32.onnx";
+
+/// A rewritten scorer or temporal graph and its weights' summaries.
+pub type Graph = (pb::ModelProto, Vec<WeightSummary>);
+
+/// The scorer and temporal graphs as rewritten (None: copied as they are).
+#[derive(Debug, Clone, Default)]
+pub struct Others {
+    pub scorer: Option<Graph>,
+    pub temporal: Option<Graph>,
+}
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -71,6 +84,8 @@ pub struct Outcome {
     pub int8_encoder_bytes: u64,
     /// The rewritten temporal graph's projection weights (empty: it stayed f32).
     pub temporal_weights: Vec<WeightSummary>,
+    /// The rewritten scorer's convolution weights (empty: it stayed f32).
+    pub scorer_weights: Vec<WeightSummary>,
 }
 
 /// Opens the float bundle and refuses an already quantised one.
@@ -101,9 +116,22 @@ pub fn ranges_of(stats: &HashMap<String, Stats>, method: Method) -> HashMap<Stri
 fn summary(
     opts: &Options,
     rewritten: &Rewritten,
-    temporal: Option<&[WeightSummary]>,
+    others: &Others,
     counts: &std::collections::BTreeMap<String, usize>,
 ) -> serde_json::Value {
+    let temporal = others.temporal.as_ref().map(|t| t.1.as_slice());
+    let scorer = others.scorer.as_ref().map(|t| t.1.as_slice());
+    let rows = |w: Option<&[WeightSummary]>| {
+        w.unwrap_or_default()
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "layer": w.layer, "op": w.op, "scales": w.scales,
+                    "scale_min": w.scale_min, "scale_max": w.scale_max,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     let (acts, weights): (&[ActSummary], &[WeightSummary]) =
         (&rewritten.activations, &rewritten.weights);
     let form = match opts.mode {
@@ -131,9 +159,11 @@ fn summary(
     serde_json::json!({
         "graphs": {
             "encoder": opts.mode.name(),
-            "scorer": "f32",
+            "scorer": if scorer.is_some() {
+                "int8 convolutions (i8 symmetric per call, ConvInteger; i8 weights per channel), f32 gates"
+            } else { "f32" },
             "temporal": if temporal.is_some() {
-                "int8 input projection (DynamicQuantizeLinear, MatMulInteger; i8 weights per gate row), f32 recurrence"
+                "int8 input projection (i8 symmetric per call, MatMulInteger; i8 weights per gate row), f32 recurrence"
             } else { "f32" },
         },
         "float_graphs": opts.keep_float,
@@ -148,10 +178,8 @@ fn summary(
             "tensor": a.tensor, "scale": a.scale, "zero_point": a.zero_point,
             "min": a.min, "max": a.max,
         })).collect::<Vec<_>>(),
-        "temporal_weights": temporal.unwrap_or_default().iter().map(|w| serde_json::json!({
-            "layer": w.layer, "op": w.op, "scales": w.scales,
-            "scale_min": w.scale_min, "scale_max": w.scale_max,
-        })).collect::<Vec<_>>(),
+        "temporal_weights": rows(temporal),
+        "scorer_weights": rows(scorer),
         "weights": weights.iter().map(|w| serde_json::json!({
             "layer": w.layer, "op": w.op, "scales": w.scales,
             "scale_min": w.scale_min, "scale_max": w.scale_max,
@@ -178,17 +206,9 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         videos,
     } = rewrite_encoder(opts, &enc, m)?;
     check_output_shape(&rewritten, m)?;
-    let temporal = match opts.mode {
-        Mode::Int8(_) if opts.temporal_int8 => {
-            let path = b.path_of(&m.temporal);
-            let (model, weights) = crate::lstm::quantize_temporal(&proto::read_model(&path)?)
-                .map_err(|e| QuantizeError::Graph(format!("{}: {e}", path.display())))?;
-            (!weights.is_empty()).then_some((model, weights))
-        }
-        _ => None,
-    };
+    let others = rewrite_others(opts, &b)?;
     let tmp = fresh_partial_dir(&opts.out)?;
-    let manifest = match write_bundle(opts, &b, &rewritten, temporal.as_ref(), videos, &tmp) {
+    let manifest = match write_bundle(opts, &b, &rewritten, &others, videos, &tmp) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -205,8 +225,38 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         videos,
         float_encoder_bytes,
         int8_encoder_bytes,
-        temporal_weights: temporal.map(|t| t.1).unwrap_or_default(),
+        temporal_weights: others.temporal.map(|t| t.1).unwrap_or_default(),
+        scorer_weights: others.scorer.map(|t| t.1).unwrap_or_default(),
     })
+}
+
+/// In int8 mode, the temporal graph's LSTMs and the scorer's convolutions, as
+/// the options say (a graph with nothing to rewrite stays as it is).
+fn rewrite_others(opts: &Options, b: &Bundle) -> Result<Others, QuantizeError> {
+    let Mode::Int8(_) = opts.mode else {
+        return Ok(Others::default());
+    };
+    let m = &b.manifest;
+    let graph_err =
+        |path: &Path, e: String| QuantizeError::Graph(format!("{}: {e}", path.display()));
+    let mut others = Others::default();
+    if opts.temporal_int8 {
+        let path = b.path_of(&m.temporal);
+        let (model, w) = crate::lstm::quantize_temporal(&proto::read_model(&path)?)
+            .map_err(|e| graph_err(&path, e))?;
+        others.temporal = (!w.is_empty()).then_some((model, w));
+    }
+    if opts.scorer_int8 {
+        let path = b.path_of(&m.scorer);
+        let mut model = proto::read_model(&path)?;
+        let g = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| graph_err(&path, "no graph".into()))?;
+        let w = crate::dynamic::quantize_convs(g, "int8_");
+        others.scorer = (!w.is_empty()).then_some((model, w));
+    }
+    Ok(others)
 }
 
 /// Never writes over a bundle: the output may exist only as an empty folder.
@@ -309,7 +359,7 @@ fn write_bundle(
     opts: &Options,
     b: &Bundle,
     rewritten: &Rewritten,
-    temporal: Option<&(pb::ModelProto, Vec<WeightSummary>)>,
+    others: &Others,
     videos: usize,
     tmp: &Path,
 ) -> Result<signrt_runtime::Manifest, QuantizeError> {
@@ -317,32 +367,32 @@ fn write_bundle(
     let copy = |from: &str, to: &str| {
         std::fs::copy(b.path_of(from), tmp.join(to)).map_err(io(&b.path_of(from)))
     };
-    for f in [&m.vocabulary, &m.scorer] {
-        copy(f, f)?;
-    }
+    copy(&m.vocabulary, &m.vocabulary)?;
     let write = |model: &pb::ModelProto, name: &str| {
         let p = tmp.join(name);
         signrt_runtime::onnx::write_model(model, &p).map_err(io(&p))
     };
     write(&rewritten.model, &m.encoder)?;
-    match temporal {
-        Some((t, _)) => write(t, &m.temporal)?,
-        None => copy(&m.temporal, &m.temporal).map(|_| ())?,
-    }
+    // each of the other two: rewritten or copied, and its float name if kept
+    let float_name = |g: Option<&Graph>, name: &str, f32_name: &str| {
+        match g {
+            Some((model, _)) => write(model, name)?,
+            None => return copy(name, name).map(|_| name.to_string()),
+        }
+        if opts.keep_float {
+            copy(name, f32_name)?;
+        }
+        Ok::<_, QuantizeError>(f32_name.to_string())
+    };
+    let scorer_f32 = float_name(others.scorer.as_ref(), &m.scorer, FLOAT_SCORER)?;
+    let temporal_f32 = float_name(others.temporal.as_ref(), &m.temporal, FLOAT_TEMPORAL)?;
     let mut manifest = m.clone();
     if opts.keep_float {
         copy(&m.encoder, FLOAT_ENCODER)?;
-        let temporal_f32 = match temporal {
-            Some(_) => {
-                copy(&m.temporal, FLOAT_TEMPORAL)?;
-                FLOAT_TEMPORAL
-            }
-            None => &m.temporal,
-        };
         manifest.float_graphs = Some(signrt_runtime::bundle::GraphFiles {
             encoder: FLOAT_ENCODER.into(),
-            scorer: m.scorer.clone(),
-            temporal: temporal_f32.into(),
+            scorer: scorer_f32,
+            temporal: temporal_f32,
         });
     }
     manifest.producer = concat!("signrt-quantize ", env!("CARGO_PKG_VERSION")).into();
@@ -354,7 +404,7 @@ fn write_bundle(
             Mode::Int8Weights => "none (weights only)".into(),
         },
         samples: videos,
-        summary: summary(opts, rewritten, temporal.map(|t| t.1.as_slice()), &counts),
+        summary: summary(opts, rewritten, others, &counts),
     });
     manifest.seal_and_write(tmp)?;
     if opts.out.exists() {

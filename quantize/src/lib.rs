@@ -13,6 +13,7 @@
 
 pub mod bundle;
 pub mod calib;
+pub mod dynamic;
 pub mod lstm;
 pub mod proto;
 pub mod qmath;

@@ -6,12 +6,15 @@
 //! the recurrent products are small. So each bidirectional `LSTM` whose weights
 //! are initializers becomes, in standard ONNX ops:
 //!
-//! * the projection for all steps and both directions at once:
-//!   `DynamicQuantizeLinear(X)` (u8, per call) → `MatMulInteger` with int8
-//!   weights (symmetric, one scale per gate row) → `Cast` → `Mul` by the scales
-//!   → `Add` of both biases. The activation range is measured on the window
-//!   itself, so no calibration is needed: the keyframe features are scaled by
-//!   the scorer (score scaling) and have no fixed range;
+//! * the projection for all steps and both directions at once: X quantised to
+//!   symmetric i8 with a scale measured on the window itself (`max|X| / 127`,
+//!   then `Div`, `Round`, `Clip`, `Cast`) → `MatMulInteger` with int8 weights
+//!   (symmetric, one scale per gate row) → `Cast` → `Mul` by the scales → `Add`
+//!   of both biases. Measured per call, so no calibration is needed: the
+//!   keyframe features are scaled by the scorer (score scaling) and have no
+//!   fixed range. Symmetric, because tract's integer product with an
+//!   activation zero point (what `DynamicQuantizeLinear`'s u8 gives) ran
+//!   slower than the f32 one (docs/experiments.md);
 //! * the recurrence as a `Scan` over those projections, forward and reversed
 //!   (`scan_input_directions`), in f32: `h·Rᵀ`, the gates (ONNX order i, o, f,
 //!   c; sigmoid, tanh), the cell. Its output is the `LSTM`'s `Y` `(T,2,1,H)`.
@@ -19,12 +22,13 @@
 //! An `LSTM` this does not take (one direction, peepholes, `clip`, other
 //! activations, `Y_h`/`Y_c` used, weights not constant) stays as it is.
 
+use crate::dynamic::{drop_unused_initializers, op, quantize_i8, symmetric_scale};
 use crate::proto::{attr_int, tensor_f32, tensor_i8};
 use crate::qmath::quantize_weights;
 use crate::rewrite::WeightSummary;
 use signrt_runtime::onnx::pb::{self, tensor_proto::DataType};
 use signrt_runtime::onnx::{tensor_f32 as f32_tensor, Attr, Dim, GraphBuilder};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A temporal graph with its bidirectional LSTMs rewritten, and their weights.
 pub fn quantize_temporal(
@@ -206,13 +210,9 @@ fn projection(b: &mut GraphBuilder, x: &str, lw: &LstmWeights, name: &str) -> St
     let bias = b.constant(&format!("{name}.bias"), &[rows as i64], &bias);
     let flat = b.constant_i64(&format!("{name}.flat"), &[2], &[-1, i as i64]);
     let x2 = op(b, name, "Reshape", &[x, &flat], vec![]);
-    let (xq, xs, xz) = (
-        format!("{name}.x_q"),
-        format!("{name}.x_scale"),
-        format!("{name}.x_zero"),
-    );
-    b.node("DynamicQuantizeLinear", &[&x2], &[&xq, &xs, &xz], vec![]);
-    let acc = op(b, name, "MatMulInteger", &[&xq, &wq, &xz], vec![]);
+    let xs = symmetric_scale(b, name, &x2);
+    let xq = quantize_i8(b, name, &x2, &xs);
+    let acc = op(b, name, "MatMulInteger", &[&xq, &wq], vec![]);
     let accf = op(
         b,
         name,
@@ -305,36 +305,6 @@ fn lstm_cell(
     let tc = body.op("Tanh", &[&c2], vec![]);
     let h2 = body.op("Mul", &[&o, &tc], vec![]);
     (h2, c2)
-}
-
-/// Removes initializers that no node of `g` reads any more.
-fn drop_unused_initializers(g: &mut pb::GraphProto) {
-    let used: HashSet<&str> = g
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
-    let keep: Vec<pb::TensorProto> = g
-        .initializer
-        .iter()
-        .filter(|t| used.contains(t.name.as_str()))
-        .cloned()
-        .collect();
-    g.initializer = keep;
-}
-
-/// A one-output node whose output is named after `name` (unique in the outer
-/// graph, whose own names came from another builder).
-fn op(
-    b: &mut GraphBuilder,
-    name: &str,
-    op: &str,
-    inputs: &[&str],
-    attrs: Vec<(&str, Attr)>,
-) -> String {
-    let out = b.fresh(&format!("{name}.{}", op.to_ascii_lowercase()));
-    b.node(op, inputs, &[&out], attrs);
-    out
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ enum ActArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum TemporalArg {
+enum GraphArg {
     Int8,
     F32,
 }
@@ -94,7 +94,11 @@ struct QuantArgs {
     /// The temporal graph's precision (int8 mode): int8 = its BiLSTM's input
     /// projection on integer kernels; f32 = copied as it is.
     #[arg(long, value_enum, default_value = "int8")]
-    temporal: TemporalArg,
+    temporal: GraphArg,
+    /// The scorer's precision (int8 mode): int8 = its convolutions on integer
+    /// kernels; f32 = copied as it is.
+    #[arg(long, value_enum, default_value = "int8")]
+    scorer: GraphArg,
     /// Also carry the float graphs (`encoder.f32.onnx`, `temporal.f32.onnx`):
     /// the runtime then runs f32 on CPUs without int8 dot products (`--precision auto`).
     #[arg(long)]
@@ -189,7 +193,8 @@ fn quantize(q: QuantArgs) -> Result<()> {
         samples: q.samples,
         mode,
         out: out.clone(),
-        temporal_int8: q.temporal == TemporalArg::Int8,
+        temporal_int8: q.temporal == GraphArg::Int8,
+        scorer_int8: q.scorer == GraphArg::Int8,
         keep_float: q.keep_float,
     };
     let outcome = bundle::quantize_bundle(&opts)
@@ -214,6 +219,20 @@ fn quantize(q: QuantArgs) -> Result<()> {
         }
         Mode::Int8Weights => Vec::new(),
     };
+    let temporal_snr_db = if outcome.temporal_weights.is_empty() {
+        None
+    } else {
+        let read = |b: &Bundle, f: &str| proto::read_model(&b.path_of(f));
+        let m = &float.manifest;
+        Some(report::temporal_snr(
+            &read(&float, &m.encoder)?,
+            &read(&float, &m.temporal)?,
+            &read(&int8, &int8.manifest.temporal)?,
+            &outcome.frames,
+            calib::FRAMES_PER_VIDEO,
+            (m.input.height, m.input.width),
+        )?)
+    };
     let wer = match &q.eval {
         Some(e) => Some(
             WerPair::measure(&float, &int8, e, &q.split, q.beam.max(1))
@@ -236,7 +255,9 @@ fn quantize(q: QuantArgs) -> Result<()> {
             / outcome.float_encoder_bytes.max(1) as f64,
         float_bundle_bytes: report::bundle_bytes(&float),
         int8_bundle_bytes: report::bundle_bytes(&int8),
+        int8_graphs_bytes: report::running_bytes(&int8),
         layers,
+        temporal_snr_db,
         wer,
     };
     r.print();

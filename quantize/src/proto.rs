@@ -168,6 +168,33 @@ pub fn optimized(bytes: &[u8], h: usize, w: usize) -> Result<TypedModel, Quantiz
         .map_err(QuantizeError::tract)
 }
 
+/// Loads a model into tract as its inputs are declared (symbolic sizes kept), optimized.
+pub fn load_any(model: &pb::ModelProto) -> Result<Plan, QuantizeError> {
+    signrt_runtime::isa::prepare(true);
+    tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(signrt_runtime::onnx::encode(
+            model,
+        )))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(QuantizeError::tract)
+}
+
+/// Runs a one-input plan on `x` of `shape`; returns its first output as f32 values.
+pub fn run_with_shape(plan: &Plan, shape: &[usize], x: &[f32]) -> Result<Vec<f32>, QuantizeError> {
+    let t = Tensor::from_shape(shape, x).map_err(QuantizeError::tract)?;
+    let out = plan.run(tvec!(t.into())).map_err(QuantizeError::tract)?;
+    let v = out[0]
+        .cast_to::<f32>()
+        .map_err(QuantizeError::tract)?
+        .to_plain_array_view::<f32>()
+        .map_err(QuantizeError::tract)?
+        .iter()
+        .copied()
+        .collect();
+    Ok(v)
+}
+
 /// Runs a plan on one (1,3,H,W) frame; returns every output as f32 values.
 pub fn run_plan(
     plan: &Plan,

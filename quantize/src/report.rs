@@ -83,6 +83,44 @@ pub fn layer_snr(
         .collect())
 }
 
+/// SNR (dB) of the int8 temporal graph's posteriors against the float one's,
+/// pooled over sequences of `per` consecutive calibration frames (a video's
+/// evenly spaced frames), fed with the float encoder's features. Posteriors,
+/// not log-probabilities: they are what the decoder weighs, and the
+/// log-probabilities of glosses nobody signs would dominate the sum.
+pub fn temporal_snr(
+    float_encoder: &pb::ModelProto,
+    float_temporal: &pb::ModelProto,
+    int8_temporal: &pb::ModelProto,
+    frames: &[Vec<f32>],
+    per: usize,
+    (h, w): (usize, usize),
+) -> Result<f64, QuantizeError> {
+    let enc = proto::load_plan(float_encoder, h, w)?;
+    let fplan = proto::load_any(float_temporal)?;
+    let qplan = proto::load_any(int8_temporal)?;
+    let (mut s, mut n) = (0f64, 0f64);
+    for chunk in frames.chunks(per.max(1)) {
+        let mut feats = Vec::new();
+        for x in chunk {
+            feats.extend(proto::run_plan(&enc, x, h, w)?.swap_remove(0));
+        }
+        let shape = [1, chunk.len(), feats.len() / chunk.len()];
+        let f = proto::run_with_shape(&fplan, &shape, &feats)?;
+        let q = proto::run_with_shape(&qplan, &shape, &feats)?;
+        for (a, b) in f.iter().zip(&q) {
+            let (a, b) = ((*a as f64).exp(), (*b as f64).exp());
+            s += a * a;
+            n += (a - b) * (a - b);
+        }
+    }
+    Ok(if n == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (s / n).log10()
+    })
+}
+
 fn output_names(m: &pb::ModelProto) -> Vec<String> {
     m.graph
         .as_ref()
@@ -126,7 +164,12 @@ pub struct Report {
     pub encoder_size_ratio: f64,
     pub float_bundle_bytes: u64,
     pub int8_bundle_bytes: u64,
+    /// The vocabulary and the graphs that run in int8 (without any float
+    /// graphs the bundle also carries).
+    pub int8_graphs_bytes: u64,
     pub layers: Vec<LayerSnr>,
+    /// The temporal graph's posteriors against float's (None: it stayed f32).
+    pub temporal_snr_db: Option<f64>,
     pub wer: Option<WerPair>,
 }
 
@@ -171,6 +214,16 @@ pub fn bundle_bytes(b: &Bundle) -> u64 {
     b.manifest.files.values().map(|f| f.bytes).sum()
 }
 
+/// Bytes of the vocabulary and the graphs `b` runs.
+pub fn running_bytes(b: &Bundle) -> u64 {
+    let g = b.graph_files();
+    [&b.manifest.vocabulary, &g.encoder, &g.scorer, &g.temporal]
+        .iter()
+        .filter_map(|f| b.manifest.files.get(f.as_str()))
+        .map(|f| f.bytes)
+        .sum()
+}
+
 impl Report {
     pub fn print(&self) {
         println!(
@@ -184,14 +237,20 @@ impl Report {
             100.0 * self.encoder_size_ratio
         );
         println!(
-            "whole bundle   {:>12} -> {:>12} bytes",
-            self.float_bundle_bytes, self.int8_bundle_bytes
+            "whole bundle   {:>12} -> {:>12} bytes  (int8 graphs and vocabulary: {} bytes, {:.1} %)",
+            self.float_bundle_bytes,
+            self.int8_bundle_bytes,
+            self.int8_graphs_bytes,
+            100.0 * self.int8_graphs_bytes as f64 / self.float_bundle_bytes.max(1) as f64
         );
         if !self.layers.is_empty() {
             println!("per-layer SNR against float on the calibration frames (dB):");
             for l in &self.layers {
                 println!("  {:<40} {:>7.2}", l.tensor, l.snr_db);
             }
+        }
+        if let Some(s) = self.temporal_snr_db {
+            println!("temporal.onnx posteriors against float, calibration frames: {s:.2} dB");
         }
         if let Some(w) = &self.wer {
             println!(

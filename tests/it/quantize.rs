@@ -60,6 +60,7 @@ fn options(bundle: &Path, calib: &Path, out: &Path) -> Options {
         mode: Mode::Int8(Form::DEFAULT),
         out: out.into(),
         temporal_int8: true,
+        scorer_int8: true,
         keep_float: false,
     }
 }

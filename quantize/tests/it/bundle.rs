@@ -71,6 +71,7 @@ fn opts(bundle: &Path, calib: &Path, out: &Path, mode: Mode) -> Options {
         mode,
         out: out.into(),
         temporal_int8: true,
+        scorer_int8: true,
         keep_float: false,
     }
 }

@@ -120,14 +120,11 @@ fn rewrite_lstm(
     lw: &LstmWeights,
     name: &str,
 ) -> WeightSummary {
-    let (h, i) = (lw.hidden, lw.input);
+    let (h, i) = (lw.hidden as i64, lw.input);
     let p = projection(b, &n.input[0], lw, name);
-    // (T, 8H) -> the forward and backward halves, each (T, 1, 4H)
-    let four_h = b.constant_i64(
-        &format!("{name}.split"),
-        &[2],
-        &[4 * h as i64, 4 * h as i64],
-    );
+    // (T, 8H) -> the forward and backward halves, each (T, 1, 1, 4H): a step's slice is
+    // (1, 1, 4H), and the body stacks the two directions' on axis 0
+    let four_h = b.constant_i64(&format!("{name}.split"), &[2], &[4 * h, 4 * h]);
     let (pf, pb_) = (format!("{name}.p_fwd"), format!("{name}.p_bwd"));
     b.node(
         "Split",
@@ -135,27 +132,24 @@ fn rewrite_lstm(
         &[&pf, &pb_],
         vec![("axis", Attr::Int(1))],
     );
-    let axis1 = b.constant_i64(&format!("{name}.axis1"), &[1], &[1]);
-    let pf = op(b, name, "Unsqueeze", &[&pf, &axis1], vec![]);
-    let pb_ = op(b, name, "Unsqueeze", &[&pb_, &axis1], vec![]);
-    let zeros = b.constant(&format!("{name}.zeros"), &[1, h as i64], &vec![0.0; h]);
-    let body = recurrence_body(name, lw);
-    let (yf, yb) = (
-        b.fresh(&format!("{name}.y_fwd")),
-        b.fresh(&format!("{name}.y_bwd")),
+    let axes = b.constant_i64(&format!("{name}.axes12"), &[2], &[1, 2]);
+    let pf = op(b, name, "Unsqueeze", &[&pf, &axes], vec![]);
+    let pb_ = op(b, name, "Unsqueeze", &[&pb_, &axes], vec![]);
+    let zeros = b.constant(
+        &format!("{name}.zeros"),
+        &[2, 1, h],
+        &vec![0.0; 2 * h as usize],
     );
-    let lasts: Vec<String> = (0..4)
-        .map(|k| b.fresh(&format!("{name}.last{k}")))
-        .collect();
-    let outs: Vec<&str> = lasts
+    let body = recurrence_body(name, lw);
+    let outs: Vec<String> = ["h_last", "c_last", "y_fwd", "y_bwd"]
         .iter()
-        .map(String::as_str)
-        .chain([yf.as_str(), yb.as_str()])
+        .map(|s| b.fresh(&format!("{name}.{s}")))
         .collect();
+    let outs_ref: Vec<&str> = outs.iter().map(String::as_str).collect();
     b.node(
         "Scan",
-        &[&zeros, &zeros, &zeros, &zeros, &pf, &pb_],
-        &outs,
+        &[&zeros, &zeros, &pf, &pb_],
+        &outs_ref,
         vec![
             ("body", Attr::Graph(body.graph)),
             ("num_scan_inputs", Attr::Int(2)),
@@ -163,16 +157,14 @@ fn rewrite_lstm(
             ("scan_output_directions", Attr::Ints(vec![0, 1])),
         ],
     );
-    // (T,1,H) twice -> Y (T, 2, 1, H)
-    let yf = op(b, name, "Unsqueeze", &[&yf, &axis1], vec![]);
-    let yb = op(b, name, "Unsqueeze", &[&yb, &axis1], vec![]);
+    // (T,1,1,H) twice -> Y (T, 2, 1, H)
     b.node(
         "Concat",
-        &[&yf, &yb],
+        &[&outs[2], &outs[3]],
         &[&n.output[0]],
         vec![("axis", Attr::Int(1))],
     );
-    let rows = 8 * h;
+    let rows = 8 * lw.hidden;
     let (_, scales) = quantize_weights(&lw.w, rows, true);
     WeightSummary::of(
         &format!("{name} (W, {rows}x{i})"),
@@ -225,86 +217,60 @@ fn projection(b: &mut GraphBuilder, x: &str, lw: &LstmWeights, name: &str) -> St
     op(b, name, "Add", &[&scaled, &bias], vec![])
 }
 
-/// The Scan body: states (h, c) forward and backward, then one step's
-/// projections for each; outputs the new states and each direction's h.
+/// The Scan body, both directions at once (one op sequence for two, since
+/// tract's cost per op and step outweighs these small products): states h and
+/// c (2,1,H), forward then backward; one step's projections (1,1,4H) each.
+/// Outputs the new states and each direction's h (1,1,H).
 fn recurrence_body(name: &str, lw: &LstmWeights) -> GraphBuilder {
-    let h = lw.hidden as i64;
+    let (hd, h) = (lw.hidden, lw.hidden as i64);
     let mut body = GraphBuilder::new(&format!("{name}.body"));
-    let state = |body: &mut GraphBuilder, n: &str| body.input(n, &[1.into(), Dim::from(h)]);
-    let (hf, cf, hb, cb) = (
-        state(&mut body, "h_fwd"),
-        state(&mut body, "c_fwd"),
-        state(&mut body, "h_bwd"),
-        state(&mut body, "c_bwd"),
-    );
-    let pf = body.input("p_fwd", &[1.into(), Dim::from(4 * h)]);
-    let pb_ = body.input("p_bwd", &[1.into(), Dim::from(4 * h)]);
-    let quarters = body.constant_i64("split4", &[4], &[h, h, h, h]);
-    let mut outs = Vec::new();
-    for (d, (hn, cn, p)) in [(&hf, &cf, &pf), (&hb, &cb, &pb_)].into_iter().enumerate() {
-        // R_d (4H, H) -> Rᵀ (H, 4H)
-        let rd = &lw.r[d * 4 * lw.hidden * lw.hidden..(d + 1) * 4 * lw.hidden * lw.hidden];
-        let mut rt = vec![0f32; rd.len()];
-        let (rows, cols) = (4 * lw.hidden, lw.hidden);
-        for r in 0..rows {
-            for c in 0..cols {
-                rt[c * rows + r] = rd[r * cols + c];
+    let state = [2.into(), 1.into(), Dim::from(h)];
+    let (h_in, c_in) = (body.input("h", &state), body.input("c", &state));
+    let step = [1.into(), 1.into(), Dim::from(4 * h)];
+    let (pf, pb_) = (body.input("p_fwd", &step), body.input("p_bwd", &step));
+    // R (2, 4H, H) -> Rᵀ per direction (2, H, 4H): h (2,1,H) · Rᵀ is one batched product
+    let mut rt = vec![0f32; lw.r.len()];
+    for d in 0..2 {
+        for r in 0..4 * hd {
+            for c in 0..hd {
+                rt[(d * hd + c) * 4 * hd + r] = lw.r[(d * 4 * hd + r) * hd + c];
             }
         }
-        let rt = body.initializer(f32_tensor(&format!("R{d}"), &[h, 4 * h], &rt));
-        outs.push(lstm_cell(&mut body, hn, cn, p, &rt, &quarters, d));
     }
-    let mut names = Vec::new();
-    for (k, (hn, cn)) in outs.iter().enumerate() {
-        let (ho, co) = (format!("h_out{k}"), format!("c_out{k}"));
-        body.node("Identity", &[hn], &[&ho], vec![]);
-        body.node("Identity", &[cn], &[&co], vec![]);
-        names.push(ho);
-        names.push(co);
-    }
-    for (k, (hn, _)) in outs.iter().enumerate() {
-        let y = format!("y{k}");
-        body.node("Identity", &[hn], &[&y], vec![]);
-        names.push(y);
-    }
-    for n in &names {
-        body.output(n, &[1.into(), Dim::from(h)]);
-    }
-    body
-}
-
-/// One LSTM step in ONNX's gate order (i, o, f, c): returns (h', c').
-fn lstm_cell(
-    body: &mut GraphBuilder,
-    h: &str,
-    c: &str,
-    p: &str,
-    rt: &str,
-    quarters: &str,
-    d: usize,
-) -> (String, String) {
-    let hr = body.op("MatMul", &[h, rt], vec![]);
-    let gates = body.op("Add", &[p, &hr], vec![]);
-    let g: Vec<String> = ["i", "o", "f", "c"]
-        .iter()
-        .map(|s| format!("{s}{d}"))
-        .collect();
+    let rt = body.initializer(f32_tensor("Rt", &[2, h, 4 * h], &rt));
+    let p = body.op("Concat", &[&pf, &pb_], vec![("axis", Attr::Int(0))]);
+    let hr = body.op("MatMul", &[&h_in, &rt], vec![]);
+    let gates = body.op("Add", &[&p, &hr], vec![]);
+    // ONNX's gate order: i, o, f, c
+    let quarters = body.constant_i64("split4", &[4], &[h, h, h, h]);
     body.node(
         "Split",
-        &[&gates, quarters],
-        &[&g[0], &g[1], &g[2], &g[3]],
-        vec![("axis", Attr::Int(1))],
+        &[&gates, &quarters],
+        &["gi", "go", "gf", "gc"],
+        vec![("axis", Attr::Int(2))],
     );
-    let i = body.op("Sigmoid", &[&g[0]], vec![]);
-    let o = body.op("Sigmoid", &[&g[1]], vec![]);
-    let f = body.op("Sigmoid", &[&g[2]], vec![]);
-    let z = body.op("Tanh", &[&g[3]], vec![]);
-    let fc = body.op("Mul", &[&f, c], vec![]);
+    let i = body.op("Sigmoid", &["gi"], vec![]);
+    let o = body.op("Sigmoid", &["go"], vec![]);
+    let f = body.op("Sigmoid", &["gf"], vec![]);
+    let z = body.op("Tanh", &["gc"], vec![]);
+    let fc = body.op("Mul", &[&f, &c_in], vec![]);
     let iz = body.op("Mul", &[&i, &z], vec![]);
-    let c2 = body.op("Add", &[&fc, &iz], vec![]);
-    let tc = body.op("Tanh", &[&c2], vec![]);
-    let h2 = body.op("Mul", &[&o, &tc], vec![]);
-    (h2, c2)
+    body.node("Add", &[&fc, &iz], &["c_out"], vec![]);
+    let tc = body.op("Tanh", &["c_out"], vec![]);
+    body.node("Mul", &[&o, &tc], &["h_out"], vec![]);
+    let halves = body.constant_i64("split2", &[2], &[1, 1]);
+    body.node(
+        "Split",
+        &["h_out", &halves],
+        &["y_fwd", "y_bwd"],
+        vec![("axis", Attr::Int(0))],
+    );
+    body.output("h_out", &state);
+    body.output("c_out", &state);
+    let y = [1.into(), 1.into(), Dim::from(h)];
+    body.output("y_fwd", &y);
+    body.output("y_bwd", &y);
+    body
 }
 
 #[cfg(test)]

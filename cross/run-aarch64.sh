@@ -36,6 +36,10 @@ QEMU=qemu-aarch64-static
 # glosses are checked on the int8 path the target boards take (SDOT), not on qemu's default `max`
 # (SVE, which those boards lack).
 RUN_CPU=${SIGNRT_QEMU_CPU:-cortex-a76}
+# Both recognition runs take the same graphs, whatever each CPU would pick by itself (a bundle with
+# float and int8 graphs runs f32 on an AVX2-only host): the int8 ones, unless the bundle is float.
+PRECISION=int8
+grep -q '"quantization": null' "${1:-models/demo}/manifest.json" 2>/dev/null && PRECISION=f32
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -78,7 +82,7 @@ fi
 export RUST_LOG=${RUST_LOG:-warn}
 say "x86-64:  $HOST_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
-"$HOST_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/host.jsonl" ||
+"$HOST_BIN" run --bundle "$BUNDLE" --precision "$PRECISION" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/host.jsonl" ||
   die "the host signrt failed on $BUNDLE / $SAMPLE"
 say "  took $((SECONDS - t0)) s"
 
@@ -98,10 +102,17 @@ for cpu_want in cortex-a76:_dot cortex-a72:plain; do
     plain:*) ;;
     *) die "-cpu $cpu has the dot product, but tract picks '${kernel:-none}': the build lacks the SDOT kernel (tract-linalg's sdot probe failed?)" ;;
   esac
+  # a bundle with both graph sets runs int8 with the dot product and f32 without (--precision auto)
+  if grep -q '"float_graphs"' "$BUNDLE/manifest.json"; then
+    picked=$("$QEMU" -cpu "$cpu" "$ARM_BIN" info --bundle "$BUNDLE" 2>/dev/null | awk '$1 == "precision" {print $2}')
+    say "aarch64 -cpu $cpu: runs the ${picked:-?} graphs"
+    [ "$want:$picked" = _dot:int8 ] || [ "$want:$picked" = plain:f32 ] ||
+      die "-cpu $cpu: signrt picked '${picked:-nothing}' graphs (want int8 with the dot product, f32 without)"
+  fi
 done
 say "aarch64: $QEMU -cpu $RUN_CPU $ARM_BIN run --bundle $BUNDLE --beam $BEAM --source $SAMPLE --format jsonl"
 t0=$SECONDS
-"$QEMU" -cpu "$RUN_CPU" "$ARM_BIN" run --bundle "$BUNDLE" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
+"$QEMU" -cpu "$RUN_CPU" "$ARM_BIN" run --bundle "$BUNDLE" --precision "$PRECISION" --beam "$BEAM" --source "$SAMPLE" --format jsonl > "$TMP/arm.jsonl" ||
   die "the aarch64 signrt failed under qemu on $BUNDLE / $SAMPLE"
 say "  took $((SECONDS - t0)) s"
 

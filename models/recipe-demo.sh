@@ -3,8 +3,9 @@
 # (models/samples/) and models/demo/EVAL.md, from nothing but this repository:
 #
 #   synthesise the corpus -> train CONFIG (default: models/demo/train-config.toml) on the CPU
-#   -> evaluate (float, beam 5) -> export -> quantise to int8 (calibrated on
-#   train videos) -> evaluate the float and int8 bundles in the runtime.
+#   -> evaluate (float, beam 5) -> export -> quantise all three graphs to int8 (calibrated on
+#   train videos; the float graphs kept beside them) -> evaluate the float and int8 bundles in
+#   the runtime.
 #
 # Usage: models/recipe-demo.sh [WORK_DIR]     (default: target/recipe-demo)
 # Environment: STEPS (training steps, default 2900), or MINUTES (a training time budget instead
@@ -71,8 +72,10 @@ echo "== evaluate the checkpoint (test split, unseen signers, beam 5)"
 echo "== export, quantise, evaluate both bundles in the runtime"
 rm -rf "$work/float" "$work/int8"
 "$bin/signrt-train" export --checkpoint "$work/run/best.safetensors" --out "$work/float" --window 64 --stride 16
+# all three graphs int8, with the float graphs kept beside them: the runtime runs f32 on CPUs without
+# int8 dot products (AVX2-only x86-64, Cortex-A72)
 "$bin/signrt-quantize" --bundle "$work/float" --calib "$work/corpus" --samples 96 --method percentile --out "$work/int8" \
-  --eval "$work/corpus" --split test --beam 5 | tee "$work/quantize-report.txt"
+  --keep-float --eval "$work/corpus" --split test --beam 5 | tee "$work/quantize-report.txt"
 
 echo "== install into models/"
 rm -rf models/demo.new
@@ -90,7 +93,9 @@ mkdir -p models/samples.new
 kept=0
 while IFS=$'\t' read -r id ref; do
   [ "$kept" -lt 3 ] || break
-  if "$bin/signrt" run --bundle models/demo --beam 5 --source "$work/samples/$id.y4m" --format text 2>/dev/null | grep -q '^match: yes'; then
+  # grep reads to the end: with -q it could exit at the match, and signrt, writing its last line to a
+  # closed pipe, would fail the pipeline (pipefail) now and then
+  if "$bin/signrt" run --bundle models/demo --beam 5 --source "$work/samples/$id.y4m" --format text 2>/dev/null | grep '^match: yes' >/dev/null; then
     cp "$work/samples/$id.y4m" models/samples.new/
     printf '%s\t%s\n' "$id" "$ref" >> models/samples.new/references.tsv
     kept=$((kept + 1))
@@ -126,7 +131,7 @@ steps_done=$(grep -c '"kind":"step"' "$work/run/metrics.jsonl" || true)
   echo "## Float and int8 bundles, runtime evaluation (same split)"
   echo
   echo '```'
-  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 96 --method percentile --out $work/int8 --eval $work/corpus --split test --beam 5"
+  echo "$bin/signrt-quantize --bundle $work/float --calib $work/corpus --samples 96 --method percentile --out $work/int8 --keep-float --eval $work/corpus --split test --beam 5"
   cat "$work/quantize-report.txt"
   echo '```'
 } > models/demo/EVAL.md.tmp

@@ -120,11 +120,14 @@ pub fn quantize_convs(g: &mut pb::GraphProto, prefix: &str) -> Vec<WeightSummary
     weights
 }
 
-/// A Conv's constant weights (O, I/group, kH, kW) and bias, when it has them.
+/// A Conv weight's dims (O, I/group, kH, kW) and values.
+type ConvWeights = (Vec<i64>, Vec<f32>);
+
+/// A Conv's constant weights and bias, when it has them.
 fn conv_weights(
     n: &pb::NodeProto,
     inits: &HashMap<String, pb::TensorProto>,
-) -> Option<((Vec<i64>, Vec<f32>), Vec<f32>)> {
+) -> Option<(ConvWeights, Vec<f32>)> {
     if n.op_type != "Conv" || n.attribute.iter().any(|a| a.name == "auto_pad") {
         return None;
     }
@@ -145,7 +148,7 @@ fn conv_weights(
 fn rewrite_conv(
     b: &mut GraphBuilder,
     n: &pb::NodeProto,
-    (dims, w): &(Vec<i64>, Vec<f32>),
+    (dims, w): &ConvWeights,
     bias: &[f32],
     name: &str,
 ) -> WeightSummary {

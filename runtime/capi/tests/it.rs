@@ -104,7 +104,7 @@ fn the_c_example_prints_the_samples_glosses() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bundle = root().join("models/demo");
-    for name in ["s14_v00360", "s14_v00362", "s14_v00366"] {
+    for name in ["s14_v00360", "s14_v00362", "s15_v00365"] {
         let clip = root().join(format!("models/samples/{name}.y4m"));
         let want = rust_glosses(&bundle, &clip);
         assert!(!want.trim().is_empty(), "{name}: the model says nothing");
@@ -126,7 +126,7 @@ fn the_c_example_prints_the_samples_glosses() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), want, "4:2:0");
     // a bad bundle: exit 1 and the library's message naming it
-    let clip = root().join("models/samples/s14_v00366.y4m");
+    let clip = root().join("models/samples/s15_v00365.y4m");
     let out = Command::new(&exe)
         .arg(d.path())
         .arg(&clip)
@@ -229,6 +229,12 @@ fn every_failure_is_a_code_and_a_message() {
         let st = signrt_recognizer_create(dir.as_ptr(), &opts, &mut rec);
         assert_eq!(st, SignrtStatus::InvalidArgument);
         assert!(last_error().contains("rest_after_sign"), "{}", last_error());
+        signrt_options_default(&mut opts);
+        assert_eq!(opts.precision, 0, "auto by default");
+        opts.precision = 3;
+        let st = signrt_recognizer_create(dir.as_ptr(), &opts, &mut rec);
+        assert_eq!(st, SignrtStatus::InvalidArgument);
+        assert!(last_error().contains("precision 3"), "{}", last_error());
         assert_eq!(
             signrt_recognizer_create(dir.as_ptr(), std::ptr::null(), &mut rec),
             SignrtStatus::Ok

@@ -26,7 +26,7 @@ fn sample(name: &str) -> Vec<Frame> {
 /// Clip A, `rest` copies of its last frame (the signer holds still), clip B.
 fn two_sentences(rest: usize) -> (Vec<Frame>, usize) {
     let mut a = sample("s14_v00360.y4m");
-    let b = sample("s14_v00366.y4m");
+    let b = sample("s15_v00365.y4m");
     let split = a.len();
     let still = a.last().unwrap().clone();
     a.extend(std::iter::repeat_n(still, rest));
@@ -287,7 +287,7 @@ fn streams_of_one_recognizer_are_independent() {
         ..RecognizerOptions::default()
     };
     let rec = Recognizer::new(&root().join("models/demo"), opts).unwrap();
-    let clips = [sample("s14_v00360.y4m"), sample("s14_v00366.y4m")];
+    let clips = [sample("s14_v00360.y4m"), sample("s15_v00365.y4m")];
     let mut streams = [rec.create_stream().unwrap(), rec.create_stream().unwrap()];
     let longest = clips.iter().map(Vec::len).max().unwrap();
     for i in 0..longest {
@@ -333,7 +333,7 @@ fn bad_options_and_frames_are_refused_by_name() {
     assert!(msg.contains("/nonexistent/bundle"), "{msg}");
     let rec = Recognizer::new(&dir, d).unwrap();
     let mut s = rec.create_stream().unwrap();
-    let f = sample("s14_v00366.y4m").remove(0);
+    let f = sample("s15_v00365.y4m").remove(0);
     s.accept_frame(&FrameRef::rgb(&f.rgb, 64, 64)).unwrap();
     let msg = s
         .accept_frame(&FrameRef::rgb(&f.rgb[..100], 64, 64))

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Dynamic instruction counts per frame of the aarch64 `signrt` under qemu: a relative ARM cost figure
+# that does not depend on the emulator's or the host's speed (docs/BENCHMARKS.md, "ARM").
+#
+# A small TCG plugin (cross/qemu-plugin/insn_count.c, built here with the host's cc) counts every guest
+# instruction executed. `signrt run --threads 1` streams the sample once and three times over; the
+# difference of the two counts, divided by the extra frames, is the steady-state cost of one frame
+# (preprocessing, encoder, the scorer's and the temporal graph's share, decoding), without the start-up
+# (reading and optimising the graphs). Each precision (--precision f32 / int8) runs on each CPU model.
+#
+# Usage: cross/insn-count.sh [BUNDLE [SAMPLE.y4m]]     (default: models/demo, the first sample)
+# Environment: SIGNRT_CROSS_BIN (default: the release build of cross/build-aarch64.sh),
+#              SIGNRT_INSN_CPUS (default "cortex-a76 cortex-a72"), SIGNRT_INSN_PRECISIONS (default "f32 int8")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=${1:-models/demo}
+SAMPLE=${2:-$(find models/samples -maxdepth 1 -name '*.y4m' | LC_ALL=C sort | head -n1)}
+ARM_BIN=${SIGNRT_CROSS_BIN:-target/aarch64-cross/aarch64-unknown-linux-gnu/release/signrt}
+CPUS=${SIGNRT_INSN_CPUS:-cortex-a76 cortex-a72}
+PRECISIONS=${SIGNRT_INSN_PRECISIONS:-f32 int8}
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$ARM_BIN" ] || die "$ARM_BIN not found: run cross/build-aarch64.sh first"
+[ -f "$SAMPLE" ] || die "sample $SAMPLE not found"
+# Debian's dynamically linked qemu-user is built with plugin support (the -static one is not)
+if ! command -v qemu-aarch64 >/dev/null; then
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get install -y -qq qemu-user >/dev/null || die "cannot install qemu-user"
+fi
+qemu-aarch64 -h | grep -q -- '-plugin' || die "this qemu-aarch64 has no -plugin support"
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+cc -O2 -shared -fPIC -o "$TMP/libinsn_count.so" cross/qemu-plugin/insn_count.c
+
+# the sample, and the sample three times over: one Y4M header, the frames repeated
+python3 - "$SAMPLE" "$TMP" <<'EOF'
+import sys
+data = open(sys.argv[1], 'rb').read()
+head, _, body = data.partition(b'\n')
+open(sys.argv[2] + '/x1.y4m', 'wb').write(data)
+open(sys.argv[2] + '/x3.y4m', 'wb').write(head + b'\n' + body * 3)
+print(body.count(b'FRAME'), file=open(sys.argv[2] + '/frames', 'w'))
+EOF
+n1=$(cat "$TMP/frames")
+
+count() { # CPU PRECISION CLIP -> instructions
+  qemu-aarch64 -cpu "$1" -plugin "$TMP/libinsn_count.so" -d plugin -D "$TMP/plugin.log" \
+    "$ARM_BIN" run --bundle "$BUNDLE" --precision "$2" --source "$3" --threads 1 --format text \
+    >"$TMP/out.txt" 2>"$TMP/err.txt" || { cat "$TMP/err.txt" >&2; die "signrt failed ($1, $2)"; }
+  awk '/^insns/ {print $2}' "$TMP/plugin.log"
+}
+
+printf '%-12s %-9s %18s %18s %16s\n' cpu precision "insns ($n1 frames)" "insns ($((3 * n1)))" "insns/frame"
+for cpu in $CPUS; do
+  for p in $PRECISIONS; do
+    a=$(count "$cpu" "$p" "$TMP/x1.y4m")
+    b=$(count "$cpu" "$p" "$TMP/x3.y4m")
+    printf '%-12s %-9s %18s %18s %16s\n' "$cpu" "$p" "$a" "$b" $(((b - a) / (2 * n1)))
+  done
+done

@@ -52,6 +52,9 @@ pub struct Options {
     pub temporal_int8: bool,
     /// int8 mode: also the scorer's convolutions (else it stays f32).
     pub scorer_int8: bool,
+    /// The scorer's convolutions with fewer weights stay f32
+    /// ([`crate::dynamic::MIN_CONV_WEIGHTS`] by default).
+    pub min_conv_weights: usize,
     /// Also carry the float graphs, for the runtime to choose by CPU.
     pub keep_float: bool,
 }
@@ -253,7 +256,7 @@ fn rewrite_others(opts: &Options, b: &Bundle) -> Result<Others, QuantizeError> {
             .graph
             .as_mut()
             .ok_or_else(|| graph_err(&path, "no graph".into()))?;
-        let w = crate::dynamic::quantize_convs(g, "int8_");
+        let w = crate::dynamic::quantize_convs(g, "int8_", opts.min_conv_weights);
         others.scorer = (!w.is_empty()).then_some((model, w));
     }
     Ok(others)

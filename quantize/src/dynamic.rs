@@ -8,9 +8,17 @@
 //! u8 would bring, ran slower than its f32 ones (docs/experiments.md). Weights
 //! are symmetric i8 with one scale per output channel.
 //!
-//! [`quantize_convs`] rewrites every `Conv` with constant weights, in a graph
-//! and in the bodies of its `Scan`s, into `ConvInteger` between the per-call
-//! quantisation and a rescale: `Cast` → `Mul` by `x_scale · w_scale[c]` → `Add` bias.
+//! [`quantize_convs`] rewrites every `Conv` with constant weights (at least
+//! `min_weights` of them), in a graph and in the bodies of its `Scan`s, into
+//! `ConvInteger` between the per-call quantisation and a rescale: `Cast` →
+//! `Mul` by `x_scale · w_scale[c]` → `Add` bias.
+
+/// The fewest weights a Conv needs to be rewritten by default. The per-call
+/// quantisation and the rescale are eight more ops per call, and on a small
+/// product they cost tract more than the integer product saves: the default
+/// model's scorer (convolutions of 9 k to 55 k weights) ran 2–3× slower in
+/// int8 (docs/BENCHMARKS.md), while the ResNet-18 recipe's (0.6 M to 3.5 M) ran faster.
+pub const MIN_CONV_WEIGHTS: usize = 1 << 16;
 
 use crate::proto::{attr_int, attr_ints, tensor_f32, tensor_i8};
 use crate::qmath::quantize_weights;
@@ -88,7 +96,11 @@ pub fn op(
 
 /// Rewrites the `Conv`s of `g` and of its `Scan` bodies (see the module
 /// docs); returns their weights' summaries. `prefix` keeps new names unique.
-pub fn quantize_convs(g: &mut pb::GraphProto, prefix: &str) -> Vec<WeightSummary> {
+pub fn quantize_convs(
+    g: &mut pb::GraphProto,
+    prefix: &str,
+    min_weights: usize,
+) -> Vec<WeightSummary> {
     let inits: HashMap<String, pb::TensorProto> = g
         .initializer
         .iter()
@@ -100,10 +112,10 @@ pub fn quantize_convs(g: &mut pb::GraphProto, prefix: &str) -> Vec<WeightSummary
         let name = format!("{prefix}conv{i}");
         for a in &mut n.attribute {
             if let Some(sub) = a.g.as_mut() {
-                weights.extend(quantize_convs(sub, &format!("{name}.")));
+                weights.extend(quantize_convs(sub, &format!("{name}."), min_weights));
             }
         }
-        match conv_weights(&n, &inits) {
+        match conv_weights(&n, &inits).filter(|((_, w), _)| w.len() >= min_weights) {
             Some((w, bias)) => {
                 weights.push(rewrite_conv(&mut b, &n, &w, &bias, &name));
                 nodes.extend(b.graph.node.drain(..).map(|mut m| {
@@ -256,7 +268,7 @@ mod tests {
         let (t, c) = (9usize, 24usize);
         let float = toy(t as i64, c as i64);
         let mut q = float.clone();
-        let weights = quantize_convs(q.graph.as_mut().unwrap(), "");
+        let weights = quantize_convs(q.graph.as_mut().unwrap(), "", 0);
         assert_eq!(weights.len(), 2, "the main graph's conv and the body's");
         let mut names = Vec::new();
         ops(q.graph.as_ref().unwrap(), &mut names);
@@ -277,10 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn convs_below_the_size_floor_stay_float() {
+        let float = toy(3, 24);
+        let mut q = float.clone();
+        // 24·24·9 = 5184 weights each
+        assert!(quantize_convs(q.graph.as_mut().unwrap(), "", 5185).is_empty());
+        assert!(q == float, "the graph changed");
+        assert_eq!(quantize_convs(q.graph.as_mut().unwrap(), "", 5184).len(), 2);
+    }
+
+    #[test]
     fn an_all_zero_input_quantises_to_zeros_not_nan() {
         let float = toy(3, 4);
         let mut q = float.clone();
-        quantize_convs(q.graph.as_mut().unwrap(), "");
+        quantize_convs(q.graph.as_mut().unwrap(), "", 0);
         let plan = crate::proto::load_any(&q).unwrap();
         let y = crate::proto::run_with_shape(&plan, &[3, 4, 4, 4], &[0.0; 3 * 64]).unwrap();
         assert!(y.iter().all(|v| v.is_finite()));

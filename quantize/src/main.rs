@@ -99,6 +99,10 @@ struct QuantArgs {
     /// kernels; f32 = copied as it is.
     #[arg(long, value_enum, default_value = "int8")]
     scorer: GraphArg,
+    /// The scorer's convolutions with fewer weights than this stay f32: on small products the per-call
+    /// quantisation costs more than int8 saves (0: every one).
+    #[arg(long, default_value_t = signrt_quantize::dynamic::MIN_CONV_WEIGHTS)]
+    min_conv_weights: usize,
     /// Also carry the float graphs (`encoder.f32.onnx`, `temporal.f32.onnx`):
     /// the runtime then runs f32 on CPUs without int8 dot products (`--precision auto`).
     #[arg(long)]
@@ -195,6 +199,7 @@ fn quantize(q: QuantArgs) -> Result<()> {
         out: out.clone(),
         temporal_int8: q.temporal == GraphArg::Int8,
         scorer_int8: q.scorer == GraphArg::Int8,
+        min_conv_weights: q.min_conv_weights,
         keep_float: q.keep_float,
     };
     let outcome = bundle::quantize_bundle(&opts)

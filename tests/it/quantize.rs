@@ -61,6 +61,7 @@ fn options(bundle: &Path, calib: &Path, out: &Path) -> Options {
         out: out.into(),
         temporal_int8: true,
         scorer_int8: true,
+        min_conv_weights: 0,
         keep_float: false,
     }
 }

@@ -72,6 +72,7 @@ fn opts(bundle: &Path, calib: &Path, out: &Path, mode: Mode) -> Options {
         out: out.into(),
         temporal_int8: true,
         scorer_int8: true,
+        min_conv_weights: 0,
         keep_float: false,
     }
 }

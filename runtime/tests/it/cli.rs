@@ -610,19 +610,46 @@ fn doctor_checks_machine_bundle_memory_and_sample() {
 fn precision_is_chosen_said_and_overridable() {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo");
     for (p, want) in [("f32", "f32"), ("int8", "int8")] {
-        let (code, out, err) = run(&["info", "--bundle", demo.to_str().unwrap(), "--precision", p], None);
+        let (code, out, err) = run(
+            &["info", "--bundle", demo.to_str().unwrap(), "--precision", p],
+            None,
+        );
         assert_eq!(code, 0, "{err}");
-        let line = out.lines().find(|l| l.starts_with("precision")).unwrap_or_default();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("precision"))
+            .unwrap_or_default();
         assert!(line.contains(want) && line.contains("asked for"), "{line}");
     }
     let (code, out, _) = run(&["info", "--bundle", demo.to_str().unwrap()], None);
     assert_eq!(code, 0);
-    let line = out.lines().find(|l| l.starts_with("precision")).unwrap_or_default();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("precision"))
+        .unwrap_or_default();
     let cpu = signrt_runtime::precision::Cpu::detect();
-    let want = if cpu.int8_dot().is_some() { "int8" } else { "f32" };
+    let want = if cpu.int8_dot().is_some() {
+        "int8"
+    } else {
+        "f32"
+    };
     assert!(line.contains(want), "{line} ({cpu:?})");
     let (_d, toy) = toy_bundle();
-    let (code, _, err) = run(&["run", "--bundle", toy.to_str().unwrap(), "--precision", "int8", "--source", "x.y4m"], None);
+    let (code, _, err) = run(
+        &[
+            "run",
+            "--bundle",
+            toy.to_str().unwrap(),
+            "--precision",
+            "int8",
+            "--source",
+            "x.y4m",
+        ],
+        None,
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("manifest.json") && err.contains("no int8 graphs"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("no int8 graphs"),
+        "{err}"
+    );
 }

@@ -210,34 +210,7 @@ fn quantize(q: QuantArgs) -> Result<()> {
     let int8 = Bundle::open(&out)
         .and_then(|b| b.with_precision(signrt_runtime::Precision::Int8))
         .with_context(|| format!("re-opening {}", out.display()))?;
-    let layers = match mode {
-        Mode::Int8(form) => {
-            let enc = proto::read_model(&float.path_of(&float.manifest.encoder))?;
-            report::layer_snr(
-                &enc,
-                &outcome.ranges,
-                form,
-                &outcome.frames,
-                float.manifest.input.height,
-                float.manifest.input.width,
-            )?
-        }
-        Mode::Int8Weights => Vec::new(),
-    };
-    let temporal_snr_db = if outcome.temporal_weights.is_empty() {
-        None
-    } else {
-        let read = |b: &Bundle, f: &str| proto::read_model(&b.path_of(f));
-        let m = &float.manifest;
-        Some(report::temporal_snr(
-            &read(&float, &m.encoder)?,
-            &read(&float, &m.temporal)?,
-            &read(&int8, &int8.manifest.temporal)?,
-            &outcome.frames,
-            calib::FRAMES_PER_VIDEO,
-            (m.input.height, m.input.width),
-        )?)
-    };
+    let (layers, temporal_snr_db) = snr_figures(mode, &outcome, &float, &int8)?;
     let wer = match &q.eval {
         Some(e) => Some(
             WerPair::measure(&float, &int8, e, &q.split, q.beam.max(1))
@@ -271,6 +244,44 @@ fn quantize(q: QuantArgs) -> Result<()> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The report's SNR figures: the encoder's per layer, the temporal graph's posteriors.
+fn snr_figures(
+    mode: Mode,
+    outcome: &bundle::Outcome,
+    float: &Bundle,
+    int8: &Bundle,
+) -> Result<(Vec<report::LayerSnr>, Option<f64>)> {
+    let layers = match mode {
+        Mode::Int8(form) => {
+            let enc = proto::read_model(&float.path_of(&float.manifest.encoder))?;
+            report::layer_snr(
+                &enc,
+                &outcome.ranges,
+                form,
+                &outcome.frames,
+                float.manifest.input.height,
+                float.manifest.input.width,
+            )?
+        }
+        Mode::Int8Weights => Vec::new(),
+    };
+    let temporal_snr_db = if outcome.temporal_weights.is_empty() {
+        None
+    } else {
+        let read = |b: &Bundle, f: &str| proto::read_model(&b.path_of(f));
+        let m = &float.manifest;
+        Some(report::temporal_snr(
+            &read(&float, &m.encoder)?,
+            &read(&float, &m.temporal)?,
+            &read(&int8, &int8.manifest.temporal)?,
+            &outcome.frames,
+            calib::FRAMES_PER_VIDEO,
+            (m.input.height, m.input.width),
+        )?)
+    };
+    Ok((layers, temporal_snr_db))
 }
 
 fn bench(float: PathBuf, int8: PathBuf, iters: usize) -> Result<()> {

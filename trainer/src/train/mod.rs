@@ -42,13 +42,37 @@ use std::path::{Path, PathBuf};
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Picks the device: `auto`, `cpu`, `cuda` or `cuda:N`.
+/// Picks the device: `auto`, `cpu`, `cuda` or `cuda:N`, and logs which one and why.
 pub fn device(spec: config::Device) -> Result<Device> {
-    match spec {
-        config::Device::Cpu => Ok(Device::Cpu),
-        config::Device::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        config::Device::Cuda(n) => Device::new_cuda(n.unwrap_or(0))
-            .with_context(|| format!("{spec}: CUDA is not available (build with --features cuda)")),
+    let dev = match spec {
+        config::Device::Cpu => Device::Cpu,
+        config::Device::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+        config::Device::Cuda(n) => Device::new_cuda(n.unwrap_or(0)).with_context(|| {
+            format!("{spec}: CUDA is not available (build with --features cuda)")
+        })?,
+    };
+    let why = match (spec, dev.is_cuda()) {
+        (config::Device::Auto, false) if candle_core::utils::cuda_is_available() => {
+            "device = \"auto\": CUDA device 0 could not be opened"
+        }
+        (config::Device::Auto, false) => {
+            "device = \"auto\": this build has no CUDA (`--features cuda`)"
+        }
+        (config::Device::Auto, true) => "device = \"auto\": a CUDA device was found",
+        _ => "as configured",
+    };
+    log::info!("device: {} ({why})", describe(&dev));
+    Ok(dev)
+}
+
+/// The device in words, for the log and `metrics.jsonl`: `cpu (N threads)` or `cuda:N`.
+pub fn describe(dev: &Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cpu => {
+            format!("cpu ({} threads)", rayon::current_num_threads())
+        }
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 

@@ -151,6 +151,13 @@ impl Trainer {
     /// every `training.eval_every` steps (0: every epoch), at the end of
     /// every epoch (checkpoint only) and at the last step.
     pub fn run(mut self) -> Result<TrainSummary> {
+        let start = serde_json::json!({
+            "kind": "start",
+            "step": self.at.step,
+            "device": super::describe(&self.opts.device),
+            "device_config": self.opts.config.hardware.device.to_string(),
+        });
+        self.log_line(start)?;
         let t = &self.opts.config.training;
         let (epochs, eval_every) = (t.num_epochs as u64, t.eval_every);
         let max_steps = max_steps(&self.opts.config);

@@ -342,6 +342,14 @@ fn tensorboard_events_hold_the_metrics() {
         progress: false,
     })
     .unwrap();
+    // the run's first line says the device it trained on
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "start", "{first}");
+    assert!(
+        first["device"].as_str().unwrap().starts_with("cpu ("),
+        "{first}"
+    );
     let python = std::env::var("SIGNRT_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tb_readback.py");
     let out = std::process::Command::new(&python)

@@ -273,9 +273,9 @@ fn snr_figures(
         let read = |b: &Bundle, f: &str| proto::read_model(&b.path_of(f));
         let m = &float.manifest;
         Some(report::temporal_snr(
-            &read(&float, &m.encoder)?,
-            &read(&float, &m.temporal)?,
-            &read(&int8, &int8.manifest.temporal)?,
+            &read(float, &m.encoder)?,
+            &read(float, &m.temporal)?,
+            &read(int8, &int8.manifest.temporal)?,
             &outcome.frames,
             calib::FRAMES_PER_VIDEO,
             (m.input.height, m.input.width),

@@ -60,6 +60,26 @@ pub fn quantize_i8(b: &mut GraphBuilder, name: &str, x: &str, scale: &str) -> St
     )
 }
 
+/// An integer product's i32 accumulator back to f32: `Cast`, then `Mul` by the
+/// weights' scales and by the activation's.
+pub fn rescale(
+    b: &mut GraphBuilder,
+    name: &str,
+    acc: &str,
+    w_scale: &str,
+    x_scale: &str,
+) -> String {
+    let accf = op(
+        b,
+        name,
+        "Cast",
+        &[acc],
+        vec![("to", Attr::Int(DataType::Float as i64))],
+    );
+    let scaled = op(b, name, "Mul", &[&accf, w_scale], vec![]);
+    op(b, name, "Mul", &[&scaled, x_scale], vec![])
+}
+
 /// Every value name a node of `g` reads, its subgraphs' nodes included (a
 /// body may read the outer graph's values).
 fn used_names(g: &pb::GraphProto, out: &mut HashSet<String>) {
@@ -181,15 +201,7 @@ fn rewrite_conv(
         attrs.push(("group", Attr::Int(g)));
     }
     let acc = op(b, name, "ConvInteger", &[&xq, &wq], attrs);
-    let accf = op(
-        b,
-        name,
-        "Cast",
-        &[&acc],
-        vec![("to", Attr::Int(DataType::Float as i64))],
-    );
-    let scaled = op(b, name, "Mul", &[&accf, &ws], vec![]);
-    let scaled = op(b, name, "Mul", &[&scaled, &xs], vec![]);
+    let scaled = rescale(b, name, &acc, &ws, &xs);
     b.node("Add", &[&scaled, &bn], &[&n.output[0]], vec![]);
     WeightSummary::of(name, "ConvInteger", w, &scales)
 }

@@ -22,11 +22,11 @@
 //! An `LSTM` this does not take (one direction, peepholes, `clip`, other
 //! activations, `Y_h`/`Y_c` used, weights not constant) stays as it is.
 
-use crate::dynamic::{drop_unused_initializers, op, quantize_i8, symmetric_scale};
+use crate::dynamic::{drop_unused_initializers, op, quantize_i8, rescale, symmetric_scale};
 use crate::proto::{attr_int, tensor_f32, tensor_i8};
 use crate::qmath::quantize_weights;
 use crate::rewrite::WeightSummary;
-use signrt_runtime::onnx::pb::{self, tensor_proto::DataType};
+use signrt_runtime::onnx::pb;
 use signrt_runtime::onnx::{tensor_f32 as f32_tensor, Attr, Dim, GraphBuilder};
 use std::collections::HashMap;
 
@@ -205,15 +205,7 @@ fn projection(b: &mut GraphBuilder, x: &str, lw: &LstmWeights, name: &str) -> St
     let xs = symmetric_scale(b, name, &x2);
     let xq = quantize_i8(b, name, &x2, &xs);
     let acc = op(b, name, "MatMulInteger", &[&xq, &wq], vec![]);
-    let accf = op(
-        b,
-        name,
-        "Cast",
-        &[&acc],
-        vec![("to", Attr::Int(DataType::Float as i64))],
-    );
-    let scaled = op(b, name, "Mul", &[&accf, &ws], vec![]);
-    let scaled = op(b, name, "Mul", &[&scaled, &xs], vec![]);
+    let scaled = rescale(b, name, &acc, &ws, &xs);
     op(b, name, "Add", &[&scaled, &bias], vec![])
 }
 

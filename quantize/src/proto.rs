@@ -184,15 +184,18 @@ pub fn load_any(model: &pb::ModelProto) -> Result<Plan, QuantizeError> {
 pub fn run_with_shape(plan: &Plan, shape: &[usize], x: &[f32]) -> Result<Vec<f32>, QuantizeError> {
     let t = Tensor::from_shape(shape, x).map_err(QuantizeError::tract)?;
     let out = plan.run(tvec!(t.into())).map_err(QuantizeError::tract)?;
-    let v = out[0]
-        .cast_to::<f32>()
+    values(&out[0])
+}
+
+/// A tensor's values as f32.
+fn values(t: &Tensor) -> Result<Vec<f32>, QuantizeError> {
+    Ok(t.cast_to::<f32>()
         .map_err(QuantizeError::tract)?
         .to_plain_array_view::<f32>()
         .map_err(QuantizeError::tract)?
         .iter()
         .copied()
-        .collect();
-    Ok(v)
+        .collect())
 }
 
 /// Runs a plan on one (1,3,H,W) frame; returns every output as f32 values.
@@ -204,19 +207,7 @@ pub fn run_plan(
 ) -> Result<Vec<Vec<f32>>, QuantizeError> {
     let t = Tensor::from_shape(&[1, 3, h, w], frame).map_err(QuantizeError::tract)?;
     let out = plan.run(tvec!(t.into())).map_err(QuantizeError::tract)?;
-    out.iter()
-        .map(|o| {
-            let v = o
-                .cast_to::<f32>()
-                .map_err(QuantizeError::tract)?
-                .to_plain_array_view::<f32>()
-                .map_err(QuantizeError::tract)?
-                .iter()
-                .copied()
-                .collect();
-            Ok(v)
-        })
-        .collect()
+    out.iter().map(|o| values(o)).collect()
 }
 
 /// One line per node of the optimized tract model: name, op, output types

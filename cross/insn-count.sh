@@ -10,7 +10,8 @@
 #
 # Usage: cross/insn-count.sh [BUNDLE [SAMPLE.y4m]]     (default: models/demo, the first sample)
 # Environment: SIGNRT_CROSS_BIN (default: the release build of cross/build-aarch64.sh),
-#              SIGNRT_INSN_CPUS (default "cortex-a76 cortex-a72"), SIGNRT_INSN_PRECISIONS (default "f32 int8")
+#              SIGNRT_INSN_CPUS (default "cortex-a76 cortex-a72"), SIGNRT_INSN_PRECISIONS (default "f32 int8"),
+#              SIGNRT_INSN_FRAMES (use only the sample's first N frames: large models run slowly under qemu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-models/demo}
@@ -34,13 +35,24 @@ trap 'rm -rf "$TMP"' EXIT
 cc -O2 -shared -fPIC -o "$TMP/libinsn_count.so" cross/qemu-plugin/insn_count.c
 
 # the sample, and the sample three times over: one Y4M header, the frames repeated
-python3 - "$SAMPLE" "$TMP" <<'EOF'
+python3 - "$SAMPLE" "$TMP" "${SIGNRT_INSN_FRAMES:-0}" <<'EOF'
 import sys
 data = open(sys.argv[1], 'rb').read()
 head, _, body = data.partition(b'\n')
-open(sys.argv[2] + '/x1.y4m', 'wb').write(data)
+tags = dict((t[:1], t[1:]) for t in head.split()[1:])
+w, h, c = int(tags[b'W']), int(tags[b'H']), tags.get(b'C', b'420jpeg')
+size = {b'444': 3 * w * h, b'422': 2 * w * h, b'mon': w * h}.get(c[:3], w * h * 3 // 2)
+frames, at = [], 0
+while at < len(body):
+    start = body.index(b'\n', at) + 1  # "FRAME[ params]\n", then the planes
+    frames.append(body[at:start + size])
+    at = start + size
+if int(sys.argv[3]) > 0:
+    frames = frames[:int(sys.argv[3])]
+body = b''.join(frames)
+open(sys.argv[2] + '/x1.y4m', 'wb').write(head + b'\n' + body)
 open(sys.argv[2] + '/x3.y4m', 'wb').write(head + b'\n' + body * 3)
-print(body.count(b'FRAME'), file=open(sys.argv[2] + '/frames', 'w'))
+print(len(frames), file=open(sys.argv[2] + '/frames', 'w'))
 EOF
 n1=$(cat "$TMP/frames")
 

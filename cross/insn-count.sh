@@ -6,7 +6,8 @@
 # instruction executed. `signrt run --threads 1` streams the sample once and three times over; the
 # difference of the two counts, divided by the extra frames, is the steady-state cost of one frame
 # (preprocessing, encoder, the scorer's and the temporal graph's share, decoding), without the start-up
-# (reading and optimising the graphs). Each precision (--precision f32 / int8) runs on each CPU model.
+# (reading and optimising the graphs). The encoder alone is counted the same way, from `signrt bench
+# --encoder-only` at two repetition counts. Each precision (--precision f32 / int8) runs on each CPU model.
 #
 # Usage: cross/insn-count.sh [BUNDLE [SAMPLE.y4m]]     (default: models/demo, the first sample)
 # Environment: SIGNRT_CROSS_BIN (default: the release build of cross/build-aarch64.sh),
@@ -56,18 +57,24 @@ print(len(frames), file=open(sys.argv[2] + '/frames', 'w'))
 EOF
 n1=$(cat "$TMP/frames")
 
-count() { # CPU PRECISION CLIP -> instructions
-  qemu-aarch64 -cpu "$1" -plugin "$TMP/libinsn_count.so" -d plugin -D "$TMP/plugin.log" \
-    "$ARM_BIN" run --bundle "$BUNDLE" --precision "$2" --source "$3" --threads 1 --format text \
-    >"$TMP/out.txt" 2>"$TMP/err.txt" || { cat "$TMP/err.txt" >&2; die "signrt failed ($1, $2)"; }
+count() { # CPU PRECISION SIGNRT-ARGS... -> instructions
+  local cpu=$1 p=$2
+  shift 2
+  qemu-aarch64 -cpu "$cpu" -plugin "$TMP/libinsn_count.so" -d plugin -D "$TMP/plugin.log" \
+    "$ARM_BIN" "$@" --bundle "$BUNDLE" --precision "$p" \
+    >"$TMP/out.txt" 2>"$TMP/err.txt" || { cat "$TMP/err.txt" >&2; die "signrt $* failed ($cpu, $p)"; }
   awk '/^insns/ {print $2}' "$TMP/plugin.log"
 }
 
-printf '%-12s %-9s %18s %18s %16s\n' cpu precision "insns ($n1 frames)" "insns ($((3 * n1)))" "insns/frame"
+printf '%-12s %-9s %18s %18s %16s %16s\n' cpu precision "insns ($n1 frames)" "insns ($((3 * n1)))" \
+  "insns/frame" "encoder/frame"
 for cpu in $CPUS; do
   for p in $PRECISIONS; do
-    a=$(count "$cpu" "$p" "$TMP/x1.y4m")
-    b=$(count "$cpu" "$p" "$TMP/x3.y4m")
-    printf '%-12s %-9s %18s %18s %16s\n' "$cpu" "$p" "$a" "$b" $(((b - a) / (2 * n1)))
+    a=$(count "$cpu" "$p" run --source "$TMP/x1.y4m" --threads 1 --format text)
+    b=$(count "$cpu" "$p" run --source "$TMP/x3.y4m" --threads 1 --format text)
+    ea=$(count "$cpu" "$p" bench --encoder-only --iters "$n1")
+    eb=$(count "$cpu" "$p" bench --encoder-only --iters $((3 * n1)))
+    printf '%-12s %-9s %18s %18s %16s %16s\n' "$cpu" "$p" "$a" "$b" $(((b - a) / (2 * n1))) \
+      $(((eb - ea) / (2 * n1)))
   done
 done

@@ -262,6 +262,19 @@ fn thread_report(
     })
 }
 
+/// Only the encoder, `iters` runs on one thread on a preprocessed test frame
+/// (`signrt bench --encoder-only`): a loop with nothing else in it, e.g. for
+/// an instruction counter (cross/insn-count.sh).
+pub fn encoder_only(bundle: &Bundle, iters: usize) -> Result<Stat, PipelineError> {
+    set_default_executor(Executor::SingleThread);
+    let m = &bundle.manifest;
+    let mut pipe = Pipeline::new(bundle, None)?;
+    let camera = (m.input.width, m.input.height);
+    let (_, input) = time_preprocess(m, camera, &[test_frame(camera.0, camera.1, 0)], 1)?;
+    let mut feats = Vec::new();
+    time_n(iters, || Ok(pipe.model.encode(&input, &mut feats)?))
+}
+
 /// Times resampling camera frames to the encoder's input; returns the last
 /// input too, which the later stages run on.
 fn time_preprocess(

@@ -180,6 +180,10 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// intervals and its growth after the warm-up (the first tenth).
         #[arg(long)]
         soak: Option<u64>,
+        /// Instead: run only the encoder, --iters times on one thread, and print
+        /// its median (a loop with nothing else in it, for an instruction counter).
+        #[arg(long, conflicts_with_all = ["soak", "compare"])]
+        encoder_only: bool,
     },
     /// Check this machine, a bundle, the cameras and the memory need, and recognise a sample.
     Doctor {
@@ -707,7 +711,17 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             compare,
             soak,
+            encoder_only,
         } => {
+            if encoder_only {
+                let dir = default_bundle(bundle)?;
+                let s = signrt_runtime::bench::encoder_only(&open_bundle(&dir)?, iters.max(1))?;
+                println!(
+                    "encoder {:.3} ms median, p99 {:.3} ms, {} runs",
+                    s.median_ms, s.p99_ms, s.runs
+                );
+                return Ok(0);
+            }
             if let Some(n) = soak {
                 return soak_cmd(bundle, n, threads.first().copied(), &camera, json);
             }

@@ -604,6 +604,30 @@ fn doctor_checks_machine_bundle_memory_and_sample() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(demo.to_str().unwrap()));
 }
 
+/// `bench --encoder-only` runs the encoder alone, as many times as asked.
+#[test]
+fn bench_encoder_only_runs_just_the_encoder() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo");
+    let args = [
+        "bench",
+        "--bundle",
+        demo.to_str().unwrap(),
+        "--encoder-only",
+        "--iters",
+        "3",
+    ];
+    let (code, out, err) = run(&args, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("encoder ") && out.trim_end().ends_with("3 runs"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (code, _, err) = run(&[&args[..], &["--soak", "10"]].concat(), None);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
 /// `--precision`: info says which graphs run and why; the shipped model carries both sets, and
 /// asking a float-only bundle for int8 is an error that names its manifest.
 #[test]

@@ -94,12 +94,16 @@ fn cpu_check() -> Check {
     let mut detail = arch.to_string();
     if arch == "x86_64" {
         detail += &format!(
-            ": avx2 {} fma {} avx512f {} avx-vnni {} amx-int8 {}",
-            f.avx2, f.fma, f.avx512f, f.avxvnni, f.amx_int8
+            ": avx2 {} fma {} avx512f {} avx512-vnni {} avx-vnni {} amx-int8 {}",
+            f.avx2, f.fma, f.avx512f, f.avx512vnni, f.avxvnni, f.amx_int8
         );
     }
+    let cpu = crate::precision::Cpu::detect();
+    if arch == "aarch64" {
+        detail += &format!(": dotprod {}", cpu.dotprod);
+    }
     let verdict = if f.int8_needs_avx_kernel() {
-        detail += " (AVX2 without AVX-512/VNNI: prefer a float bundle here)";
+        detail += " (AVX2 without AVX-512/VNNI: int8 graphs are slow here; a bundle with float graphs runs them)";
         Verdict::Warn
     } else {
         Verdict::Ok

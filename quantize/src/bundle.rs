@@ -87,8 +87,6 @@ pub struct Outcome {
     pub int8_encoder_bytes: u64,
     /// The rewritten temporal graph's projection weights (empty: it stayed f32).
     pub temporal_weights: Vec<WeightSummary>,
-    /// The rewritten scorer's convolution weights (empty: it stayed f32).
-    pub scorer_weights: Vec<WeightSummary>,
 }
 
 /// Opens the float bundle and refuses an already quantised one.
@@ -183,10 +181,7 @@ fn summary(
         })).collect::<Vec<_>>(),
         "temporal_weights": rows(temporal),
         "scorer_weights": rows(scorer),
-        "weights": weights.iter().map(|w| serde_json::json!({
-            "layer": w.layer, "op": w.op, "scales": w.scales,
-            "scale_min": w.scale_min, "scale_max": w.scale_max,
-        })).collect::<Vec<_>>(),
+        "weights": rows(Some(weights)),
     })
 }
 
@@ -229,7 +224,6 @@ pub fn quantize_bundle(opts: &Options) -> Result<Outcome, QuantizeError> {
         float_encoder_bytes,
         int8_encoder_bytes,
         temporal_weights: others.temporal.map(|t| t.1).unwrap_or_default(),
-        scorer_weights: others.scorer.map(|t| t.1).unwrap_or_default(),
     })
 }
 

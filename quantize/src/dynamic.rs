@@ -121,11 +121,8 @@ pub fn quantize_convs(
     prefix: &str,
     min_weights: usize,
 ) -> Vec<WeightSummary> {
-    let inits: HashMap<String, pb::TensorProto> = g
-        .initializer
-        .iter()
-        .map(|t| (t.name.clone(), t.clone()))
-        .collect();
+    let inits: HashMap<&str, &pb::TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut b = GraphBuilder::new(&g.name);
     let (mut weights, mut nodes) = (Vec::new(), Vec::new());
     for (i, mut n) in std::mem::take(&mut g.node).into_iter().enumerate() {
@@ -158,19 +155,19 @@ type ConvWeights = (Vec<i64>, Vec<f32>);
 /// A Conv's constant weights and bias, when it has them.
 fn conv_weights(
     n: &pb::NodeProto,
-    inits: &HashMap<String, pb::TensorProto>,
+    inits: &HashMap<&str, &pb::TensorProto>,
 ) -> Option<(ConvWeights, Vec<f32>)> {
     if n.op_type != "Conv" || n.attribute.iter().any(|a| a.name == "auto_pad") {
         return None;
     }
-    let t = inits.get(n.input.get(1)?)?;
+    let t = inits.get(n.input.get(1)?.as_str())?;
     let w = tensor_f32(t)?;
     let out = *t.dims.first()? as usize;
     if t.dims.len() != 4 || out == 0 {
         return None;
     }
     let bias = match n.input.get(2).filter(|s| !s.is_empty()) {
-        Some(s) => tensor_f32(inits.get(s)?).filter(|b| b.len() == out)?,
+        Some(s) => tensor_f32(inits.get(s.as_str())?).filter(|b| b.len() == out)?,
         None => vec![0.0; out],
     };
     Some(((t.dims.clone(), w), bias))

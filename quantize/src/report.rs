@@ -99,26 +99,25 @@ pub fn temporal_snr(
     let enc = proto::load_plan(float_encoder, h, w)?;
     let fplan = proto::load_any(float_temporal)?;
     let qplan = proto::load_any(int8_temporal)?;
-    let (mut s, mut n) = (0f64, 0f64);
+    let (mut want, mut got) = (Vec::new(), Vec::new());
     for chunk in frames.chunks(per.max(1)) {
         let mut feats = Vec::new();
         for x in chunk {
             feats.extend(proto::run_plan(&enc, x, h, w)?.swap_remove(0));
         }
         let shape = [1, chunk.len(), feats.len() / chunk.len()];
-        let f = proto::run_with_shape(&fplan, &shape, &feats)?;
-        let q = proto::run_with_shape(&qplan, &shape, &feats)?;
-        for (a, b) in f.iter().zip(&q) {
-            let (a, b) = ((*a as f64).exp(), (*b as f64).exp());
-            s += a * a;
-            n += (a - b) * (a - b);
-        }
+        want.extend(
+            proto::run_with_shape(&fplan, &shape, &feats)?
+                .iter()
+                .map(|v| v.exp()),
+        );
+        got.extend(
+            proto::run_with_shape(&qplan, &shape, &feats)?
+                .iter()
+                .map(|v| v.exp()),
+        );
     }
-    Ok(if n == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (s / n).log10()
-    })
+    Ok(snr_db(&want, &got))
 }
 
 fn output_names(m: &pb::ModelProto) -> Vec<String> {

@@ -89,7 +89,8 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
 }
 
 fn cpu_check() -> Check {
-    let f = crate::isa::X86Features::detect();
+    let cpu = crate::precision::Cpu::detect();
+    let f = cpu.x86;
     let arch = std::env::consts::ARCH;
     let mut detail = arch.to_string();
     if arch == "x86_64" {
@@ -98,7 +99,6 @@ fn cpu_check() -> Check {
             f.avx2, f.fma, f.avx512f, f.avx512vnni, f.avxvnni, f.amx_int8
         );
     }
-    let cpu = crate::precision::Cpu::detect();
     if arch == "aarch64" {
         detail += &format!(": dotprod {}", cpu.dotprod);
     }

@@ -4,12 +4,15 @@
 //! - `hostile`: the default model fed real clients' streams and broken input;
 //! - `parsers`: property tests of the parsers of untrusted input;
 //! - `isa`: the CPU dispatch reaches tract before its first probe (in a process of its own);
+//! - `qconv`: the vendored tract-core's lazy im2col for quantized convolutions, against the eager
+//!   one and a brute-force convolution, on every int8 kernel this CPU has;
 //! - `recognizer`: the push API and endpointing on the default model.
 
 mod cli;
 mod hostile;
 mod isa;
 mod parsers;
+mod qconv;
 mod recognizer;
 
 /// Heap bytes counted per thread (the parser tests' allocation bound; this

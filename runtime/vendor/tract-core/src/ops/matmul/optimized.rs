@@ -10,6 +10,7 @@ use tract_linalg::mmm::{
     AsInputValue, EagerPackedInput, FusedSpec, MMMInputValue, MatMatMul, OutputStore,
     OutputStoreSpec, PackedMatrixStorage, PanelExtractInput, PanelExtractor,
 };
+use crate::ops::cnn::conv::lazy_im2col::LazyIm2colParams;
 use tract_linalg::pack::PackedFormat;
 use tract_linalg::{BinOp, Scaler};
 use tract_smallvec::ToSmallVec;
@@ -134,6 +135,10 @@ impl ProtoFusedSpec {
                 assert!(
                     b_packing.dyn_eq(b.format())
                         || (b_packing.is::<PackedFormat>() && b_packing.r() == b.format().r())
+                        || b
+                            .format()
+                            .downcast_ref::<LazyIm2colParams>()
+                            .is_some_and(|lazy| lazy.packer.writes(&**b_packing))
                 );
                 debug_assert!(pa.k().to_dim().compatible_with(&geo.k.to_dim()));
                 debug_assert!(b.k().to_dim().compatible_with(&geo.k.to_dim()));

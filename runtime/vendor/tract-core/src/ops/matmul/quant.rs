@@ -93,11 +93,13 @@ pub(crate) fn compensate_zero_points(
     a0: OutletId,
     b0: OutletId,
     sum_a: OutletId,
-    sum_b: OutletId,
+    sum_b: Option<OutletId>,
 ) -> TractResult<OutletId> {
     let output_rank = model.outlet_fact(result)?.rank();
     ensure!(model.outlet_fact(sum_a)?.rank() == output_rank);
-    ensure!(model.outlet_fact(sum_b)?.rank() == output_rank);
+    if let Some(sum_b) = sum_b {
+        ensure!(model.outlet_fact(sum_b)?.rank() == output_rank);
+    }
 
     let a0 =
         model.wire_node(format!("{name}.cast_a0"), ops::cast::cast(i32::datum_type()), &[a0])?[0];
@@ -108,12 +110,6 @@ pub(crate) fn compensate_zero_points(
     let k = model.add_const(format!("{name}.k"), rctensor0(k))?;
     let k = model.wire_node(format!("{name}.cast_k"), ops::cast::cast(i32::datum_type()), &[k])?[0];
 
-    let a0_sum_b = wire_with_rank_broadcast(
-        format!("{name}.a0_sum_b"),
-        model,
-        ops::math::mul(),
-        &[a0, sum_b],
-    )?[0];
 
     let b0_sum_a = wire_with_rank_broadcast(
         format!("{name}.b0_sum_a"),
@@ -129,12 +125,23 @@ pub(crate) fn compensate_zero_points(
         wire_with_rank_broadcast(format!("{name}.a0_k_b0"), model, ops::math::mul(), &[a0_k, b0])?
             [0];
 
-    let result = wire_with_rank_broadcast(
-        format!("{}.minus_a0_B", name),
-        model,
-        ops::math::sub(),
-        &[result, a0_sum_b],
-    )?[0];
+    // None: the caller knows a0 is zero, so a0 * sum_b is too.
+    let result = if let Some(sum_b) = sum_b {
+        let a0_sum_b = wire_with_rank_broadcast(
+            format!("{name}.a0_sum_b"),
+            model,
+            ops::math::mul(),
+            &[a0, sum_b],
+        )?[0];
+        wire_with_rank_broadcast(
+            format!("{}.minus_a0_B", name),
+            model,
+            ops::math::sub(),
+            &[result, a0_sum_b],
+        )?[0]
+    } else {
+        result
+    };
     let result = wire_with_rank_broadcast(
         format!("{}.minus_b0_A", name),
         model,

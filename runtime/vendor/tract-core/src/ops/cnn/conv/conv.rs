@@ -14,7 +14,7 @@ use crate::ops::cast::cast;
 use crate::ops::cnn::PaddingSpec::*;
 use crate::ops::cnn::conv::block_quant::{BlockQuantIntoShape, SplitGroupBlockQuant};
 use crate::ops::cnn::conv::lazy_im2col::LazyIm2Col;
-use crate::ops::cnn::conv::lazy_im2col::LazyIm2colParams;
+use crate::ops::cnn::conv::lazy_im2col::{LazyIm2colPacker, LazyIm2colParams};
 use crate::ops::cnn::wire_reshape_bias_for_bin;
 use crate::ops::einsum::EinSum;
 use crate::ops::math::{Add, Div, Mul, Sub};
@@ -180,6 +180,7 @@ impl Conv {
         else {
             bail!("Wrong number of inputs")
         };
+        let k0_is_zero = i8_zero_point_is_zero(model, kernel, k0)?;
         wire_ensure_q8_flavour(model, name, &mut kernel, "k", &mut k0, i8::datum_type())?;
         wire_ensure_q8_flavour(model, name, &mut x, "x", &mut x0, i8::datum_type())?;
 
@@ -220,18 +221,17 @@ impl Conv {
 
         let abc_scale = qmm::combine_scales(model, name, k_scale, x_scale, y_scale)?;
 
-        let im2col = model.wire_node(
-            format!("{name}.im2col"),
-            Im2Col::new(
-                self.pool_spec.clone(),
-                self.group,
-                k,
-                &b_fact.shape,
-                mmm.clone(),
-                packing,
-            )?,
-            &[x, x0],
-        )?[0];
+        // The sum of each patch is only needed against a non-zero kernel zero point, and only
+        // the eager im2col has the patches in memory to sum.
+        let lazy_pad = if k0_is_zero { self.quant_lazy_im2col_pad(model, x, x0, &*mmm, packing)? } else { None };
+        let (im2col, sum_x) = if let Some(pad) = lazy_pad {
+            (self.wire_lazy_im2col(model, name, x, pad, &*mmm, packing)?.0, None)
+        } else {
+            let (im2col, sum_x) = unsafe {
+                self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)?
+            };
+            (im2col, Some(sum_x))
+        };
 
         let g_o_ihw = self.wire_kernel_as_g_o_ihw(model, name, kernel)?;
         let g_o_ihw_as_i32 =
@@ -255,23 +255,6 @@ impl Conv {
             AxisOp::Add(hw_position),
             &sum_ker_n_g_c,
         )?;
-
-        ensure!(
-            mmm.packings()[packing].1.downcast_ref::<PackedFormat>().is_some()
-                || mmm.packings()[packing].1.downcast_ref::<PackedI8K4>().is_some(),
-            "Im2Col/QSumB support PackedFormat or PackedI8K4 activation packings"
-        );
-        let mut sum_x = model.wire_node(
-            format!("{name}.sum_x"),
-            super::QSumB { dt: b_fact.datum_type, n, r: mmm.nr(), k },
-            &[im2col],
-        )?;
-        // sum_b is N,G,HW. make it N,HW,G,C or N,G,C,HW
-        sum_x = model.wire_node(format!("{name}.add_c"), AxisOp::Add(2), &sum_x)?;
-        if self.pool_spec.data_format.c_is_last() {
-            sum_x =
-                model.wire_node(format!("{name}.transpose_sum_b"), AxisOp::Move(3, 1), &sum_x)?;
-        }
 
         let (mmm_output_shape, c_axis, h_axis) = self.mmm_output_shape(&output_shape)?;
         let bias_name = &model.node(bias.node).name;
@@ -300,13 +283,88 @@ impl Conv {
             k0,
             x0,
             sum_ker[0],
-            sum_x[0],
+            sum_x,
         )?;
 
         let wire = self.wire_remove_group(model, name, &[wire], &mmm_output_shape, c_axis)?;
         let wire = self.wire_rm_n_if_needed(model, name, &wire)?;
         let wire = qmm::requant(model, name, wire[0], c_dt, abc_scale, y0)?;
         Self::wire_geo_reshape(model, name, &[wire], &output_shape)
+    }
+
+    /// The eager im2col of a quantized convolution, padding with the input zero point, and the
+    /// sum of each patch (N,HW,G,C or N,G,C,HW) that a non-zero kernel zero point needs.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn wire_quant_eager_im2col(
+        &self,
+        model: &mut TypedModel,
+        name: &str,
+        x: OutletId,
+        x0: OutletId,
+        mmm: &dyn MatMatMul,
+        packing: usize,
+        k: usize,
+        n: &TDim,
+    ) -> TractResult<(OutletId, OutletId)> {
+        let b_fact = model.outlet_fact(x)?.clone();
+        let im2col = model.wire_node(
+            format!("{name}.im2col"),
+            Im2Col::new(
+                self.pool_spec.clone(),
+                self.group,
+                k,
+                &b_fact.shape,
+                dyn_clone::clone_box(mmm),
+                packing,
+            )?,
+            &[x, x0],
+        )?[0];
+        ensure!(
+            mmm.packings()[packing].1.downcast_ref::<PackedFormat>().is_some()
+                || mmm.packings()[packing].1.downcast_ref::<PackedI8K4>().is_some(),
+            "Im2Col/QSumB support PackedFormat or PackedI8K4 activation packings"
+        );
+        let mut sum_x = model.wire_node(
+            format!("{name}.sum_x"),
+            super::QSumB { dt: b_fact.datum_type, n: n.clone(), r: mmm.nr(), k },
+            &[im2col],
+        )?;
+        // sum_b is N,G,HW. make it N,HW,G,C or N,G,C,HW
+        sum_x = model.wire_node(format!("{name}.add_c"), AxisOp::Add(2), &sum_x)?;
+        if self.pool_spec.data_format.c_is_last() {
+            sum_x =
+                model.wire_node(format!("{name}.transpose_sum_b"), AxisOp::Move(3, 1), &sum_x)?;
+        }
+        Ok((im2col, sum_x[0]))
+    }
+
+    /// The value a lazy im2col pads a quantized input with (its zero point, which the zero-point
+    /// compensation then cancels), or None where the eager im2col is kept: the same shape rule as
+    /// for float, a constant scalar zero point, and a packing that lazy im2col can write.
+    fn quant_lazy_im2col_pad(
+        &self,
+        model: &TypedModel,
+        x: OutletId,
+        x0: OutletId,
+        mmm: &dyn MatMatMul,
+        packing: usize,
+    ) -> TractResult<Option<Arc<Tensor>>> {
+        let x_fact = model.outlet_fact(x)?;
+        let Some(shape) = x_fact.shape.as_concrete() else { return Ok(None) };
+        let dt = x_fact.datum_type.unquantized();
+        if TRACT_DISABLE_QUANT_LAZY_IM2COL.get()
+            || !should_use_lazy(&self.pool_spec, self.group, shape, dt)
+            || LazyIm2colPacker::from_format(&*mmm.packings()[packing].1).is_none()
+        {
+            return Ok(None);
+        }
+        let Some(x0) = &model.outlet_fact(x0)?.konst else { return Ok(None) };
+        if x0.volume() != 1 {
+            return Ok(None);
+        }
+        let x0 = x0.cast_to_scalar::<i32>()?;
+        let x0 = i8::try_from(x0).with_context(|| format!("input zero point {x0} is not i8"))?;
+        Ok(Some(tensor0(x0).into_arc_tensor()))
     }
 
     pub fn wire_remove_group<D: DimLike>(
@@ -449,71 +507,16 @@ impl Conv {
         name: &str,
         wire: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let &[mut x, kernel, bias] = wire else { bail!("Wrong number of inputs") };
-        let mut x_fact = model.outlet_fact(x)?.clone();
+        let &[x, kernel, bias] = wire else { bail!("Wrong number of inputs") };
+        let x_fact = model.outlet_fact(x)?.clone();
         let w_fact = model.outlet_fact(kernel)?.clone();
-        let (geo, m, k, n) = self.compute_geo(&x_fact)?;
+        let (_, m, k, n) = self.compute_geo(&x_fact)?;
         let (mmm, packing) = self.choose_impl(&x_fact, &w_fact, m, k, &n)?;
         debug!("{name} as lazy_im2col: m={m} k={k} n={n} {mmm:?}");
-        let input_shape = x_fact.shape.as_concrete().unwrap().to_vec();
-        let mut geo = geo.to_concrete(&input_shape)?.into_owned();
-        let mut input_shape: DataShape = self.pool_spec.data_format.shape(input_shape.into())?;
-        let padding = self.pool_spec.computed_padding(input_shape.hw_dims());
-        if padding.iter().any(|axis| axis.pad_before != 0 || axis.pad_after != 0) {
-            let mut pads = vec![(0, 0); x_fact.rank()];
-            for (ix, ax) in padding.iter().enumerate() {
-                pads[input_shape.h_axis() + ix] = (ax.pad_before, ax.pad_after);
-            }
-            let op = crate::ops::array::Pad {
-                mode: crate::ops::array::PadMode::Constant(
-                    Tensor::zero_scalar_dt(x_fact.datum_type)?.into_arc_tensor(),
-                ),
-                pads,
-            };
-            x = model.wire_node(format!("{name}.pad"), op, &[x])?[0];
-            let valid_pool_spec = PoolSpec { padding: Valid, ..self.pool_spec.clone() };
-            x_fact = model.outlet_fact(x)?.clone();
-            let concrete_shape = x_fact.shape.as_concrete().unwrap();
-            input_shape = valid_pool_spec.data_format.shape(concrete_shape.into())?;
-            geo = valid_pool_spec
-                .compute_geo(&x_fact.shape)?
-                .to_concrete(concrete_shape)?
-                .into_owned();
-        }
         let c_dt = crate::ops::matmul::output_type(x_fact.datum_type);
-        let c_stride = input_shape.c_stride();
-        let size_of_b = x_fact.datum_type.size_of() as isize;
-        let n_byte_offsets: Vec<isize> =
-            geo.patch.centers_offsets().into_iter().map(|x| x * size_of_b).collect();
-        // For grouped convs, k offsets cover one group's input slice (ci_per_group channels);
-        // each group reads from a different base offset (group_stride_bytes apart).
-        let ci_per_group = self.input_channels() / self.group;
-        let k_byte_offsets: Vec<isize> = (0..ci_per_group)
-            .flat_map(|ici| {
-                geo.patch
-                    .standard_layout_data_field
-                    .iter()
-                    .map(move |x| (x + (ici * c_stride) as isize) * size_of_b)
-            })
-            .collect();
-        let group_stride_bytes = (ci_per_group * c_stride) as isize * size_of_b;
-        let (mmm_output_shape, c_axis, h_axis) = self.mmm_output_shape(&geo.output_shape)?;
-        let packer = mmm.packings()[packing]
-            .1
-            .downcast_ref::<PackedFormat>()
-            .with_context(|| {
-                format_err!(
-                    "Quand Im2Col expects regular packed format, got {:?}",
-                    mmm.packings()[packing].1
-                )
-            })?
-            .clone();
-        let params = LazyIm2colParams { packer, n_byte_offsets, k_byte_offsets };
-        let x = model.wire_node(
-            format!("{name}.lazyIm2col"),
-            LazyIm2Col { params: Arc::new(params), group: self.group, group_stride_bytes },
-            &[x],
-        )?[0];
+        let zero = Tensor::zero_scalar_dt(x_fact.datum_type)?.into_arc_tensor();
+        let (x, output_shape) = self.wire_lazy_im2col(model, name, x, zero, &*mmm, packing)?;
+        let (mmm_output_shape, c_axis, h_axis) = self.mmm_output_shape(&output_shape)?;
 
         let kernel = self.wire_kernel_as_g_o_ihw(model, name, kernel)?[0];
         let wire = self.wire_mm_weights_bias(
@@ -533,7 +536,70 @@ impl Conv {
 
         let wire = self.wire_remove_group(model, name, &wire, &mmm_output_shape, c_axis)?;
         let wire = self.wire_rm_n_if_needed(model, name, &wire)?;
-        Self::wire_geo_reshape(model, name, &wire, &geo.output_shape)
+        Self::wire_geo_reshape(model, name, &wire, &output_shape)
+    }
+
+    /// Wires a `LazyIm2Col` over `x`: padding, if any, is materialised first with `pad_value`
+    /// (zero for float, the zero point for quantized inputs), then the matrix product's panels
+    /// are gathered from the padded input as it consumes them. Returns the packed input and the
+    /// convolution's output shape.
+    fn wire_lazy_im2col(
+        &self,
+        model: &mut TypedModel,
+        name: &str,
+        mut x: OutletId,
+        pad_value: Arc<Tensor>,
+        mmm: &dyn MatMatMul,
+        packing: usize,
+    ) -> TractResult<(OutletId, DataShape)> {
+        let mut x_fact = model.outlet_fact(x)?.clone();
+        let input_shape = x_fact.shape.as_concrete().context("lazy im2col needs a concrete input")?;
+        let input_shape = input_shape.to_vec();
+        let mut geo = self.pool_spec.compute_geo(&x_fact.shape)?.to_concrete(&input_shape)?.into_owned();
+        let mut input_shape: DataShape = self.pool_spec.data_format.shape(input_shape.into())?;
+        let padding = self.pool_spec.computed_padding(input_shape.hw_dims());
+        if padding.iter().any(|axis| axis.pad_before != 0 || axis.pad_after != 0) {
+            let mut pads = vec![(0, 0); x_fact.rank()];
+            for (ix, ax) in padding.iter().enumerate() {
+                pads[input_shape.h_axis() + ix] = (ax.pad_before, ax.pad_after);
+            }
+            let op = Pad { mode: PadMode::Constant(pad_value), pads };
+            x = model.wire_node(format!("{name}.pad"), op, &[x])?[0];
+            let valid_pool_spec = PoolSpec { padding: Valid, ..self.pool_spec.clone() };
+            x_fact = model.outlet_fact(x)?.clone();
+            let concrete_shape = x_fact.shape.as_concrete().unwrap();
+            input_shape = valid_pool_spec.data_format.shape(concrete_shape.into())?;
+            geo = valid_pool_spec
+                .compute_geo(&x_fact.shape)?
+                .to_concrete(concrete_shape)?
+                .into_owned();
+        }
+        let c_stride = input_shape.c_stride();
+        let size_of_b = x_fact.datum_type.size_of() as isize;
+        let n_byte_offsets: Vec<isize> =
+            geo.patch.centers_offsets().into_iter().map(|x| x * size_of_b).collect();
+        // For grouped convs, k offsets cover one group's input slice (ci_per_group channels);
+        // each group reads from a different base offset (group_stride_bytes apart).
+        let ci_per_group = self.input_channels() / self.group;
+        let k_byte_offsets: Vec<isize> = (0..ci_per_group)
+            .flat_map(|ici| {
+                geo.patch
+                    .standard_layout_data_field
+                    .iter()
+                    .map(move |x| (x + (ici * c_stride) as isize) * size_of_b)
+            })
+            .collect();
+        let group_stride_bytes = (ci_per_group * c_stride) as isize * size_of_b;
+        let format = &*mmm.packings()[packing].1;
+        let packer = LazyIm2colPacker::from_format(format)
+            .with_context(|| format_err!("LazyIm2Col cannot write {format:?} panels"))?;
+        let params = LazyIm2colParams { packer, n_byte_offsets, k_byte_offsets };
+        let x = model.wire_node(
+            format!("{name}.lazyIm2col"),
+            LazyIm2Col { params: Arc::new(params), group: self.group, group_stride_bytes },
+            &[x],
+        )?[0];
+        Ok((x, geo.output_shape))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1527,6 +1593,26 @@ crate::declare_knob!(
     DEFAULT_LAZY_IM2COL_MAX_EAGER_BYTES,
     "Eager-im2col scratch-size ceiling, in bytes, above which lazy im2col is preferred."
 );
+
+crate::declare_knob!(
+    scopable TRACT_DISABLE_QUANT_LAZY_IM2COL,
+    bool,
+    false,
+    "Keep the eager im2col for quantized convolutions where lazy im2col would be picked."
+);
+
+/// Whether a constant zero point is zero once `wire_ensure_q8_flavour` has moved its input to i8
+/// (an unsigned input is shifted by -128, and its zero point with it). False where not constant.
+fn i8_zero_point_is_zero(
+    model: &TypedModel,
+    input: OutletId,
+    zero_point: OutletId,
+) -> TractResult<bool> {
+    let Some(zp) = &model.outlet_fact(zero_point)?.konst else { return Ok(false) };
+    let zero = if model.outlet_fact(input)?.datum_type.unquantized().is_signed() { 0 } else { 128 };
+    let zp = zp.cast_to::<i32>()?;
+    Ok(zp.try_as_plain_ram()?.as_slice::<i32>()?.iter().all(|&z| z == zero))
+}
 
 fn lazy_im2col_min_kernel() -> usize {
     TRACT_LAZY_IM2COL_MIN_KERNEL.get()

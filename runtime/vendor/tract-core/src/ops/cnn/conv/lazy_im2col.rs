@@ -4,22 +4,78 @@ use std::fmt::{Debug, Display};
 use std::ops::Range;
 use tract_linalg::WeightType;
 use tract_linalg::mmm::{MMMInputFormat, MMMInputValue, PackedMatrixStorage};
-use tract_linalg::pack::{PackedFormat, PackingWriter};
+use tract_linalg::pack::{PackedFormat, PackedI8K4, PackingWriter};
+
+/// The panel layout a lazy im2col writes: the matrix kernel's own activation packing. Float
+/// kernels take the plain `PackedFormat`; the int8 dot-product kernels (x86 VNNI, AMX, arm64
+/// dotprod) take `PackedI8K4`, four consecutive K per column.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum LazyIm2colPacker {
+    Plain(PackedFormat),
+    I8K4(PackedI8K4),
+}
+
+impl LazyIm2colPacker {
+    /// The packer of an activation packing that lazy im2col can write, if it can.
+    pub fn from_format(format: &dyn MMMInputFormat) -> Option<LazyIm2colPacker> {
+        if let Some(p) = format.downcast_ref::<PackedFormat>() {
+            Some(LazyIm2colPacker::Plain(p.clone()))
+        } else {
+            format.downcast_ref::<PackedI8K4>().map(|p| LazyIm2colPacker::I8K4(p.clone()))
+        }
+    }
+
+    /// Whether the panels written are laid out as `format`'s.
+    pub fn writes(&self, format: &dyn MMMInputFormat) -> bool {
+        match self {
+            LazyIm2colPacker::Plain(p) => {
+                format.downcast_ref::<PackedFormat>().is_some_and(|f| f.r == p.r)
+            }
+            LazyIm2colPacker::I8K4(p) => format.dyn_eq(p),
+        }
+    }
+
+    pub fn r(&self) -> usize {
+        match self {
+            LazyIm2colPacker::Plain(p) => p.r,
+            LazyIm2colPacker::I8K4(p) => p.r,
+        }
+    }
+
+    fn as_format(&self) -> Box<dyn MMMInputFormat> {
+        match self {
+            LazyIm2colPacker::Plain(p) => Box::new(p.clone()),
+            LazyIm2colPacker::I8K4(p) => Box::new(p.clone()),
+        }
+    }
+
+    fn single_panel_layout(&self, k: usize, item_size: usize) -> std::alloc::Layout {
+        match self {
+            LazyIm2colPacker::Plain(p) => p.single_panel_layout(k, item_size),
+            LazyIm2colPacker::I8K4(p) => {
+                std::alloc::Layout::from_size_align(p.single_panel_len(k), p.alignment()).unwrap()
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct LazyIm2colParams {
-    pub packer: PackedFormat,
+    pub packer: LazyIm2colPacker,
     pub n_byte_offsets: Vec<isize>,
     pub k_byte_offsets: Vec<isize>,
 }
 
 impl MMMInputFormat for LazyIm2colParams {
     fn r(&self) -> usize {
-        self.packer.r
+        self.packer.r()
     }
 
     fn precursor(&self) -> WeightType {
-        self.packer.precursor()
+        match &self.packer {
+            LazyIm2colPacker::Plain(p) => p.precursor(),
+            LazyIm2colPacker::I8K4(p) => p.precursor(),
+        }
     }
 
     fn prepare_tensor(&self, _t: &Tensor, _k_axis: usize, _mn_axis: usize) -> TractResult<Tensor> {
@@ -31,7 +87,10 @@ impl MMMInputFormat for LazyIm2colParams {
     }
 
     fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
-        k * mn * self.packer.dt.size_of()
+        match &self.packer {
+            LazyIm2colPacker::Plain(p) => k * mn * p.dt.size_of(),
+            LazyIm2colPacker::I8K4(p) => p.mem_size(k, mn),
+        }
     }
 
     fn extract_at_mn_f16(
@@ -131,7 +190,7 @@ impl TypedOp for LazyIm2Col {
         let exotic_fact = DynPackedExoticFact {
             k: self.params.k_byte_offsets.len().to_dim(),
             mn: self.params.n_byte_offsets.len().to_dim(),
-            packers: vec![Box::new(self.params.packer.clone()) as Box<dyn MMMInputFormat>],
+            packers: vec![self.params.packer.as_format()],
         };
         Ok(tvec!(inputs[0].datum_type.fact([1, self.group]).with_exotic_fact(exotic_fact)))
     }
@@ -419,23 +478,35 @@ impl MMMInputValue for LazyIm2colInput {
 
 impl LazyIm2colInput {
     fn do_panel<T: Datum + Copy>(&self, i: usize, buffer: Option<*mut u8>) -> *const u8 {
-        let r = self.im2col.packer.r;
+        let r = self.im2col.packer.r();
         let mn_start = i * r;
-        let mn_end = (mn_start + self.im2col.packer.r).min(self.im2col.n_byte_offsets.len());
+        let mn_end = (mn_start + r).min(self.im2col.n_byte_offsets.len());
         let k = self.im2col.k_byte_offsets.len();
         let mn_range = mn_start as isize..mn_end as isize;
         let k_range = 0..k as isize;
         let packed = buffer.unwrap();
-        if mn_range.len() == r && mn_start.is_multiple_of(r) {
-            let mut writer = self.im2col.packer.write_single_panel_with_k_outer(packed as *mut T);
-            self.write(&mut writer, k_range, mn_range);
-        } else {
-            let mut writer = self.im2col.packer.write_with_k_outer(
-                packed as *mut T,
-                k_range.len(),
-                mn_range.len(),
-            );
-            self.write(&mut writer, k_range, mn_range);
+        match &self.im2col.packer {
+            LazyIm2colPacker::Plain(packer) => {
+                if mn_range.len() == r && mn_start.is_multiple_of(r) {
+                    let mut writer = packer.write_single_panel_with_k_outer(packed as *mut T);
+                    self.write(&mut writer, k_range, mn_range);
+                } else {
+                    let mut writer =
+                        packer.write_with_k_outer(packed as *mut T, k_range.len(), mn_range.len());
+                    self.write(&mut writer, k_range, mn_range);
+                }
+            }
+            LazyIm2colPacker::I8K4(packer) => {
+                // The writer skips the K padding (K rounded up to the kernel's K block), so it is
+                // zeroed here: from the first block that K does not fill to the panel's end.
+                let size_of = std::mem::size_of::<T>();
+                let filled = (k / 4) * 4 * r * size_of;
+                let panel = packer.single_panel_len(k) * size_of;
+                unsafe { std::ptr::write_bytes(packed.add(filled), 0, panel - filled) };
+                let mut writer =
+                    packer.write_with_k_outer(packed as *mut T, k_range.len(), mn_range.len());
+                self.write(&mut writer, k_range, mn_range);
+            }
         }
         packed
     }

@@ -61,11 +61,15 @@ impl Problem {
                                     - self.pads[0] as isize;
                                 let ix = (ox * self.stride + kx * self.dilation) as isize
                                     - self.pads[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= self.h as isize
+                                    || ix >= self.w as isize
                                 {
                                     continue;
                                 }
-                                let xi = ((g * cig + c) * self.h + iy as usize) * self.w + ix as usize;
+                                let xi =
+                                    ((g * cig + c) * self.h + iy as usize) * self.w + ix as usize;
                                 let ki = ((o * cig + c) * kk + ky) * kk + kx;
                                 acc += (self.x[xi] - self.x0) * (self.k[ki] - self.k0);
                             }
@@ -80,13 +84,21 @@ impl Problem {
 
     fn tensor(&self, values: &[i32], shape: &[usize]) -> TractResult<Tensor> {
         let t = tract_ndarray::ArrayD::from_shape_vec(shape, values.to_vec())?.into_tensor();
-        let dt = if self.unsigned { u8::datum_type() } else { i8::datum_type() };
+        let dt = if self.unsigned {
+            u8::datum_type()
+        } else {
+            i8::datum_type()
+        };
         t.cast_to_dt(dt).map(|t| t.into_owned())
     }
 
     fn model(&self) -> TractResult<TypedModel> {
         let mut m = TypedModel::default();
-        let dt = if self.unsigned { u8::datum_type() } else { i8::datum_type() };
+        let dt = if self.unsigned {
+            u8::datum_type()
+        } else {
+            i8::datum_type()
+        };
         let x = m.add_source("x", dt.fact([1, self.ci, self.h, self.w]))?;
         let kshape = [self.co, self.ci / self.group, self.kernel, self.kernel];
         let k = m.add_const("k", self.tensor(&self.k, &kshape)?)?;
@@ -121,7 +133,11 @@ impl Problem {
     fn run(&self, knobs: &[(&str, &str)]) -> TractResult<(Vec<i32>, bool)> {
         let scope = KnobScope::new(knobs.iter().copied())?;
         let plan = scope.enter(|| self.model()?.into_optimized()?.into_runnable())?;
-        let lazy = plan.model().nodes().iter().any(|n| n.op().name() == "LazyIm2col");
+        let lazy = plan
+            .model()
+            .nodes()
+            .iter()
+            .any(|n| n.op().name() == "LazyIm2col");
         let x = self.tensor(&self.x, &[1, self.ci, self.h, self.w])?;
         let y = plan.run(tvec!(x.into_tvalue()))?.remove(0).into_tensor();
         let y = y.cast_to::<i32>()?;
@@ -130,46 +146,67 @@ impl Problem {
 }
 
 fn problem() -> impl Strategy<Value = Problem> {
-    let geometry = (1usize..=2, 1usize..=12, 1usize..=20, prop::sample::select(vec![1usize, 3, 7]));
-    let more = (1usize..=2, 1usize..=2, prop::array::uniform4(0usize..=3), any::<bool>());
-    let points = (prop::sample::select(vec![0i32, 0, 1, 5, -7]), prop::sample::select(vec![0i32, 0, 0, 3]));
+    let geometry = (
+        1usize..=2,
+        1usize..=12,
+        1usize..=20,
+        prop::sample::select(vec![1usize, 3, 7]),
+    );
+    let more = (
+        1usize..=2,
+        1usize..=2,
+        prop::array::uniform4(0usize..=3),
+        any::<bool>(),
+    );
+    let points = (
+        prop::sample::select(vec![0i32, 0, 1, 5, -7]),
+        prop::sample::select(vec![0i32, 0, 0, 3]),
+    );
     (geometry, more, points, 5usize..=24, 5usize..=24)
-        .prop_filter("the kernel fits", |((_, _, _, k), (_, dil, pads, _), _, h, w)| {
-            let reach = (k - 1) * dil + 1;
-            h + pads[0] + pads[2] >= reach && w + pads[1] + pads[3] >= reach
-        })
-        .prop_flat_map(|((group, cig, cog, kernel), (stride, dilation, pads, unsigned), (x0, k0), h, w)| {
-            let (ci, co) = (group * cig, group * cog);
-            let lo: i32 = if unsigned { 0 } else { -128 };
-            let shift = if unsigned { 128 } else { 0 };
-            (
-                prop::collection::vec(lo..lo + 256, ci * h * w),
-                prop::collection::vec(lo..lo + 256, co * cig * kernel * kernel),
-                prop::collection::vec(-1000i32..1000, co),
-            )
-                .prop_map(move |(x, k, bias)| Problem {
-                    ci,
-                    co,
-                    group,
-                    h,
-                    w,
-                    kernel,
-                    stride,
-                    dilation,
-                    pads,
-                    unsigned,
-                    x0: x0 + shift,
-                    k0: k0 + shift,
-                    x,
-                    k,
-                    bias,
-                })
-        })
+        .prop_filter(
+            "the kernel fits",
+            |((_, _, _, k), (_, dil, pads, _), _, h, w)| {
+                let reach = (k - 1) * dil + 1;
+                h + pads[0] + pads[2] >= reach && w + pads[1] + pads[3] >= reach
+            },
+        )
+        .prop_flat_map(
+            |((group, cig, cog, kernel), (stride, dilation, pads, unsigned), (x0, k0), h, w)| {
+                let (ci, co) = (group * cig, group * cog);
+                let lo: i32 = if unsigned { 0 } else { -128 };
+                let shift = if unsigned { 128 } else { 0 };
+                (
+                    prop::collection::vec(lo..lo + 256, ci * h * w),
+                    prop::collection::vec(lo..lo + 256, co * cig * kernel * kernel),
+                    prop::collection::vec(-1000i32..1000, co),
+                )
+                    .prop_map(move |(x, k, bias)| Problem {
+                        ci,
+                        co,
+                        group,
+                        h,
+                        w,
+                        kernel,
+                        stride,
+                        dilation,
+                        pads,
+                        unsigned,
+                        x0: x0 + shift,
+                        k0: k0 + shift,
+                        x,
+                        k,
+                        bias,
+                    })
+            },
+        )
 }
 
-const EAGER: &[(&str, &str)] = &[("TRACT_DISABLE_QUANT_LAZY_IM2COL", "true")];
+const EAGER: &[(&str, &str)] = &[("TRACT_QUANT_LAZY_IM2COL_MIN_BYTES", "18446744073709551615")];
 const LAZY_WHEN_PICKED: &[(&str, &str)] = &[];
-const LAZY_ALWAYS: &[(&str, &str)] = &[("TRACT_LAZY_IM2COL_MIN_KERNEL", "1")];
+const LAZY_ALWAYS: &[(&str, &str)] = &[
+    ("TRACT_LAZY_IM2COL_MIN_KERNEL", "1"),
+    ("TRACT_QUANT_LAZY_IM2COL_MIN_BYTES", "0"),
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
@@ -209,7 +246,11 @@ fn every_int8_kernel() {
     ];
     for edit in edits {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "qconv::lazy_quantized_im2col_is_bit_identical", "--test-threads=1"])
+            .args([
+                "--exact",
+                "qconv::lazy_quantized_im2col_is_bit_identical",
+                "--test-threads=1",
+            ])
             .env(CHILD, "1")
             .env("TRACT_CPU_ISA", edit)
             .output()

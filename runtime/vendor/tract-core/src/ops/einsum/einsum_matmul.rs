@@ -882,8 +882,9 @@ fn dequant(
     output = patch.wire_node(format!("{name}.add_bias"), add(), &[output[0], bias[0]])?;
 
     let k = model.outlet_fact(node.inputs[0])?.shape[k_axis.inputs[0][0]].clone();
-    let output = compensate_zero_points(&mut patch, name, output[0], k, a0, b0, sum_a[0], Some(sum_b[0]))
-        .context("Zero point compensation")?;
+    let output =
+        compensate_zero_points(&mut patch, name, output[0], k, a0, b0, sum_a[0], Some(sum_b[0]))
+            .context("Zero point compensation")?;
     let output = requant(&mut patch, name, output, op.q_params.unwrap(), abc_scale, c0)?;
     patch.shunt_outside(model, node.id.into(), output)?;
     Ok(patch)

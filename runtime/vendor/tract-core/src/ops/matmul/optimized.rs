@@ -6,11 +6,11 @@ use crate::ops::nn::LeakyRelu;
 use ndarray::*;
 use tract_itertools::Itertools;
 
+use crate::ops::cnn::conv::lazy_im2col::LazyIm2colParams;
 use tract_linalg::mmm::{
     AsInputValue, EagerPackedInput, FusedSpec, MMMInputValue, MatMatMul, OutputStore,
     OutputStoreSpec, PackedMatrixStorage, PanelExtractInput, PanelExtractor,
 };
-use crate::ops::cnn::conv::lazy_im2col::LazyIm2colParams;
 use tract_linalg::pack::PackedFormat;
 use tract_linalg::{BinOp, Scaler};
 use tract_smallvec::ToSmallVec;
@@ -135,8 +135,7 @@ impl ProtoFusedSpec {
                 assert!(
                     b_packing.dyn_eq(b.format())
                         || (b_packing.is::<PackedFormat>() && b_packing.r() == b.format().r())
-                        || b
-                            .format()
+                        || b.format()
                             .downcast_ref::<LazyIm2colParams>()
                             .is_some_and(|lazy| lazy.packer.writes(&**b_packing))
                 );

@@ -110,7 +110,6 @@ pub(crate) fn compensate_zero_points(
     let k = model.add_const(format!("{name}.k"), rctensor0(k))?;
     let k = model.wire_node(format!("{name}.cast_k"), ops::cast::cast(i32::datum_type()), &[k])?[0];
 
-
     let b0_sum_a = wire_with_rank_broadcast(
         format!("{name}.b0_sum_a"),
         model,

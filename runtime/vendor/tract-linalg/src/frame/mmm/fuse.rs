@@ -53,8 +53,12 @@ pub enum FusedSpec<'t> {
 impl FusedSpec<'_> {
     pub fn prefer_col_outer(&self) -> Option<bool> {
         if let FusedSpec::AddMatMul { a, b, .. } = self {
-            let a_is_eager = a.format().is::<PackedFormat>();
-            let b_is_eager = b.format().is::<PackedFormat>();
+            // An input that needs a scratch panel buffer (lazy im2col) computes each panel when
+            // it is visited: the walk keeps it in the outer loop, so each panel is made once.
+            let eager = |v: &AsInputValue| {
+                v.format().is::<PackedFormat>() || v.scratch_panel_buffer_layout().is_none()
+            };
+            let (a_is_eager, b_is_eager) = (eager(a), eager(b));
             if a_is_eager == b_is_eager { None } else { Some(a_is_eager) }
         } else {
             None

@@ -223,13 +223,16 @@ impl Conv {
 
         // The sum of each patch is only needed against a non-zero kernel zero point, and only
         // the eager im2col has the patches in memory to sum.
-        let lazy_pad = if k0_is_zero { self.quant_lazy_im2col_pad(model, x, x0, &*mmm, packing)? } else { None };
+        let lazy_pad = if k0_is_zero {
+            self.quant_lazy_im2col_pad(model, x, x0, &*mmm, packing)?
+        } else {
+            None
+        };
         let (im2col, sum_x) = if let Some(pad) = lazy_pad {
             (self.wire_lazy_im2col(model, name, x, pad, &*mmm, packing)?.0, None)
         } else {
-            let (im2col, sum_x) = unsafe {
-                self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)?
-            };
+            let (im2col, sum_x) =
+                unsafe { self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)? };
             (im2col, Some(sum_x))
         };
 
@@ -339,8 +342,10 @@ impl Conv {
     }
 
     /// The value a lazy im2col pads a quantized input with (its zero point, which the zero-point
-    /// compensation then cancels), or None where the eager im2col is kept: the same shape rule as
-    /// for float, a constant scalar zero point, and a packing that lazy im2col can write.
+    /// compensation then cancels), or None where the eager im2col is kept. Lazy needs the same
+    /// shape rule as float, a constant scalar zero point, a packing that lazy im2col can write,
+    /// and patches too large to stay in cache (`TRACT_QUANT_LAZY_IM2COL_MIN_BYTES`): below that,
+    /// the eager i8 im2col, which pads as it copies, costs less than lazy's `Pad` and gathers.
     fn quant_lazy_im2col_pad(
         &self,
         model: &TypedModel,
@@ -352,7 +357,9 @@ impl Conv {
         let x_fact = model.outlet_fact(x)?;
         let Some(shape) = x_fact.shape.as_concrete() else { return Ok(None) };
         let dt = x_fact.datum_type.unquantized();
-        if TRACT_DISABLE_QUANT_LAZY_IM2COL.get()
+        let (_, _, k, n) = self.compute_geo(x_fact)?;
+        let eager_bytes = n.to_usize().map(|n| n * k * dt.size_of()).unwrap_or(usize::MAX);
+        if eager_bytes < TRACT_QUANT_LAZY_IM2COL_MIN_BYTES.get()
             || !should_use_lazy(&self.pool_spec, self.group, shape, dt)
             || LazyIm2colPacker::from_format(&*mmm.packings()[packing].1).is_none()
         {
@@ -553,9 +560,11 @@ impl Conv {
         packing: usize,
     ) -> TractResult<(OutletId, DataShape)> {
         let mut x_fact = model.outlet_fact(x)?.clone();
-        let input_shape = x_fact.shape.as_concrete().context("lazy im2col needs a concrete input")?;
+        let input_shape =
+            x_fact.shape.as_concrete().context("lazy im2col needs a concrete input")?;
         let input_shape = input_shape.to_vec();
-        let mut geo = self.pool_spec.compute_geo(&x_fact.shape)?.to_concrete(&input_shape)?.into_owned();
+        let mut geo =
+            self.pool_spec.compute_geo(&x_fact.shape)?.to_concrete(&input_shape)?.into_owned();
         let mut input_shape: DataShape = self.pool_spec.data_format.shape(input_shape.into())?;
         let padding = self.pool_spec.computed_padding(input_shape.hw_dims());
         if padding.iter().any(|axis| axis.pad_before != 0 || axis.pad_after != 0) {
@@ -1595,10 +1604,10 @@ crate::declare_knob!(
 );
 
 crate::declare_knob!(
-    scopable TRACT_DISABLE_QUANT_LAZY_IM2COL,
-    bool,
-    false,
-    "Keep the eager im2col for quantized convolutions where lazy im2col would be picked."
+    scopable TRACT_QUANT_LAZY_IM2COL_MIN_BYTES,
+    usize,
+    64 * 1024,
+    "Smallest eager im2col scratch, in bytes, for which a quantized convolution gathers lazily."
 );
 
 /// Whether a constant zero point is zero once `wire_ensure_q8_flavour` has moved its input to i8

@@ -291,6 +291,8 @@ fn bench(float: PathBuf, int8: PathBuf, iters: usize) -> Result<()> {
     if (qb.manifest.input.height, qb.manifest.input.width) != (h, w) {
         bail!("the two bundles have different input sizes");
     }
+    // tract's CPU dispatch as `signrt` would install it for the int8 bundle
+    qb.prepare_isa();
     let models = vec![
         (
             "float".to_string(),
@@ -328,6 +330,12 @@ fn forms(
     iters: usize,
 ) -> Result<()> {
     let (b, enc) = bundle::open_float(&bundle_dir)?;
+    // the dispatch `signrt` would install for an int8 encoder of a quarter of this size
+    let float_bytes = std::fs::metadata(b.path_of(&b.graph_files().encoder)).map_or(0, |m| m.len());
+    signrt_runtime::isa::prepare_for(
+        true,
+        float_bytes / 4 >= signrt_runtime::isa::LARGE_INT8_ENCODER_BYTES,
+    );
     let m = &b.manifest;
     let (h, w) = (m.input.height, m.input.width);
     let (frames, _) = calib::calibration_frames(&calib_dir, split, samples, m)?;

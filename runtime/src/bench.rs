@@ -200,7 +200,7 @@ pub fn run(
                 q.mode, bundle.choice.precision, bundle.choice.reason
             ),
         },
-        dispatch: crate::isa::prepare(bundle.int8_compute()).to_string(),
+        dispatch: bundle.prepare_isa().to_string(),
         camera_frame: camera,
         stream_frames,
         per_threads: per,
@@ -414,7 +414,10 @@ pub fn compare_encoders(
 ) -> Result<(Stat, Stat), PipelineError> {
     set_default_executor(Executor::SingleThread);
     // tract's CPU dispatch is decided once: for int8 if either bundle is int8
-    crate::isa::prepare(a.int8_compute() || b.int8_compute());
+    crate::isa::prepare_for(
+        a.int8_compute() || b.int8_compute(),
+        a.large_int8_encoder() || b.large_int8_encoder(),
+    );
     let mut ma = crate::engine::TractModel::load(a)?;
     let mut mb = crate::engine::TractModel::load(b)?;
     let input = |bundle: &Bundle| {
@@ -460,7 +463,7 @@ pub fn encoder_ops(
         path: path.clone(),
         message: format!("{e:#}"),
     };
-    crate::isa::prepare(bundle.int8_compute());
+    bundle.prepare_isa();
     let model = tract_onnx::onnx()
         .model_for_path(&path)
         .map_err(err)?

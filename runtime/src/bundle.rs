@@ -515,6 +515,18 @@ impl Bundle {
         self.choice.precision == crate::Precision::Int8 && self.manifest.int8_compute()
     }
 
+    /// Whether the encoder that runs is int8 and large enough for AMX tiles to pay
+    /// (`isa::LARGE_INT8_ENCODER_BYTES`; an unreadable file counts as small).
+    pub fn large_int8_encoder(&self) -> bool {
+        let bytes = std::fs::metadata(self.path_of(&self.graphs.encoder)).map_or(0, |m| m.len());
+        self.int8_compute() && bytes >= crate::isa::LARGE_INT8_ENCODER_BYTES
+    }
+
+    /// Installs tract's CPU dispatch for the graphs that run (`isa::prepare_for`).
+    pub fn prepare_isa(&self) -> &'static crate::isa::Dispatch {
+        crate::isa::prepare_for(self.int8_compute(), self.large_int8_encoder())
+    }
+
     /// The graphs that run (the chosen precision's).
     pub fn graph_files(&self) -> &GraphFiles {
         &self.graphs

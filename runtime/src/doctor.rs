@@ -70,7 +70,7 @@ pub fn run(dir: &Path, o: &DoctorOptions) -> Vec<Check> {
             bundle.choice.precision, bundle.choice.reason
         ),
     ));
-    let d = crate::isa::prepare(bundle.int8_compute());
+    let d = bundle.prepare_isa();
     out.push(check(
         "dispatch",
         Verdict::Ok,

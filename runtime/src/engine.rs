@@ -108,7 +108,7 @@ pub struct TractModel {
 impl TractModel {
     pub fn load(bundle: &Bundle) -> Result<Self, EngineError> {
         let m = &bundle.manifest;
-        crate::isa::prepare(bundle.int8_compute());
+        bundle.prepare_isa();
         let files = bundle.graph_files();
         let (h, w) = (m.input.height, m.input.width);
         let c = m.model.feature_dim;

@@ -16,9 +16,12 @@
 //! - **Intel AMX** (`amx-int8`, Sapphire Rapids and later): tract's AMX kernels
 //!   are correct with our patch (they read past the end of their B panels, a
 //!   SIGSEGV whenever a panel ended at a mapping's edge: runtime/vendor/PATCHES.md),
-//!   but on our encoders' products they are slower than the AVX-512 VNNI kernels
-//!   beside them (docs/BENCHMARKS.md): tile set-up does not pay for itself at
-//!   these sizes. `-amx-int8` keeps tract on AVX-512 VNNI.
+//!   but on small encoders' products they are slower than the AVX-512 VNNI
+//!   kernels beside them (docs/BENCHMARKS.md): tile set-up does not pay for
+//!   itself at those sizes. `-amx-int8` keeps tract on AVX-512 VNNI unless the
+//!   int8 encoder is large ([`LARGE_INT8_ENCODER_BYTES`]): with the lazy int8
+//!   im2col (runtime/vendor/PATCHES.md), AMX runs a ResNet-18 encoder well ahead
+//!   of VNNI.
 //!
 //! tract's own knob `TRACT_CPU_ISA` edits the instruction set it dispatches on.
 //! [`prepare`] installs the edit as a *deployment default*
@@ -91,6 +94,8 @@ pub enum Dispatch {
     AvoidAvx2Int8,
     /// `TRACT_CPU_ISA=-amx-int8` installed as the deployment default.
     AvoidAmxInt8,
+    /// tract's own choice, AMX included: the int8 encoder is large.
+    AmxForLargeEncoder,
     /// The user set `TRACT_CPU_ISA` (value kept): it is theirs.
     User(String),
     /// Another deployment config set the knob first (tract's message).
@@ -107,7 +112,11 @@ impl std::fmt::Display for Dispatch {
             ),
             Dispatch::AvoidAmxInt8 => write!(
                 f,
-                "TRACT_CPU_ISA=-amx-int8 (Intel AMX: int8 runs on AVX-512 VNNI, faster than AMX on our encoders; set TRACT_CPU_ISA= to use AMX)"
+                "TRACT_CPU_ISA=-amx-int8 (Intel AMX: int8 runs on AVX-512 VNNI, faster than AMX on a small encoder; set TRACT_CPU_ISA= to use AMX)"
+            ),
+            Dispatch::AmxForLargeEncoder => write!(
+                f,
+                "tract's default, AMX included (the int8 encoder is large enough for AMX tiles to pay; set TRACT_CPU_ISA=-amx-int8 to choose otherwise)"
             ),
             Dispatch::User(v) => write!(f, "TRACT_CPU_ISA={v:?} from the environment"),
             Dispatch::Config(e) => write!(f, "TRACT_CPU_ISA left as a tract config set it ({e})"),
@@ -115,13 +124,20 @@ impl std::fmt::Display for Dispatch {
     }
 }
 
-/// The decision, from the features, the user's `TRACT_CPU_ISA` (if any) and
+/// The int8 encoder file size from which AMX is left on: a ResNet-18 encoder
+/// (11 MB in int8) runs faster on AMX than on AVX-512 VNNI, the default
+/// model's (0.1 MB) slower (docs/BENCHMARKS.md, "Lazy int8 im2col").
+pub const LARGE_INT8_ENCODER_BYTES: u64 = 1 << 20;
+
+/// The decision, from the features, the user's `TRACT_CPU_ISA` (if any),
 /// whether int8 graphs will run (a float-only process keeps tract's AVX2
-/// routines, which its LSTM window needs: docs/experiments.md).
-pub fn decide(features: &X86Features, env: Option<&str>, int8: bool) -> Dispatch {
+/// routines, which its LSTM window needs: docs/experiments.md), and whether
+/// the int8 encoder is large ([`LARGE_INT8_ENCODER_BYTES`]).
+pub fn decide(features: &X86Features, env: Option<&str>, int8: bool, large: bool) -> Dispatch {
     match env {
         Some(v) => Dispatch::User(v.to_string()),
         None if int8 && features.int8_needs_avx_kernel() => Dispatch::AvoidAvx2Int8,
+        None if int8 && features.int8_would_use_amx() && large => Dispatch::AmxForLargeEncoder,
         None if int8 && features.int8_would_use_amx() => Dispatch::AvoidAmxInt8,
         None => Dispatch::Default,
     }
@@ -129,15 +145,21 @@ pub fn decide(features: &X86Features, env: Option<&str>, int8: bool) -> Dispatch
 
 static DECIDED: OnceLock<Dispatch> = OnceLock::new();
 
-/// Makes the decision once per process and installs it in tract; `int8`:
-/// whether the graphs about to be loaded compute in int8. Call it before
-/// tract loads a graph (every loader of ours does). tract reads the CPU's
-/// features once, so the first call decides: a later call for int8 graphs
-/// after a float-only decision only warns.
+/// [`prepare_for`] a small (or no) int8 encoder.
 pub fn prepare(int8: bool) -> &'static Dispatch {
+    prepare_for(int8, false)
+}
+
+/// Makes the decision once per process and installs it in tract; `int8`:
+/// whether the graphs about to be loaded compute in int8; `large`: whether
+/// their int8 encoder is large. Call it before tract loads a graph (every
+/// loader of ours does). tract reads the CPU's features once, so the first
+/// call decides: a later call for int8 graphs after a float-only decision
+/// only warns.
+pub fn prepare_for(int8: bool, large: bool) -> &'static Dispatch {
     let d = DECIDED.get_or_init(|| {
         let env = std::env::var("TRACT_CPU_ISA").ok();
-        let d = decide(&X86Features::detect(), env.as_deref(), int8);
+        let d = decide(&X86Features::detect(), env.as_deref(), int8, large);
         let edit = match d {
             Dispatch::AvoidAvx2Int8 => Some("-avx2"),
             Dispatch::AvoidAmxInt8 => Some("-amx-int8"),
@@ -226,16 +248,21 @@ mod tests {
             let amx = bits & 16 != 0 && bits & 4 != 0;
             assert_eq!(f.int8_needs_avx_kernel(), zen2, "{f:?}");
             assert_eq!(f.int8_would_use_amx(), amx, "{f:?}");
-            for int8 in [false, true] {
-                let want = match (int8, zen2, amx) {
-                    (true, true, _) => Dispatch::AvoidAvx2Int8,
-                    (true, false, true) => Dispatch::AvoidAmxInt8,
+            for (int8, large) in [(false, false), (false, true), (true, false), (true, true)] {
+                let want = match (int8, zen2, amx, large) {
+                    (true, true, _, _) => Dispatch::AvoidAvx2Int8,
+                    (true, false, true, false) => Dispatch::AvoidAmxInt8,
+                    (true, false, true, true) => Dispatch::AmxForLargeEncoder,
                     _ => Dispatch::Default,
                 };
-                assert_eq!(decide(&f, None, int8), want, "{f:?} int8 {int8}");
+                assert_eq!(
+                    decide(&f, None, int8, large),
+                    want,
+                    "{f:?} int8 {int8} {large}"
+                );
                 // the user's setting always wins, even an empty one
                 for v in ["", "+avx2", "-avx2,-fma"] {
-                    assert_eq!(decide(&f, Some(v), int8), Dispatch::User(v.into()));
+                    assert_eq!(decide(&f, Some(v), int8, large), Dispatch::User(v.into()));
                 }
             }
         }

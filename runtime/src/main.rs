@@ -819,10 +819,7 @@ fn info(dir: &std::path::Path) -> Result<()> {
     let b = open_bundle(dir)?;
     println!("vocabulary  {} glosses + blank", b.vocab.len() - 1);
     println!("precision   {} ({})", b.choice.precision, b.choice.reason);
-    println!(
-        "dispatch    {}",
-        signrt_runtime::isa::prepare(b.int8_compute())
-    );
+    println!("dispatch    {}", b.prepare_isa());
     println!("tiers       {}", signrt_runtime::isa::tract_tiers());
     for (what, kernel) in signrt_runtime::isa::matmul_kernels() {
         let kernel = kernel.unwrap_or_else(|| "none fits".into());

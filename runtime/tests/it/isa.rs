@@ -51,6 +51,10 @@ fn prepare_reaches_tract_before_its_first_probe() {
             );
             assert!(native().has(Isa::X86_64Avx512Vnni), "{:?}", native());
         }
+        Dispatch::AmxForLargeEncoder => {
+            assert!(f.int8_would_use_amx());
+            assert!(native().has(Isa::X86_64AmxInt8), "{:?}", native());
+        }
         // the environment's TRACT_CPU_ISA is the user's: nothing to check
         Dispatch::User(_) | Dispatch::Config(_) => {}
     }

@@ -48,7 +48,16 @@ pub fn device(spec: config::Device) -> Result<Device> {
         config::Device::Cpu => Device::Cpu,
         config::Device::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
         config::Device::Cuda(n) => Device::new_cuda(n.unwrap_or(0)).with_context(|| {
-            format!("{spec}: CUDA is not available (build with --features cuda)")
+            if candle_core::utils::cuda_is_available() {
+                format!(
+                    "{spec}: the CUDA device could not be opened (is an NVIDIA driver installed?)"
+                )
+            } else {
+                format!(
+                    "{spec}: this signrt-train was built without CUDA \
+                     (build with --features cuda, or trainer/scripts/build-cuda.sh)"
+                )
+            }
         })?,
     };
     let why = match (spec, dev.is_cuda()) {
@@ -290,5 +299,34 @@ mod span_label_tests {
         assert_eq!(span_labels(&[span("SUN", 6, 8)], 7, &v), None);
         assert_eq!(span_labels(&[span("SUN", 0, 2)], 7, &v), None);
         assert_eq!(span_labels(&[span("SUN", 3, 2)], 7, &v), None);
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::{describe, device};
+    use crate::config::Device;
+
+    #[test]
+    fn cpu_runs_and_cuda_says_what_is_missing() {
+        assert_eq!(
+            describe(&device(Device::Cpu).unwrap()).split(' ').next(),
+            Some("cpu")
+        );
+        match device(Device::Cuda(Some(0))) {
+            // a CUDA build on a machine with a GPU
+            Ok(d) => assert!(cfg!(feature = "cuda") && d.is_cuda()),
+            Err(e) => {
+                let e = format!("{e:#}");
+                let want = if cfg!(feature = "cuda") {
+                    "could not be opened"
+                } else {
+                    "built without CUDA"
+                };
+                assert!(e.starts_with("cuda:0: ") && e.contains(want), "{e}");
+                // and `auto` falls back to the CPU
+                assert!(!device(Device::Auto).unwrap().is_cuda());
+            }
+        }
     }
 }

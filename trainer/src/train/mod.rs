@@ -74,15 +74,34 @@ pub fn device(spec: config::Device) -> Result<Device> {
     Ok(dev)
 }
 
-/// The device in words, for the log and `metrics.jsonl`: `cpu (N threads)` or `cuda:N`.
+/// The device in words, for the log and `metrics.jsonl`: `cpu (N threads)` or `cuda:N (NAME)`.
 pub fn describe(dev: &Device) -> String {
     match dev.location() {
         candle_core::DeviceLocation::Cpu => {
             format!("cpu ({} threads)", rayon::current_num_threads())
         }
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Cuda { gpu_id } => match gpu_name(dev) {
+            Some(name) => format!("cuda:{gpu_id} ({name})"),
+            None => format!("cuda:{gpu_id}"),
+        },
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
+}
+
+/// The GPU's name as its driver gives it (e.g. "NVIDIA H100 80GB HBM3").
+#[cfg(feature = "cuda")]
+fn gpu_name(dev: &Device) -> Option<String> {
+    dev.as_cuda_device()
+        .ok()?
+        .cuda_stream()
+        .context()
+        .name()
+        .ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name(_: &Device) -> Option<String> {
+    None
 }
 
 /// A dataset split as loader clips, with ids encoded by `vocab`.

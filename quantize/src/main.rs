@@ -331,10 +331,9 @@ fn forms(
 ) -> Result<()> {
     let (b, enc) = bundle::open_float(&bundle_dir)?;
     // the dispatch `signrt` would install for an int8 encoder of a quarter of this size
-    let float_bytes = std::fs::metadata(b.path_of(&b.graph_files().encoder)).map_or(0, |m| m.len());
     signrt_runtime::isa::prepare_for(
         true,
-        float_bytes / 4 >= signrt_runtime::isa::LARGE_INT8_ENCODER_BYTES,
+        b.encoder_bytes() / 4 >= signrt_runtime::isa::LARGE_INT8_ENCODER_BYTES,
     );
     let m = &b.manifest;
     let (h, w) = (m.input.height, m.input.width);

@@ -518,8 +518,12 @@ impl Bundle {
     /// Whether the encoder that runs is int8 and large enough for AMX tiles to pay
     /// (`isa::LARGE_INT8_ENCODER_BYTES`; an unreadable file counts as small).
     pub fn large_int8_encoder(&self) -> bool {
-        let bytes = std::fs::metadata(self.path_of(&self.graphs.encoder)).map_or(0, |m| m.len());
-        self.int8_compute() && bytes >= crate::isa::LARGE_INT8_ENCODER_BYTES
+        self.int8_compute() && self.encoder_bytes() >= crate::isa::LARGE_INT8_ENCODER_BYTES
+    }
+
+    /// The size of the encoder graph that runs (0 when unreadable).
+    pub fn encoder_bytes(&self) -> u64 {
+        std::fs::metadata(self.path_of(&self.graphs.encoder)).map_or(0, |m| m.len())
     }
 
     /// Installs tract's CPU dispatch for the graphs that run (`isa::prepare_for`).

@@ -73,7 +73,8 @@ impl Cpu {
     /// The CPU's int8 dot-product instruction, if it has one tract uses.
     pub fn int8_dot(&self) -> Option<&'static str> {
         match self.arch {
-            // where both are present tract's int8 runs on VNNI (`isa`: AMX is steered away from)
+            // where both are present, tract's int8 runs on VNNI unless the int8 encoder is large
+            // (`isa::decide`); the label names the one a small encoder gets
             Arch::X86_64 if self.x86.avx512vnni && self.x86.avx512f => Some("AVX-512 VNNI"),
             Arch::X86_64 if self.x86.amx_int8 && self.x86.avx512f => Some("AMX"),
             Arch::X86_64 if self.x86.avxvnni => Some("AVX-VNNI"),

@@ -224,7 +224,7 @@ impl Conv {
         // The sum of each patch is only needed against a non-zero kernel zero point, and only
         // the eager im2col has the patches in memory to sum.
         let lazy_pad = if k0_is_zero {
-            self.quant_lazy_im2col_pad(model, x, x0, &*mmm, packing)?
+            self.quant_lazy_im2col_pad(model, x, x0, &*mmm, packing, k, &n)?
         } else {
             None
         };
@@ -232,7 +232,7 @@ impl Conv {
             (self.wire_lazy_im2col(model, name, x, pad, &*mmm, packing)?.0, None)
         } else {
             let (im2col, sum_x) =
-                unsafe { self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)? };
+                self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)?;
             (im2col, Some(sum_x))
         };
 
@@ -298,7 +298,7 @@ impl Conv {
     /// The eager im2col of a quantized convolution, padding with the input zero point, and the
     /// sum of each patch (N,HW,G,C or N,G,C,HW) that a non-zero kernel zero point needs.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn wire_quant_eager_im2col(
+    fn wire_quant_eager_im2col(
         &self,
         model: &mut TypedModel,
         name: &str,
@@ -346,6 +346,7 @@ impl Conv {
     /// shape rule as float, a constant scalar zero point, a packing that lazy im2col can write,
     /// and patches too large to stay in cache (`TRACT_QUANT_LAZY_IM2COL_MIN_BYTES`): below that,
     /// the eager i8 im2col, which pads as it copies, costs less than lazy's `Pad` and gathers.
+    #[allow(clippy::too_many_arguments)]
     fn quant_lazy_im2col_pad(
         &self,
         model: &TypedModel,
@@ -353,11 +354,12 @@ impl Conv {
         x0: OutletId,
         mmm: &dyn MatMatMul,
         packing: usize,
+        k: usize,
+        n: &TDim,
     ) -> TractResult<Option<Arc<Tensor>>> {
         let x_fact = model.outlet_fact(x)?;
         let Some(shape) = x_fact.shape.as_concrete() else { return Ok(None) };
         let dt = x_fact.datum_type.unquantized();
-        let (_, _, k, n) = self.compute_geo(x_fact)?;
         let eager_bytes = n.to_usize().map(|n| n * k * dt.size_of()).unwrap_or(usize::MAX);
         if eager_bytes < TRACT_QUANT_LAZY_IM2COL_MIN_BYTES.get()
             || !should_use_lazy(&self.pool_spec, self.group, shape, dt)

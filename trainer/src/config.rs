@@ -139,6 +139,51 @@ pub enum FrameLabels {
 }
 spelling!(FrameLabels { Alignment => "alignment", Spans => "spans" });
 
+/// `hardware.mixed_precision`: the dtype of the forward and backward. The
+/// master weights, the optimiser's moments, BatchNorm and the losses stay in
+/// f32 (see `train::precision`). `true` and `false`, the seed's spelling,
+/// read as `bf16` and `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixedPrecision {
+    /// f32 throughout.
+    Off,
+    /// bfloat16: f32's range, so no loss scaling.
+    Bf16,
+    /// float16, with dynamic loss scaling against underflow.
+    F16,
+}
+spelling!(MixedPrecision { Off => "off", Bf16 => "bf16", F16 => "f16" });
+
+impl<'de> Deserialize<'de> for MixedPrecision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MixedPrecision;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`off`, `bf16`, `f16`, or a boolean")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<MixedPrecision, E> {
+                Ok(if v {
+                    MixedPrecision::Bf16
+                } else {
+                    MixedPrecision::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MixedPrecision, E> {
+                const NAMES: [&str; 3] = ["off", "bf16", "f16"];
+                match v {
+                    "off" => Ok(MixedPrecision::Off),
+                    "bf16" => Ok(MixedPrecision::Bf16),
+                    "f16" => Ok(MixedPrecision::F16),
+                    _ => Err(E::unknown_variant(v, &NAMES)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `hardware.device` (and `--device`): `auto`, `cpu`, `cuda` or `cuda:N`.
 /// Written as it was read: `cuda` stays `cuda`, `cuda:0` stays `cuda:0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +386,14 @@ impl Default for AugmentSection {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` whose gradients add up to one optimiser
+    /// step (1 = off): a step sees `batch_size × grad_accum_steps` clips
+    /// while memory holds one micro-batch. Each micro-batch's losses are
+    /// weighted by its share of the step's clips. It equals one big batch
+    /// except where a statistic spans the batch: BatchNorm normalises each
+    /// micro-batch by its own frames, and L_cls is averaged per micro-batch
+    /// (see `train::accumulate`).
+    pub grad_accum_steps: usize,
     pub num_epochs: usize,
     /// Stop after this many optimizer steps (0 = no limit).
     pub max_steps: u64,
@@ -408,6 +461,7 @@ impl Default for TrainingSection {
     fn default() -> Self {
         Self {
             batch_size: 4,
+            grad_accum_steps: 1,
             num_epochs: 100,
             max_steps: 0,
             max_minutes: 0.0,
@@ -445,8 +499,8 @@ pub struct HardwareSection {
     pub device: Device,
     /// Frame-decoding worker threads.
     pub num_workers: usize,
-    /// Accepted for the seed's sake; training runs in f32 (a warning is logged if true).
-    pub mixed_precision: bool,
+    /// `off`, `bf16` or `f16` (see [`MixedPrecision`]).
+    pub mixed_precision: MixedPrecision,
     /// Compute threads (0 = all cores).
     pub threads: usize,
     /// Data-parallel replicas on the CPU (1 = off): each step's batch is split
@@ -464,7 +518,7 @@ impl Default for HardwareSection {
         Self {
             device: Device::Auto,
             num_workers: 2,
-            mixed_precision: false,
+            mixed_precision: MixedPrecision::Off,
             threads: 0,
             replicas: 1,
         }
@@ -652,6 +706,12 @@ fn training_rules(t: &TrainingSection, path: &Path) -> Result<(), ConfigError> {
         if !(v >= 0.0 && v.is_finite()) {
             return bad(f, format!("{v} must be a finite number >= 0"));
         }
+    }
+    if t.grad_accum_steps == 0 {
+        return bad(
+            "training.grad_accum_steps",
+            "must be at least 1 (1 = off)".into(),
+        );
     }
     if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
         return bad(
@@ -961,7 +1021,7 @@ mod choices {
     use super::*;
 
     /// Each choice's dotted key and every spelling it accepts.
-    const CHOICES: [(&str, &[&str]); 5] = [
+    const CHOICES: [(&str, &[&str]); 6] = [
         (
             "model.backbone",
             &["small", "resnet18", "resnet34", "resnet50"],
@@ -970,6 +1030,7 @@ mod choices {
         ("training.weighting", &["fixed", "gradnorm"]),
         ("training.frame_labels", &["alignment", "spans"]),
         ("hardware.device", &["auto", "cpu", "cuda", "cuda:N"]),
+        ("hardware.mixed_precision", &["off", "bf16", "f16"]),
     ];
 
     /// A config file setting only `key` to `value`.
@@ -986,6 +1047,7 @@ mod choices {
             "training.weighting" => c.training.weighting.to_string(),
             "training.frame_labels" => c.training.frame_labels.to_string(),
             "hardware.device" => c.hardware.device.to_string(),
+            "hardware.mixed_precision" => c.hardware.mixed_precision.to_string(),
             _ => unreachable!("{key}"),
         }
     }

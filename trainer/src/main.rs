@@ -193,9 +193,6 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
         );
         cfg.hardware.replicas = replicas;
     }
-    if cfg.hardware.mixed_precision {
-        log::warn!("hardware.mixed_precision is ignored: training runs in f32");
-    }
     let dev = train::device(device.unwrap_or(cfg.hardware.device))?;
     let s = train::train(&train::TrainOptions {
         config: cfg,

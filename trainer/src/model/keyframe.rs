@@ -222,12 +222,14 @@ impl KeyframeSelector {
         let h = self.gru.forward(&m)?; // (B,S,H,G,G)
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // (B,S,H)
         let logits = self.score.forward(&pooled)?.squeeze(D::Minus1)?; // (B,S)
+        let dtype = logits.dtype();
         let valid: Vec<usize> = lengths.iter().map(|&l| l.saturating_sub(1)).collect();
         let mask = length_mask(&valid, t - 1, f.device())?;
-        // padded steps get -1e9 (exp underflows to exactly 0)
+        // padded steps get -1e9 (exp underflows to exactly 0); the mask and the softmax are
+        // f32 whatever the model's dtype, since -1e9 is -inf in f16 and 0·-inf is NaN
         let neg = ((mask.ones_like()? - &mask)? * -1e9)?;
-        let masked = (logits * &mask)?.add(&neg)?;
-        candle_nn::ops::softmax(&masked, D::Minus1)
+        let masked = (logits.to_dtype(DType::F32)? * &mask)?.add(&neg)?;
+        candle_nn::ops::softmax(&masked, D::Minus1)?.to_dtype(dtype)
     }
 
     pub fn forward(&self, f: &Tensor, lengths: &[usize]) -> Result<KeyframeOutput> {

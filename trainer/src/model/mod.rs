@@ -44,6 +44,7 @@ pub struct FourStage {
     pub vocab_size: usize,
     pub feature_dim: usize,
     pub grid: usize,
+    dtype: DType,
 }
 
 /// Where L_cls's frame labels come from (the data has none).
@@ -125,8 +126,18 @@ impl FourStage {
         varmap: &VarMap,
         device: &Device,
     ) -> anyhow::Result<Self> {
-        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        Self::from_vb(
+            cfg,
+            vocab_size,
+            VarBuilder::from_varmap(varmap, DType::F32, device),
+        )
+    }
+
+    /// The model on the variables `vb` gives, computing in `vb`'s dtype (the
+    /// reduced-precision copy of `train::precision` is built this way).
+    pub fn from_vb(cfg: &Config, vocab_size: usize, vb: VarBuilder) -> anyhow::Result<Self> {
         let m = &cfg.model;
+        let dtype = vb.dtype();
         let visual = VisualEncoder::new(
             VisualConfig {
                 backbone: m.backbone,
@@ -183,7 +194,13 @@ impl FourStage {
             vocab_size,
             feature_dim: m.feature_dim,
             grid: m.grid,
+            dtype,
         })
+    }
+
+    /// The dtype the model computes in: its input is cast to it.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Frames (ΣT,3,H,W) of a batch with per-clip lengths -> F (B,Tmax,D,G,G).
@@ -267,8 +284,11 @@ impl FourStage {
         let h = self
             .temporal
             .forward_t(&kf.selected, &kf.selected_lengths, train)?;
-        let frame_logits = self.temporal.classify(&h)?;
-        let lp = self.ctc.log_probs(&h)?;
+        // the heads' outputs, and so the losses, in f32 whatever the model's
+        // dtype: the softmaxes and the CTC recursion need its range and precision
+        let frame_logits = self.temporal.classify(&h)?.to_dtype(DType::F32)?;
+        let logits = self.ctc.forward(&h)?.to_dtype(DType::F32)?;
+        let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
         let l_ctc = ctc_loss(&lp, targets, &kf.selected_lengths, CtcReduction::Mean, true)?;
         // frame pseudo-labels: the Viterbi alignment of the current model
         let host: Vec<Vec<Vec<f32>>> = lp.detach().to_vec3()?;
@@ -306,7 +326,12 @@ impl FourStage {
         let l_cls = frame_ce_loss(&frame_logits, &frame_labels)?;
         Ok(Forward {
             features,
-            losses: [al.loss, kf.loss_gru.clone(), l_cls, l_ctc],
+            losses: [
+                al.loss.to_dtype(DType::F32)?,
+                kf.loss_gru.to_dtype(DType::F32)?,
+                l_cls,
+                l_ctc,
+            ],
             similarity: al.similarity,
             keyframes: kf,
             ctc_log_probs: lp,

@@ -20,6 +20,13 @@ use rayon::prelude::*;
 
 /// `bn` on `x` (N,C,…): the fused op when training on the CPU in f32, else candle's.
 pub fn forward_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    // mixed precision keeps BatchNorm in f32 (`train::precision`): its
+    // statistics need the range, and its running statistics are the f32
+    // variables themselves
+    let float = bn.running_mean().dtype();
+    if x.dtype() != float {
+        return forward_t(bn, &x.to_dtype(float)?, train)?.to_dtype(x.dtype());
+    }
     let Some((w, b)) = bn.weight_and_bias() else {
         return bn.forward_t(x, train);
     };

@@ -14,7 +14,7 @@
 //! convolution, values and gradients, in the tests below.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 
 /// x (N,C,H,W), w (O,C,kh,kw) -> (N,O,Ho,Wo), with zero padding `pad` and `stride`.
 pub fn conv2d(
@@ -24,6 +24,24 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 | DType::F64 => {}
+        DType::BF16 if x.device().is_cpu() => {
+            // candle has no bf16 matrix product for the CPU (its matmul
+            // widens bf16 to f32 the same way): widen, convolve, narrow
+            let wide = |t: &Tensor| t.to_dtype(DType::F32);
+            let b = bias.map(wide).transpose()?;
+            return conv2d(&wide(x)?, &wide(w)?, b.as_ref(), stride, pad)?.to_dtype(DType::BF16);
+        }
+        // the im2col kernels here are f32 and f64: candle's conv takes the rest
+        _ => {
+            let y = x.conv2d(w, pad, stride.max(1), 1, 1)?;
+            return match bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+                None => Ok(y),
+            };
+        }
+    }
     let (n, c, h, wd) = x.dims4()?;
     let (o, c2, kh, kw) = w.dims4()?;
     if c != c2 {

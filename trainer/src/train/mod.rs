@@ -11,7 +11,7 @@
 //!
 //! The loop is a [`Trainer`] (`trainer.rs`); evaluation is in `eval.rs`, the
 //! data-parallel replicas behind [`Trainer::step`] in `replicas.rs` and their
-//! all-reduce in [`allreduce`]. The optimiser and schedules are in [`optim`],
+//! all-reduce in [`allreduce`], mixed precision in [`precision`]. The optimiser and schedules are in [`optim`],
 //! the losses and their weighting in [`loss`], checkpoints in [`checkpoint`].
 
 pub mod allreduce;
@@ -19,6 +19,7 @@ pub mod checkpoint;
 mod eval;
 pub mod loss;
 pub mod optim;
+pub mod precision;
 mod replicas;
 pub mod tensorboard;
 mod trainer;

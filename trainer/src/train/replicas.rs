@@ -68,8 +68,10 @@ pub fn split_batch(b: &Batch, n: usize) -> Vec<Batch> {
 /// replicas compute what one forward over the whole batch does: BatchNorm
 /// normalises by all parts' frames together (`crate::train::allreduce`), each part's
 /// loss terms are weighted by its share of the clips (L_cls: of the labelled
-/// frames), and the parts' gradients are summed. Returns the gradients, the
-/// loss terms' values and the total, as for the whole batch.
+/// frames), and the parts' gradients are summed. Returns the gradients (of
+/// the total times `factor`), the loss terms' values and the total, as for
+/// the whole batch.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn replica_grads(
     model: &FourStage,
     cfg: &Config,
@@ -77,6 +79,7 @@ pub(super) fn replica_grads(
     dev: &Device,
     step: u64,
     weighting: &Weighting,
+    factor: f64,
     pools: &[rayon::ThreadPool],
 ) -> Result<(GradStore, [f64; 4], f64)> {
     let parts = split_batch(b, pools.len());
@@ -98,7 +101,7 @@ pub(super) fn replica_grads(
         for (k, t) in [lg, lc, lt].into_iter().enumerate() {
             total = (total + (t * (w[k + 1] * shares[k + 1]))?)?;
         }
-        let grads = total.backward()?;
+        let grads = (&total * factor)?.backward()?;
         let vals = [0, 1, 2, 3].map(|k| vals[k] * shares[k]);
         Ok((grads, vals, total.to_scalar::<f32>()? as f64))
     };
@@ -239,7 +242,7 @@ mod replica_tests {
         // so that the parts label different numbers of frames)
         for step in [1, cfg.training.ctc_warmup_steps + 1] {
             let (got, vals, total) =
-                replica_grads(&model, &cfg, &b, &dev, step, &w, &pools).unwrap();
+                replica_grads(&model, &cfg, &b, &dev, step, &w, 1.0, &pools).unwrap();
             let (losses, want_vals, _) = step_losses(&model, &cfg, &b, &dev, step).unwrap();
             let [la, lg, lc, lt] = &losses;
             let t = w.total([la, lg, lc, lt]).unwrap();

@@ -19,6 +19,7 @@ use crate::train::loss::{LossWeights, Weighting};
 use crate::train::optim::{
     clip_grad_norm, clip_grad_norm_per_group, AdamW, AdamWParams, Ema, ParamGroup, ScheduleState,
 };
+use crate::train::precision::{self, LossScale, Reduced};
 use crate::train::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
@@ -68,8 +69,15 @@ pub struct Trainer {
     /// and kept as best.
     ema: Option<Ema>,
     sched: ScheduleState,
-    /// The variable GradNorm measures the loss terms' gradients at.
+    /// The variable GradNorm measures the loss terms' gradients at (in the
+    /// model the forward runs).
     shared: Vec<Var>,
+    /// The reduced-precision copy the forward and backward run on
+    /// (`hardware.mixed_precision`), and f16's loss scale.
+    reduced: Option<Reduced>,
+    loss_scale: Option<LossScale>,
+    /// The optimiser step being accumulated (`training.grad_accum_steps`).
+    acc: Option<Accumulated>,
     /// The data-parallel replicas' thread pools (`hardware.replicas` > 1).
     replicas: Option<Vec<rayon::ThreadPool>>,
     metrics: std::fs::File,
@@ -105,12 +113,13 @@ impl Trainer {
             let r = resume(&last, dev, &vm, &mut opt, ema.as_mut(), weighting)?;
             (at, best, sched, weighting) = (r.at, r.best, r.sched, r.weighting);
         }
+        let reduced = Reduced::for_config(cfg, data.vocab.len(), &vm, dev)?;
         let shared: Vec<Var> = vm
             .data()
             .lock()
             .expect("varmap")
             .get("visual.proj.conv.weight")
-            .cloned()
+            .map(|v| reduced.as_ref().map_or_else(|| v.clone(), |r| r.copy_of(v)))
             .into_iter()
             .collect();
         let path = opts.out.join("metrics.jsonl");
@@ -132,6 +141,9 @@ impl Trainer {
             ema,
             sched,
             shared,
+            reduced,
+            loss_scale: LossScale::for_precision(cfg.hardware.mixed_precision),
+            acc: None,
             replicas,
             metrics,
             events,
@@ -156,9 +168,10 @@ impl Trainer {
             "step": self.at.step,
             "device": super::describe(&self.opts.device),
             "device_config": self.opts.config.hardware.device.to_string(),
+            "mixed_precision": self.opts.config.hardware.mixed_precision.as_str(),
         });
         self.log_line(start)?;
-        let t = &self.opts.config.training;
+        let t = self.opts.config.training.clone();
         let (epochs, eval_every) = (t.num_epochs as u64, t.eval_every);
         let max_steps = max_steps(&self.opts.config);
         let clock = Clock {
@@ -169,11 +182,17 @@ impl Trainer {
         'outer: while self.at.epoch < epochs && self.at.step < max_steps {
             let batches = self.epoch_batches();
             let end = self.at.offset + batches.len() as u64;
+            let plan = accumulation_plan(&batches, t.grad_accum_steps);
             let options = loader_options(&self.opts.config, true);
             let train = self.data.train.clone();
-            for batch in loader::spawn(train, batches, options, self.at.epoch) {
-                let report = self.step(&batch?)?;
+            let loaded = loader::spawn(train, batches, options, self.at.epoch);
+            for (batch, (share, ends_step)) in loaded.zip(plan) {
+                self.accumulate(&batch?, share)?;
                 self.at.offset += 1;
+                if !ends_step {
+                    continue;
+                }
+                let report = self.apply()?;
                 self.show_progress(&report, &clock);
                 let end_of_epoch = self.at.offset == end;
                 let eval_now = if eval_every > 0 {
@@ -210,32 +229,95 @@ impl Trainer {
         })
     }
 
-    /// One optimiser step on `b`: the forward and backward (on the replicas
-    /// when there are any), clipping, the update, the weight average, and a
-    /// `step` line in `metrics.jsonl`.
+    /// One optimiser step on `b`: [`Self::accumulate`] then [`Self::apply`].
     pub fn step(&mut self, b: &Batch) -> Result<StepReport> {
-        let t0 = Instant::now();
-        self.start_ctc_from_classifier()?;
-        let t_fwd = Instant::now();
-        let (mut grads, losses, total) = self.grads(b)?;
-        let fwd_ms = t_fwd.elapsed().as_secs_f64() * 1e3;
-        let t_opt = Instant::now();
-        let (gnorm, group_norms) = self.clip(&mut grads)?;
-        self.opt.step(&grads, self.sched.scale(self.at.step))?;
-        if let Some(ema) = &mut self.ema {
-            ema.update()?;
+        self.accumulate(b, 1.0)?;
+        self.apply()
+    }
+
+    /// The forward and backward of one micro-batch (on the replicas when
+    /// there are any), whose losses count for `share` of the optimiser
+    /// step's: its gradients join those of the step's earlier micro-batches.
+    pub fn accumulate(&mut self, b: &Batch, share: f64) -> Result<()> {
+        let first = self.acc.is_none();
+        if first {
+            self.start_ctc_from_classifier()?;
         }
+        let t0 = Instant::now();
+        let scale = self.loss_scale.as_ref().map_or(1.0, LossScale::value);
+        let (grads, losses, total) = self.grads(b, share * scale, first)?;
+        let grads = match &self.reduced {
+            Some(r) => r.master_grads(grads, scale)?,
+            None => precision::var_grads(grads, &self.opt.vars(), scale)?,
+        };
         log::debug!(
-            "step {}: {} frames, forward and backward {fwd_ms:.0} ms, optimiser {:.0} ms",
+            "step {}: {} frames, forward and backward {:.0} ms",
             self.at.step,
             b.total_frames(),
-            t_opt.elapsed().as_secs_f64() * 1e3
+            t0.elapsed().as_secs_f64() * 1e3
         );
+        match &mut self.acc {
+            Some(acc) => acc.add(grads, losses, total, share, b.total_frames())?,
+            None => {
+                self.acc = Some(Accumulated {
+                    grads,
+                    losses: losses.map(|l| l * share),
+                    total: total * share,
+                    frames: b.total_frames(),
+                    started: t0,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients accumulated for the step in progress (what
+    /// [`Self::apply`] clips and applies), by variable name; empty between
+    /// steps.
+    pub fn pending_grads(&self) -> HashMap<String, Tensor> {
+        let Some(acc) = &self.acc else {
+            return HashMap::new();
+        };
+        self.vm
+            .data()
+            .lock()
+            .expect("varmap")
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), acc.grads.get(v.as_tensor())?.clone())))
+            .collect()
+    }
+
+    /// The optimiser step on the accumulated gradients: clipping, the update
+    /// (skipped when f16's gradients overflowed), the weight average, and a
+    /// `step` line in `metrics.jsonl`.
+    pub fn apply(&mut self) -> Result<StepReport> {
+        let acc = self.acc.take().context("an optimiser step with no batch")?;
+        let mut grads = acc.grads;
+        let (gnorm, group_norms) = self.clip(&mut grads)?;
+        let take = match &mut self.loss_scale {
+            Some(s) => s.update(gnorm.is_finite()),
+            None => true,
+        };
+        if take {
+            self.opt.step(&grads, self.sched.scale(self.at.step))?;
+            if let Some(r) = &self.reduced {
+                r.refresh()?;
+            }
+            if let Some(ema) = &mut self.ema {
+                ema.update()?;
+            }
+        } else {
+            log::warn!(
+                "step {}: the f16 gradients overflowed; step skipped, loss scale now {}",
+                self.at.step,
+                self.loss_scale.as_ref().map_or(1.0, LossScale::value)
+            );
+        }
         self.at.step += 1;
         self.last = StepReport {
-            losses,
-            total,
-            frames_per_s: b.total_frames() as f64 / t0.elapsed().as_secs_f64(),
+            losses: acc.losses,
+            total: acc.total,
+            frames_per_s: acc.frames as f64 / acc.started.elapsed().as_secs_f64(),
         };
         self.log_step(gnorm, group_norms)?;
         Ok(self.last)
@@ -341,6 +423,9 @@ impl Trainer {
             return Ok(());
         }
         self.model.init_ctc_from_classifier(&self.vm)?;
+        if let Some(r) = &self.reduced {
+            r.refresh()?;
+        }
         if let Some(ema) = &mut self.ema {
             ema.restart("ctc.")?;
         }
@@ -348,22 +433,29 @@ impl Trainer {
         Ok(())
     }
 
-    /// The step's gradients, loss terms and weighted total: by the replicas
-    /// when there are any (see [`replica_grads`]), else on this thread, where
-    /// GradNorm (once the CTC warm-up is over) first updates the loss weights
-    /// from this batch's terms.
-    fn grads(&mut self, b: &Batch) -> Result<(GradStore, [f64; 4], f64)> {
+    /// One micro-batch's gradients (of its weighted total times `factor`:
+    /// its share of the step, times the loss scale), loss terms and weighted
+    /// total: by the replicas when there are any (see [`replica_grads`]),
+    /// else on this thread, where GradNorm (once the CTC warm-up is over)
+    /// first updates the loss weights from the step's first micro-batch. The
+    /// forward runs on the reduced-precision copy when there is one.
+    fn grads(&mut self, b: &Batch, factor: f64, first: bool) -> Result<(GradStore, [f64; 4], f64)> {
         let (cfg, dev, step) = (&self.opts.config, &self.opts.device, self.at.step);
+        let model = self.reduced.as_ref().map_or(&self.model, |r| &r.model);
         if let Some(pools) = &self.replicas {
-            return replica_grads(&self.model, cfg, b, dev, step, &self.weighting, pools);
+            return replica_grads(model, cfg, b, dev, step, &self.weighting, factor, pools);
         }
-        let (losses, vals, _) = step_losses(&self.model, cfg, b, dev, step)?;
+        let (losses, vals, _) = step_losses(model, cfg, b, dev, step)?;
         let [la, lg, lc, lt] = &losses;
-        if self.weighting.is_adaptive() && step >= cfg.training.ctc_warmup_steps {
+        if first && self.weighting.is_adaptive() && step >= cfg.training.ctc_warmup_steps {
             self.weighting.update([la, lg, lc, lt], &self.shared)?;
         }
         let total = self.weighting.total([la, lg, lc, lt])?;
-        let grads = total.backward()?;
+        let grads = if factor == 1.0 {
+            total.backward()?
+        } else {
+            (&total * factor)?.backward()?
+        };
         Ok((grads, vals, total.to_scalar::<f32>()? as f64))
     }
 
@@ -397,6 +489,10 @@ impl Trainer {
             "weights": self.weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": self.sched.scale(step), "frames_per_s": self.last.frames_per_s});
         if let Some(g) = group_norms {
             rec["group_norms"] = serde_json::Value::Object(g);
+        }
+        if let Some(s) = &self.loss_scale {
+            rec["loss_scale"] = serde_json::json!(s.value());
+            rec["overflow"] = serde_json::json!(!gnorm.is_finite());
         }
         self.log_line(rec)
     }
@@ -500,6 +596,51 @@ impl Data {
     }
 }
 
+/// An optimiser step's micro-batches so far: their gradients summed, their
+/// loss terms and totals weighted by their shares, and their frames.
+struct Accumulated {
+    grads: GradStore,
+    losses: [f64; 4],
+    total: f64,
+    frames: usize,
+    started: Instant,
+}
+
+impl Accumulated {
+    fn add(
+        &mut self,
+        grads: GradStore,
+        losses: [f64; 4],
+        total: f64,
+        share: f64,
+        frames: usize,
+    ) -> Result<()> {
+        self.grads.extend(grads)?;
+        for (acc, l) in self.losses.iter_mut().zip(losses) {
+            *acc += l * share;
+        }
+        self.total += total * share;
+        self.frames += frames;
+        Ok(())
+    }
+}
+
+/// For each of `batches` (lists of clips), its share of its optimiser
+/// step's clips and whether it ends the step: the batches taken `k` at a
+/// time (`training.grad_accum_steps`), the epoch's last step taking what is
+/// left.
+pub(super) fn accumulation_plan(batches: &[Vec<usize>], k: usize) -> Vec<(f64, bool)> {
+    batches
+        .chunks(k.max(1))
+        .flat_map(|step| {
+            let clips: usize = step.iter().map(Vec::len).sum();
+            step.iter()
+                .enumerate()
+                .map(move |(i, b)| (b.len() as f64 / clips.max(1) as f64, i + 1 == step.len()))
+        })
+        .collect()
+}
+
 /// The time budget (`training.max_minutes`, 0 = none) and the ETA, counted
 /// from the start of [`Trainer::run`].
 struct Clock {
@@ -528,7 +669,8 @@ fn max_steps(cfg: &Config) -> u64 {
 fn progress_bar(opts: &TrainOptions, train_clips: usize, step: u64) -> indicatif::ProgressBar {
     let cfg = &opts.config;
     let epochs = cfg.training.num_epochs as u64;
-    let per_epoch = train_clips.div_ceil(cfg.training.batch_size) as u64;
+    let batches = train_clips.div_ceil(cfg.training.batch_size);
+    let per_epoch = batches.div_ceil(cfg.training.grad_accum_steps.max(1)) as u64;
     let pb = if opts.progress {
         indicatif::ProgressBar::new(max_steps(cfg).min(epochs * per_epoch))
     } else {
@@ -656,7 +798,7 @@ pub(super) fn step_losses(
     dev: &Device,
     step: u64,
 ) -> Result<([Tensor; 4], [f64; 4], usize)> {
-    let x = batch_tensor(b, cfg, dev)?;
+    let x = batch_tensor(b, cfg, dev)?.to_dtype(model.dtype())?;
     let labels = if cfg.training.frame_labels == config::FrameLabels::Spans {
         FrameLabels::Given(&b.frame_labels)
     } else if step < cfg.training.flat_start_steps {
@@ -723,4 +865,30 @@ fn model_tensors(vm: &VarMap) -> HashMap<String, Tensor> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::accumulation_plan;
+
+    #[test]
+    fn micro_batches_are_grouped_k_at_a_time_and_weighted_by_clips() {
+        let batches: Vec<Vec<usize>> = vec![vec![0, 1], vec![2, 3], vec![4, 5], vec![6], vec![7]];
+        let plan = accumulation_plan(&batches, 2);
+        let want = [
+            (0.5, false),
+            (0.5, true),
+            (2.0 / 3.0, false),
+            (1.0 / 3.0, true),
+            (1.0, true),
+        ];
+        assert_eq!(plan.len(), want.len());
+        for (g, w) in plan.iter().zip(want) {
+            assert!((g.0 - w.0).abs() < 1e-12 && g.1 == w.1, "{plan:?}");
+        }
+        // k = 1: every batch is a step of its own
+        assert!(accumulation_plan(&batches, 1)
+            .iter()
+            .all(|&(s, e)| s == 1.0 && e));
+    }
 }

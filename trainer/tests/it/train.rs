@@ -1,8 +1,10 @@
 //! Training: `--resume` continues exactly where an uninterrupted run would be.
 
+use rand::{Rng, SeedableRng};
 use signrt_trainer::config::{Config, Device};
+use signrt_trainer::data::loader::Batch;
 use signrt_trainer::synth::{write_corpus, SynthConfig};
-use signrt_trainer::train::{train, TrainOptions};
+use signrt_trainer::train::{train, TrainOptions, Trainer};
 use std::path::Path;
 
 /// The shared tiny config (dropout off: candle's dropout is not seedable, and exact resume needs
@@ -375,4 +377,200 @@ fn tensorboard_events_hold_the_metrics() {
     // steps and evaluations both: more than a handful of scalars
     let tags: usize = said.split_whitespace().next().unwrap().parse().unwrap();
     assert!(tags > 10, "{said}");
+}
+
+/// A batch of clips cut from `frames` (each `size`×`size`, in order) by `lengths`, with their
+/// targets: what the loader hands the trainer.
+fn cut(frames: &[Vec<f32>], lengths: &[usize], targets: &[Vec<u32>]) -> Batch {
+    let names = ["A", "B", "C", "D", "E"];
+    Batch {
+        ids: (0..lengths.len()).map(|i| format!("clip{i}")).collect(),
+        frames: frames.iter().flatten().copied().collect(),
+        lengths: lengths.to_vec(),
+        sources: lengths.iter().map(|&l| (0..l).collect()).collect(),
+        targets: targets.to_vec(),
+        sentences: targets
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .map(|&g| names[g as usize - 1])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect(),
+        frame_labels: vec![None; lengths.len()],
+    }
+}
+
+/// Both batches' clips in one.
+fn join(a: &Batch, b: &Batch) -> Batch {
+    let mut j = a.clone();
+    j.ids.extend(b.ids.iter().map(|i| format!("{i}b")));
+    j.frames.extend(&b.frames);
+    j.lengths.extend(&b.lengths);
+    j.sources.extend(b.sources.clone());
+    j.targets.extend(b.targets.clone());
+    j.sentences.extend(b.sentences.clone());
+    j.frame_labels.extend(b.frame_labels.clone());
+    j
+}
+
+/// `training.grad_accum_steps`: two micro-batches accumulated give the gradient of one batch of
+/// both (the oracle: one forward and backward over it), within float tolerance. The two
+/// micro-batches cut the same 12 frames into different clips (6+6 and 8+4 frames, different
+/// glosses), so their losses differ while BatchNorm, which normalises each forward by the
+/// statistics of its own frames, sees the same statistics in every forward; and both select the
+/// same number of keyframes, which L_cls averages over (see `train::accumulate`).
+#[test]
+fn accumulated_micro_batches_give_the_gradient_of_their_union() {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 2);
+    let mut c = tiny();
+    c.model.keyframe_ratio = 0.5;
+    c.training.grad_accum_steps = 2;
+    let s = c.model.input_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let frames: Vec<Vec<f32>> = (0..12)
+        .map(|_| {
+            (0..3 * s * s)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect()
+        })
+        .collect();
+    let a = cut(&frames, &[6, 6], &[vec![1, 2], vec![3]]);
+    let mut recut = frames.clone();
+    recut.rotate_left(3);
+    let b = cut(&recut, &[8, 4], &[vec![2, 4, 1], vec![5]]);
+    let trainer = |out: &str| {
+        Trainer::new(&TrainOptions {
+            config: c.clone(),
+            data: data.clone(),
+            out: d.path().join(out),
+            resume: false,
+            device: candle_core::Device::Cpu,
+            progress: false,
+        })
+        .unwrap()
+    };
+    let mut acc = trainer("acc");
+    acc.accumulate(&a, 0.5).unwrap();
+    acc.accumulate(&b, 0.5).unwrap();
+    let got = acc.pending_grads();
+    let mut big = trainer("big");
+    big.accumulate(&join(&a, &b), 1.0).unwrap();
+    let want = big.pending_grads();
+    assert_eq!(
+        got.keys().collect::<std::collections::BTreeSet<_>>(),
+        want.keys().collect(),
+        "the same variables have gradients"
+    );
+    let mut moved = 0;
+    for (name, w) in &want {
+        let g = &got[name];
+        let diff = (g - w).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = w.abs().unwrap().max_all().unwrap();
+        let (diff, scale) = (
+            diff.to_scalar::<f32>().unwrap(),
+            scale.to_scalar::<f32>().unwrap(),
+        );
+        assert!(diff <= 1e-4 * scale.max(1e-3), "{name}: {diff} of {scale}");
+        moved += usize::from(scale > 0.0);
+    }
+    assert!(moved > 10, "{moved} variables have a non-zero gradient");
+    // and one micro-batch alone is not the union: the test can tell them apart
+    let mut one = trainer("one");
+    one.accumulate(&a, 1.0).unwrap();
+    let half = one.pending_grads();
+    let w = &want["ctc.weight"];
+    let diff = (&half["ctc.weight"] - w)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        diff.to_scalar::<f32>().unwrap()
+            > 1e-3
+                * w.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+    );
+    // a step applies and clears them
+    acc.apply().unwrap();
+    assert!(acc.pending_grads().is_empty());
+}
+
+/// `hardware.mixed_precision`. bf16: a few steps from the same weights and batches track the f32
+/// run's losses within 5 % (bf16 keeps 8 bits of mantissa) and are not the f32 run itself. f16:
+/// its first loss (same weights, same batch) is f32's within 0.5 %; a step whose scaled gradients
+/// overflow is skipped and halves the loss scale, and once the scale fits, steps are taken.
+#[test]
+fn reduced_precision_losses_track_f32() {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 3);
+    let run = |precision: &str, steps: u64| {
+        let mut c = tiny();
+        c.training.max_steps = steps;
+        c.training.eval_every = 0;
+        c.hardware.mixed_precision = precision.parse().unwrap();
+        let out = d.path().join(format!("{precision}-{steps}"));
+        let s = train(&TrainOptions {
+            config: c,
+            data: data.clone(),
+            out: out.clone(),
+            resume: false,
+            device: candle_core::Device::Cpu,
+            progress: false,
+        })
+        .unwrap();
+        assert_eq!(s.steps, steps);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["mixed_precision"], precision);
+        assert_eq!(lines[1]["loss_scale"].is_number(), precision == "f16");
+        let steps: Vec<_> = lines.into_iter().filter(|l| l["kind"] == "step").collect();
+        (losses(&out), steps)
+    };
+    let (f32, _) = run("off", 4);
+    let (bf16, _) = run("bf16", 4);
+    assert_eq!(bf16.len(), f32.len());
+    let mut differs = false;
+    for ((step, want), (_, got)) in f32.iter().zip(&bf16) {
+        let rel = (got - want).abs() / want.abs().max(1e-3);
+        assert!(rel <= 0.05, "bf16 step {step}: {got} vs f32 {want}");
+        differs |= rel > 0.0;
+    }
+    assert!(differs, "bf16: the losses are f32's to the bit");
+
+    let (f16, lines) = run("f16", 8);
+    let rel = (f16[0].1 - f32[0].1).abs() / f32[0].1.abs();
+    assert!(
+        rel <= 0.005 && rel > 0.0,
+        "f16 first loss {} vs f32 {}",
+        f16[0].1,
+        f32[0].1
+    );
+    let mut scale = 65536.0;
+    let mut taken = 0;
+    for l in &lines {
+        let overflow = l["overflow"].as_bool().unwrap();
+        if overflow {
+            scale /= 2.0;
+        } else {
+            assert!(l["grad_norm"].as_f64().unwrap().is_finite(), "{l}");
+            taken += 1;
+        }
+        assert_eq!(l["loss_scale"].as_f64().unwrap(), scale, "{l}");
+    }
+    assert!(
+        scale < 65536.0,
+        "no f16 step overflowed at the starting scale: {lines:?}"
+    );
+    assert!(taken >= 2, "the f16 run never settled: {lines:?}");
 }

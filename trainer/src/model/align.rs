@@ -18,6 +18,9 @@
 //!     is ever downloaded.
 //!   - [`TextSource::GlossTable`]: a learned gloss-embedding table (V×D,
 //!     `gloss_table.weight`), averaged over the glosses of the sentence.
+//!   - [`TextSource::Stored`]: a frozen BERT's sentence embeddings as a run's
+//!     checkpoint keeps them ([`StoredText`]), so evaluation and export of a
+//!     BERT-aligned model do not need the BERT directory.
 //! - **Loss** ([`cosine_embedding_loss`]): `L_align = mean_b (1 − cos(v_b, t_b))`,
 //!   which is `torch.nn.functional.cosine_embedding_loss` with target 1 (same
 //!   ε = 1e-12 on the squared norms). The per-sample similarities are returned
@@ -70,6 +73,70 @@ pub enum TextSource {
     Bert { dir: PathBuf },
     /// A learned V×D gloss-embedding table.
     GlossTable { vocab_size: usize, dim: usize },
+    /// Sentence embeddings computed earlier by a frozen BERT.
+    Stored(StoredText),
+}
+
+/// A frozen text encoder's sentence embeddings, by sentence: what a
+/// checkpoint keeps of the BERT its run was trained with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredText {
+    dim: usize,
+    rows: HashMap<String, Vec<f32>>,
+}
+
+impl StoredText {
+    /// From parallel lists: `embeddings` is (N, D) with row i for `sentences[i]`.
+    pub fn new(sentences: &[String], embeddings: &Tensor) -> Result<Self> {
+        let (n, dim) = embeddings.dims2()?;
+        if n != sentences.len() || dim == 0 {
+            return Err(AlignError::Input(format!(
+                "{} stored sentences for {n} embeddings of size {dim}",
+                sentences.len()
+            )));
+        }
+        let rows = embeddings.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(Self {
+            dim,
+            rows: sentences.iter().cloned().zip(rows).collect(),
+        })
+    }
+
+    /// The sentences in order, and their embeddings (N, D) on the CPU.
+    pub fn to_parts(&self) -> Result<(Vec<String>, Tensor)> {
+        let mut sentences: Vec<String> = self.rows.keys().cloned().collect();
+        sentences.sort();
+        let data: Vec<f32> = sentences
+            .iter()
+            .flat_map(|s| self.rows[s].iter().copied())
+            .collect();
+        let t = Tensor::from_vec(data, (sentences.len(), self.dim), &Device::Cpu)?;
+        Ok((sentences, t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The embeddings of `sentences` (N, D); a sentence that was never
+    /// embedded is an error naming it.
+    fn embed(&self, sentences: &[String], device: &Device) -> Result<Tensor> {
+        let mut data = Vec::with_capacity(sentences.len() * self.dim);
+        for s in sentences {
+            let row = self.rows.get(s).ok_or_else(|| {
+                AlignError::Input(format!(
+                    "sentence {s:?} has no stored text embedding: a checkpoint keeps those of \
+                     the train, dev and test sentences of the data it was trained on"
+                ))
+            })?;
+            data.extend_from_slice(row);
+        }
+        Ok(Tensor::from_vec(data, (sentences.len(), self.dim), device)?)
+    }
 }
 
 impl TextSource {
@@ -205,6 +272,15 @@ impl BertTextEncoder {
         &self.frozen
     }
 
+    /// The cached sentence embeddings, as a checkpoint stores them.
+    pub fn stored(&self) -> Result<StoredText> {
+        let cache = self.cache.lock().map_err(|_| AlignError::Poisoned)?;
+        Ok(StoredText {
+            dim: self.hidden_size(),
+            rows: cache.clone(),
+        })
+    }
+
     /// How many distinct sentences are cached.
     pub fn cached(&self) -> Result<usize> {
         Ok(self.cache.lock().map_err(|_| AlignError::Poisoned)?.len())
@@ -306,6 +382,7 @@ impl BertTextEncoder {
 enum TextSide {
     Bert(Box<BertTextEncoder>),
     Table { table: Embedding, vocab_size: usize },
+    Stored(StoredText),
 }
 
 /// Visual projection plus text side; computes L_align.
@@ -331,6 +408,7 @@ impl Aligner {
                 let d = enc.hidden_size();
                 (TextSide::Bert(Box::new(enc)), d)
             }
+            TextSource::Stored(st) => (TextSide::Stored(st.clone()), st.dim),
             TextSource::GlossTable { vocab_size, dim } => {
                 if *vocab_size == 0 || *dim == 0 {
                     return Err(AlignError::Input(
@@ -366,7 +444,17 @@ impl Aligner {
     pub fn bert(&self) -> Option<&BertTextEncoder> {
         match &self.text {
             TextSide::Bert(b) => Some(b),
-            TextSide::Table { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The frozen text side's sentence embeddings so far (None with a
+    /// gloss table, which trains).
+    pub fn stored_text(&self) -> Result<Option<StoredText>> {
+        match &self.text {
+            TextSide::Bert(b) => Ok(Some(b.stored()?)),
+            TextSide::Stored(st) => Ok(Some(st.clone())),
+            TextSide::Table { .. } => Ok(None),
         }
     }
 
@@ -418,6 +506,7 @@ impl Aligner {
     pub fn text_embedding(&self, sentences: &[String], gloss_ids: &[Vec<u32>]) -> Result<Tensor> {
         match &self.text {
             TextSide::Bert(enc) => enc.embed(sentences),
+            TextSide::Stored(st) => st.embed(sentences, &self.device),
             TextSide::Table { table, vocab_size } => {
                 let b = gloss_ids.len();
                 if b == 0 {
@@ -462,7 +551,7 @@ impl Aligner {
         let v = self.visual_embedding(f, lengths)?;
         let b = v.dim(0)?;
         let given = match &self.text {
-            TextSide::Bert(_) => ("sentences", sentences.len()),
+            TextSide::Bert(_) | TextSide::Stored(_) => ("sentences", sentences.len()),
             TextSide::Table { .. } => ("gloss_ids", gloss_ids.len()),
         };
         if given.1 != b {

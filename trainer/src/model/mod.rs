@@ -137,6 +137,19 @@ impl FourStage {
     /// reduced-precision copy of `train::precision` is built this way).
     pub fn from_vb(cfg: &Config, vocab_size: usize, vb: VarBuilder) -> anyhow::Result<Self> {
         let m = &cfg.model;
+        let text = TextSource::from_config(m.text_encoder.as_deref(), vocab_size, m.text_dim);
+        Self::with_text(cfg, vocab_size, vb, text)
+    }
+
+    /// [`Self::from_vb`] with the text side given, not read from the config
+    /// (a checkpoint's stored BERT sentence embeddings).
+    pub fn with_text(
+        cfg: &Config,
+        vocab_size: usize,
+        vb: VarBuilder,
+        text: TextSource,
+    ) -> anyhow::Result<Self> {
+        let m = &cfg.model;
         let dtype = vb.dtype();
         let visual = VisualEncoder::new(
             VisualConfig {
@@ -150,7 +163,7 @@ impl FourStage {
         let align = Aligner::new(
             &AlignConfig {
                 feature_dim: m.feature_dim,
-                text: TextSource::from_config(m.text_encoder.as_deref(), vocab_size, m.text_dim),
+                text,
             },
             vb.pp("align"),
         )?;

@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 /// The header key under which [`CheckpointMeta`] is stored.
 pub const META_KEY: &str = "signrt.meta";
 
+/// The tensor holding a frozen BERT's sentence embeddings (N, D), row i for
+/// [`CheckpointMeta::text_sentences`]`[i]`; not a model variable.
+pub const TEXT_EMBEDDINGS_KEY: &str = "text.sentence_embeddings";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
@@ -48,6 +52,11 @@ pub struct CheckpointMeta {
     pub initial_losses: Option<[f64; 4]>,
     pub schedule: ScheduleState,
     pub best_dev_wer: Option<f64>,
+    /// With a frozen BERT: the sentences whose embeddings the checkpoint keeps
+    /// (under [`TEXT_EMBEDDINGS_KEY`]), so that evaluation and export need no
+    /// BERT directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_sentences: Vec<String>,
 }
 
 pub struct Checkpoint {
@@ -141,6 +150,7 @@ mod tests {
             initial_losses: None,
             schedule: ScheduleState::new(Schedule::Constant),
             best_dev_wer: Some(0.25),
+            text_sentences: vec!["A".into()],
         }
     }
 

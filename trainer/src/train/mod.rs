@@ -31,6 +31,7 @@ pub use trainer::{Position, StepReport, Trainer};
 use crate::config::{self, Config};
 use crate::data::loader::{Batch, ClipSpec, LoaderOptions};
 use crate::data::{self, Format, LoadOptions};
+use crate::model::align::{StoredText, TextSource};
 use crate::model::FourStage;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -240,7 +241,18 @@ pub fn load_model(ckpt: &Path, dev: &Device) -> Result<(FourStage, VarMap, Confi
     let vocab = Vocab::parse(&ck.meta.vocab.join("\n"), ckpt)
         .with_context(|| format!("{}: vocabulary", ckpt.display()))?;
     let vm = VarMap::new();
-    let model = FourStage::new(&ck.meta.config, vocab.len(), &vm, dev)?;
+    let cfg = &ck.meta.config;
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, dev);
+    let model = match ck.model.get(checkpoint::TEXT_EMBEDDINGS_KEY) {
+        // a frozen BERT's embeddings, kept with the weights: its directory is not read
+        Some(t) if !ck.meta.text_sentences.is_empty() => {
+            let st = StoredText::new(&ck.meta.text_sentences, t)
+                .with_context(|| format!("{}: stored text embeddings", ckpt.display()))?;
+            log::info!("{} stored sentence embeddings (no BERT needed)", st.len());
+            FourStage::with_text(cfg, vocab.len(), vb, TextSource::Stored(st))?
+        }
+        _ => FourStage::new(cfg, vocab.len(), &vm, dev)?,
+    };
     restore(&vm, &ck.model)?;
     Ok((model, vm, ck.meta.config, vocab))
 }

@@ -83,6 +83,8 @@ pub struct Trainer {
     metrics: std::fs::File,
     /// The same lines as TensorBoard scalars, in `RUN_DIR/tb/`.
     events: EventWriter,
+    /// A frozen BERT's sentence embeddings (sentences, (N, D)) for the checkpoints.
+    text: Option<(Vec<String>, Tensor)>,
     pb: indicatif::ProgressBar,
     at: Position,
     best: Option<f64>,
@@ -131,6 +133,7 @@ impl Trainer {
         let events = EventWriter::create(&opts.out.join("tb"))?;
         let pb = progress_bar(opts, data.train.len(), at.step);
         let replicas = replica_pools(cfg, dev)?;
+        let text = stored_sentences(&model, opts, &data)?;
         Ok(Self {
             opts: opts.clone(),
             data,
@@ -147,6 +150,7 @@ impl Trainer {
             replicas,
             metrics,
             events,
+            text,
             pb,
             at,
             best,
@@ -385,16 +389,17 @@ impl Trainer {
         if let Some(rep) = report {
             if self.best.is_none_or(|b| rep.wer < b) {
                 self.best = Some(rep.wer);
-                let kept = match &self.ema {
+                let kept = self.kept_tensors(match &self.ema {
                     Some(ema) => ema.tensors(),
                     None => model_tensors(&self.vm),
-                };
+                });
                 let path = self.opts.out.join("best.safetensors");
                 checkpoint::save(&path, &kept, &state, &self.meta(next))?;
             }
         }
         let path = self.opts.out.join("last.safetensors");
-        checkpoint::save(&path, &model_tensors(&self.vm), &state, &self.meta(next))?;
+        let kept = self.kept_tensors(model_tensors(&self.vm));
+        checkpoint::save(&path, &kept, &state, &self.meta(next))?;
         Ok(())
     }
 
@@ -542,8 +547,53 @@ impl Trainer {
             },
             schedule: self.sched.clone(),
             best_dev_wer: self.best,
+            text_sentences: self.text.as_ref().map_or_else(Vec::new, |t| t.0.clone()),
         }
     }
+
+    /// The model's variables, and the frozen BERT's sentence embeddings when
+    /// there is one, as a checkpoint stores them.
+    fn kept_tensors(&self, mut model: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+        if let Some((_, t)) = &self.text {
+            model.insert(checkpoint::TEXT_EMBEDDINGS_KEY.into(), t.clone());
+        }
+        model
+    }
+}
+
+/// With a frozen BERT, every sentence of the data's train, dev and test
+/// splits embedded once, as the checkpoints keep them: evaluation and export
+/// then need no BERT directory. None with a gloss table.
+fn stored_sentences(
+    model: &FourStage,
+    opts: &TrainOptions,
+    data: &Data,
+) -> Result<Option<(Vec<String>, Tensor)>> {
+    let Some(bert) = model.align.bert() else {
+        return Ok(None);
+    };
+    let mut sentences: Vec<String> = data
+        .train
+        .iter()
+        .chain(&data.dev)
+        .map(|c| c.sentence.clone())
+        .collect();
+    let format = data::detect(&opts.data)?;
+    if data::annotation_path(&opts.data, format, "test").is_file() {
+        let (test, _) = clips(&opts.data, format, "test", &data.vocab)?;
+        sentences.extend(test.into_iter().map(|c| c.sentence));
+    }
+    sentences.sort();
+    sentences.dedup();
+    for chunk in sentences.chunks(64) {
+        bert.embed(chunk)?;
+    }
+    let stored = bert.stored()?;
+    log::info!(
+        "text encoder: {} sentences embedded, kept with the checkpoints",
+        stored.len()
+    );
+    Ok(Some(stored.to_parts()?))
 }
 
 /// The run's data: the vocabulary (the train split's glosses), the train

@@ -574,3 +574,91 @@ fn reduced_precision_losses_track_f32() {
     );
     assert!(taken >= 2, "the f16 run never settled: {lines:?}");
 }
+
+/// A run aligned by a frozen local BERT (random weights, a real WordPiece `tokenizer.json`):
+/// training completes and L_align falls. The checkpoint keeps the sentence embeddings of every
+/// split, equal to the BERT's own, so `eval` and `export` work once the BERT directory is gone.
+#[test]
+fn a_run_with_a_local_bert_aligns_and_then_needs_it_no_more() {
+    use signrt_trainer::data::Format;
+    use signrt_trainer::model::align::BertTextEncoder;
+    use signrt_trainer::train::{checkpoint, clips};
+    let cpu = candle_core::Device::Cpu;
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 3);
+    let bert = d.path().join("bert");
+    crate::bert::write_bert(&bert, 7);
+    let mut c = tiny();
+    c.model.text_encoder = Some(bert.clone());
+    c.training.num_epochs = 1000;
+    c.training.max_steps = 40;
+    c.training.eval_every = 20;
+    c.training.learning_rates.text_encoder = 1e-2;
+    let out = d.path().join("run");
+    let opts = TrainOptions {
+        config: c,
+        data: data.clone(),
+        out: out.clone(),
+        resume: false,
+        device: cpu.clone(),
+        progress: false,
+    };
+    assert_eq!(train(&opts).unwrap().steps, 40);
+    let align: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["l_align"].as_f64().unwrap())
+        .collect();
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&align[..5]), mean(&align[align.len() - 5..]));
+    assert!(
+        last < 0.7 * first,
+        "L_align {first:.4} over the first 5 steps, {last:.4} over the last 5"
+    );
+
+    // the stored embeddings are the BERT's own, for every split's sentences
+    let ck = checkpoint::load(&out.join("last.safetensors"), &cpu).unwrap();
+    let sentences = &ck.meta.text_sentences;
+    let stored = &ck.model[checkpoint::TEXT_EMBEDDINGS_KEY];
+    let enc = BertTextEncoder::load(&bert, &cpu).unwrap();
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let want = enc.embed_uncached(&refs).unwrap();
+    let diff = (stored - &want).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    let vocab = signrt_runtime::Vocab::load(&out.join("vocab.txt")).unwrap();
+    for split in ["train", "dev", "test"] {
+        let (cl, _) = clips(&data, Format::Seed, split, &vocab).unwrap();
+        assert!(!cl.is_empty(), "{split}");
+        for c in cl {
+            assert!(
+                sentences.contains(&c.sentence),
+                "{split}: {:?} not stored",
+                c.sentence
+            );
+        }
+    }
+
+    // with the BERT directory gone, eval and export still work
+    std::fs::rename(&bert, d.path().join("moved")).unwrap();
+    let ckpt = out.join("last.safetensors");
+    let bundle = d.path().join("bundle");
+    for args in [
+        vec!["eval", "--split", "test", "--data", data.to_str().unwrap()],
+        vec!["export", "--out", bundle.to_str().unwrap()],
+    ] {
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+            .args(&args)
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    assert!(bundle.join("encoder.onnx").is_file());
+}

@@ -9,10 +9,9 @@
 #    per-module gradient norms before clipping must agree to a relative 2e-3 (f32 on both; the GPU sums
 #    in other orders). A per-module norm is the check's unit: metrics.jsonl carries no per-parameter
 #    gradients.
-# 2. 200 steps (or 5 minutes) of trainer/configs/resnet18-phoenix.toml at 224×224 on a synthetic corpus
-#    on CUDA: steps/s (wall), frames/s (the step lines') and the GPU's peak memory (nvidia-smi, sampled
-#    every 200 ms).
-# bf16 is not in this check: hardware.mixed_precision is not implemented yet (issue #39, item 3).
+# 2. 200 steps (or 2.5 minutes) of trainer/configs/resnet18-phoenix.toml at 224×224 on a synthetic
+#    corpus on CUDA, in f32 and in bf16 (hardware.mixed_precision): steps/s (wall), frames/s (the step
+#    lines') and the GPU's peak memory (nvidia-smi, sampled every 200 ms).
 # Not yet run on a GPU by this project.
 #
 # Environment: SIGNRT_TRAIN_CUDA (default target/cuda/bin/signrt-train-sm80), SIGNRT_CUDA_LIB (CUDA's
@@ -57,23 +56,25 @@ print(f"CPU against CUDA, one step: worst relative difference {worst:.2e} (toler
 sys.exit(0 if worst <= 2e-3 else 1)
 EOF
 
-# 2. steps/s and peak memory on CUDA
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/mem.txt" &
-sampler=$!
-trap 'kill $sampler 2>/dev/null || true' EXIT
-t0=$(date +%s.%N)
-"$bin" train --config $cfg --data "$out/C" --out "$out/run" --max-steps "$steps" --max-minutes 5 \
-  --device cuda --set training.eval_every=0 2> "$out/run.log"
-t1=$(date +%s.%N)
-kill $sampler 2>/dev/null || true
-python3 - "$out/run/metrics.jsonl" "$out/mem.txt" "$t0" "$t1" <<'EOF'
+# 2. steps/s and peak memory on CUDA, f32 then bf16
+for prec in off bf16; do
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/mem-$prec.txt" &
+  sampler=$!
+  trap 'kill $sampler 2>/dev/null || true' EXIT
+  t0=$(date +%s.%N)
+  "$bin" train --config $cfg --data "$out/C" --out "$out/run-$prec" --max-steps "$steps" --max-minutes 2.5 \
+    --device cuda --set training.eval_every=0 --set hardware.mixed_precision=$prec 2> "$out/run-$prec.log"
+  t1=$(date +%s.%N)
+  kill $sampler 2>/dev/null || true
+  python3 - "$out/run-$prec/metrics.jsonl" "$out/mem-$prec.txt" "$t0" "$t1" "$prec" <<'EOF'
 import json, sys
 rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "step"]
 fps = sorted(r["frames_per_s"] for r in rows[5:] or rows)
 mem = [int(x) for x in open(sys.argv[2]) if x.strip().isdigit()]
 wall = float(sys.argv[4]) - float(sys.argv[3])
-print(f"resnet18-phoenix.toml at 224x224, {len(rows)} steps on CUDA in {wall:.0f} s: {len(rows) / wall:.2f} steps/s "
-      f"(wall, start-up included), median {fps[len(fps)//2]:.1f} frames/s (steps after the first five), "
-      f"peak GPU memory {max(mem) if mem else '?'} MiB (f32)")
+print(f"resnet18-phoenix.toml at 224x224, mixed_precision {sys.argv[5]}: {len(rows)} steps on CUDA in {wall:.0f} s: "
+      f"{len(rows) / wall:.2f} steps/s (wall, start-up included), median {fps[len(fps)//2]:.1f} frames/s "
+      f"(steps after the first five), peak GPU memory {max(mem) if mem else '?'} MiB, last loss {rows[-1]['loss']:.3f}")
 EOF
+done
 echo "total $(( $(date +%s) - start )) s; logs and runs in $out"

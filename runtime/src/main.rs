@@ -7,6 +7,7 @@ use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
 use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::memory::{self, CountingAlloc};
 use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
+use signrt_runtime::report::ClipTrace;
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
 use signrt_runtime::Precision;
 use std::path::{Path, PathBuf};
@@ -148,6 +149,11 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// posteriors that saw less of what follows.
         #[arg(long)]
         lookahead: Option<usize>,
+        /// Write a recognition report into DIR: a PNG timeline per clip
+        /// (thumbnails, keyframe scores, CTC posteriors, glosses against the
+        /// reference) and an index.html with the glosses and the WER.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -336,6 +342,7 @@ fn batch_cmd(
     parallel: usize,
     fps: f32,
     format: Format,
+    report: Option<&Path>,
 ) -> Result<i32> {
     let clips = batch::list_clips(source)?;
     let refs_dir = if source.is_dir() {
@@ -359,8 +366,13 @@ fn batch_cmd(
         parallel,
         fps,
         stop: Some(stop.clone()),
+        report: report.is_some(),
     };
+    let mut traces = Vec::new();
     let total = batch::run_batch(bundle, &clips, &refs, settings, &opts, |c| {
+        if report.is_some() {
+            traces.push(clip_trace(c));
+        }
         let mut v = serde_json::to_value(c).unwrap_or_default();
         v["type"] = "clip".into();
         let wer = c
@@ -389,6 +401,9 @@ fn batch_cmd(
             total.unfinished
         ),
     );
+    if let Some(dir) = report {
+        write_report(dir, &traces)?;
+    }
     Ok(if got[1].load(Ordering::Relaxed) {
         EXIT_SIGTERM
     } else if got[0].load(Ordering::Relaxed) {
@@ -396,6 +411,44 @@ fn batch_cmd(
     } else {
         i32::from(total.failed > 0)
     })
+}
+
+/// A batch clip's report trace; a clip that could not be read gets one
+/// with its name, reference and error only.
+fn clip_trace(c: &batch::ClipResult) -> ClipTrace {
+    match &c.trace {
+        Some(t) => (**t).clone(),
+        None => ClipTrace {
+            name: c.id.clone(),
+            reference: c.reference.clone(),
+            error: c.error.clone(),
+            glosses: c.spans.clone(),
+            ..ClipTrace::default()
+        },
+    }
+}
+
+/// Writes the report of `clips` into `dir`, and says where on stderr.
+fn write_report(dir: &Path, clips: &[ClipTrace]) -> Result<()> {
+    let files = signrt_runtime::report::write_report(dir, clips)
+        .with_context(|| format!("writing the report into {}", dir.display()))?;
+    log::info!(
+        "report: {} ({} timeline{})",
+        dir.join("index.html").display(),
+        files.len() - 1,
+        if files.len() == 2 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// The name of a single source in its report: the file's stem.
+fn source_name(source: &str) -> String {
+    match source {
+        "-" => "stdin".into(),
+        s => Path::new(s)
+            .file_stem()
+            .map_or_else(|| s.to_string(), |n| n.to_string_lossy().into_owned()),
+    }
 }
 
 /// `signrt run`'s arguments.
@@ -412,6 +465,7 @@ struct RunArgs {
     endpoint: Option<EndpointConfig>,
     partials: bool,
     lookahead: Option<usize>,
+    report: Option<PathBuf>,
 }
 
 /// Endpointing flags of `signrt run` (rules in `signrt_runtime::endpoint`).
@@ -552,6 +606,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         endpoint,
         partials,
         lookahead,
+        report,
     } = a;
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
@@ -568,7 +623,16 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             lookahead,
             ..Settings::default()
         };
-        return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
+        let report = report.as_deref();
+        return batch_cmd(
+            &bundle,
+            Path::new(source),
+            settings,
+            threads,
+            fps,
+            format,
+            report,
+        );
     }
     let reference = match reference {
         Some(r) => Some(r),
@@ -605,7 +669,24 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         fps,
         memory_budget: budget,
     };
-    let summary = pipe.run_events(src.as_mut(), &opts, |e| print_event(format, e))?;
+    pipe.set_recording(report.is_some());
+    let mut glosses = Vec::new();
+    let summary = pipe.run_events(src.as_mut(), &opts, |e| {
+        if let (Some(_), Event::Gloss(g)) = (&report, e) {
+            glosses.push(g.clone());
+        }
+        print_event(format, e)
+    })?;
+    if let (Some(dir), Some(t)) = (&report, pipe.take_trace()) {
+        let trace = ClipTrace {
+            name: source_name(source),
+            glosses,
+            reference: reference.clone(),
+            error: summary.error.clone(),
+            ..t
+        };
+        write_report(dir, &[trace])?;
+    }
     end_run(
         format,
         &summary,
@@ -687,6 +768,7 @@ fn run(cli: Cli) -> Result<i32> {
             endpoint,
             partial,
             lookahead,
+            report,
         } => run_cmd(RunArgs {
             bundle,
             source,
@@ -700,6 +782,7 @@ fn run(cli: Cli) -> Result<i32> {
             endpoint: endpoint.config()?,
             partials: partial,
             lookahead,
+            report,
         }),
         Cmd::Bench {
             bundle,

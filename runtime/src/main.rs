@@ -7,7 +7,7 @@ use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
 use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::memory::{self, CountingAlloc};
 use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
-use signrt_runtime::report::ClipTrace;
+use signrt_runtime::report::{ClipTrace, ReportWriter};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
 use signrt_runtime::Precision;
 use std::path::{Path, PathBuf};
@@ -368,10 +368,17 @@ fn batch_cmd(
         stop: Some(stop.clone()),
         report: report.is_some(),
     };
-    let mut traces = Vec::new();
+    let ctx = |d: &Path| format!("writing the report into {}", d.display());
+    let mut writer = match report {
+        Some(d) => Some(ReportWriter::new(d).with_context(|| ctx(d))?),
+        None => None,
+    };
+    // a timeline that cannot be written ends the report, not the batch
+    let mut report_error = None;
     let total = batch::run_batch(bundle, &clips, &refs, settings, &opts, |c| {
-        if report.is_some() {
-            traces.push(clip_trace(c));
+        if let Some(Err(e)) = writer.as_mut().map(|w| w.add(clip_trace(c))) {
+            report_error = Some(e);
+            writer = None;
         }
         let mut v = serde_json::to_value(c).unwrap_or_default();
         v["type"] = "clip".into();
@@ -401,8 +408,11 @@ fn batch_cmd(
             total.unfinished
         ),
     );
-    if let Some(dir) = report {
-        write_report(dir, &traces)?;
+    if let (Some(dir), Some(e)) = (report, report_error) {
+        return Err(e).with_context(|| ctx(dir));
+    }
+    if let (Some(dir), Some(w)) = (report, writer) {
+        finish_report(w, dir)?;
     }
     Ok(if got[1].load(Ordering::Relaxed) {
         EXIT_SIGTERM
@@ -428,9 +438,10 @@ fn clip_trace(c: &batch::ClipResult) -> ClipTrace {
     }
 }
 
-/// Writes the report of `clips` into `dir`, and says where on stderr.
-fn write_report(dir: &Path, clips: &[ClipTrace]) -> Result<()> {
-    let files = signrt_runtime::report::write_report(dir, clips)
+/// Writes the report's index into `dir`, and says where on stderr.
+fn finish_report(w: ReportWriter, dir: &Path) -> Result<()> {
+    let files = w
+        .finish()
         .with_context(|| format!("writing the report into {}", dir.display()))?;
     log::info!(
         "report: {} ({} timeline{})",
@@ -685,7 +696,10 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             error: summary.error.clone(),
             ..t
         };
-        write_report(dir, &[trace])?;
+        let w = ReportWriter::new(dir)
+            .and_then(|mut w| w.add(trace).map(|_| w))
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        finish_report(w, dir)?;
     }
     end_run(
         format,

@@ -174,15 +174,54 @@ fn y_extent(p: &Panel) -> (f64, f64) {
         .iter()
         .filter(|s| s.style != Style::TopTicks)
         .flat_map(|s| s.points.iter().map(|p| p.1));
+    // a little room above and below, so that a flat series or one at the
+    // range's end does not run along the plot's frame
+    let padded = |v: Vec<f64>, margin: f64| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let pad = (hi - lo).max(0.0) * margin;
+        [lo - pad, hi + pad]
+    };
     match p.scale {
-        Scale::Linear => axis_range(ys, 5).unwrap_or((0.0, 1.0)),
+        Scale::Linear => {
+            let v: Vec<f64> = ys.filter(|y| y.is_finite()).collect();
+            axis_range(padded(v, 0.04), 5).unwrap_or((0.0, 1.0))
+        }
         Scale::Log10 => {
-            let logs = ys.filter(|&y| y > 0.0).map(f64::log10);
-            axis_range(logs, 4)
-                .map(|(a, b)| (a.floor(), b.ceil().max(a.floor() + 1.0)))
-                .unwrap_or((0.0, 1.0))
+            let v: Vec<f64> = ys
+                .filter(|&y| y > 0.0 && y.is_finite())
+                .map(f64::log10)
+                .collect();
+            let [lo, hi] = padded(v, 0.0);
+            if lo > hi {
+                return (0.0, 1.0);
+            }
+            let (a, b) = ((lo - 0.05).floor(), (hi + 0.05).ceil());
+            (a, b.max(a + 1.0))
         }
     }
+}
+
+/// The log scale's ticks in the range `ya..yb` of decades: 2 and 5 times
+/// each decade too when the range spans two decades or less, and every
+/// n-th decade only when it spans more than eight, so the labels do not crowd.
+fn log_ticks(ya: f64, yb: f64) -> Vec<f64> {
+    let mults: &[f64] = if yb - ya <= 2.0 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let every = ((yb - ya) / 8.0).ceil().max(1.0);
+    let mut out = Vec::new();
+    for d in ticks(ya, yb, every) {
+        for m in mults {
+            let t = d + m.log10();
+            if t <= yb + 1e-9 {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 /// Draws `panel` into the rectangle (x, y, w, h) of `c`, its x axis over `x_range`.
@@ -213,11 +252,12 @@ pub fn draw_panel(
 /// Grid lines, ticks and their labels, and the plot's frame.
 pub fn axes(c: &mut Canvas, p: &Plot, x_label: &str) {
     let (ya, yb) = p.y_range;
-    let ystep = match p.scale {
-        Scale::Linear => tick_step(ya, yb, 5),
-        Scale::Log10 => tick_step(ya, yb, 5).max(1.0),
+    let ystep = tick_step(ya, yb, 5);
+    let yticks = match p.scale {
+        Scale::Linear => ticks(ya, yb, ystep),
+        Scale::Log10 => log_ticks(ya, yb),
     };
-    for t in ticks(ya, yb, ystep) {
+    for t in yticks {
         let v = match p.scale {
             Scale::Linear => t,
             Scale::Log10 => 10f64.powf(t),
@@ -226,6 +266,8 @@ pub fn axes(c: &mut Canvas, p: &Plot, x_label: &str) {
         c.fill(p.x, py.round() as i64, p.w, 1, GRID);
         let label = match p.scale {
             Scale::Linear => format_tick(t, ystep),
+            // powers of ten alike, whatever their size
+            Scale::Log10 if !(1e-3..1e4).contains(&v) => format!("{v:.0e}"),
             Scale::Log10 => format_tick(v, v),
         };
         let tw = text_width(&label, 1) as i64;

@@ -191,37 +191,78 @@ pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), ReportError> {
     })
 }
 
-/// Writes the report of `clips` into `dir` (made if missing): a timeline
-/// PNG per clip, then `index.html`. Clips with the same name get numbered
-/// files. Returns the files written, the index last.
-pub fn write_report(dir: &Path, clips: &[ClipTrace]) -> Result<Vec<PathBuf>, ReportError> {
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
-        path: dir.into(),
-        source,
-    })?;
-    let mut names: Vec<String> = Vec::with_capacity(clips.len());
-    let mut written = Vec::new();
-    for clip in clips {
+/// Writes a report clip by clip: each timeline as it comes, then the index.
+/// It keeps of each clip only what the index shows, so that a long batch or
+/// a whole split does not hold every clip's thumbnails.
+pub struct ReportWriter {
+    dir: PathBuf,
+    names: Vec<String>,
+    clips: Vec<ClipTrace>,
+    written: Vec<PathBuf>,
+}
+
+impl ReportWriter {
+    /// A report into `dir`, made if missing.
+    pub fn new(dir: &Path) -> Result<Self, ReportError> {
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.into(),
+            names: Vec::new(),
+            clips: Vec::new(),
+            written: Vec::new(),
+        })
+    }
+
+    /// Draws and writes `clip`'s timeline; clips with the same name get
+    /// numbered files. Returns the PNG's path.
+    pub fn add(&mut self, clip: ClipTrace) -> Result<PathBuf, ReportError> {
         let mut name = clip.file_name();
         let stem = name.trim_end_matches(".png").to_string();
         let mut k = 2;
-        while names.contains(&name) {
+        while self.names.contains(&name) {
             name = format!("{stem}-{k}.png");
             k += 1;
         }
-        let path = dir.join(&name);
-        write_png(&draw_timeline(clip), &path)?;
-        names.push(name);
-        written.push(path);
+        let path = self.dir.join(&name);
+        write_png(&draw_timeline(&clip), &path)?;
+        self.names.push(name);
+        self.clips.push(ClipTrace {
+            thumbnails: Vec::new(),
+            scores: Vec::new(),
+            log_probs: Vec::new(),
+            keyframes: Vec::new(),
+            vocab: Vec::new(),
+            ..clip
+        });
+        self.written.push(path.clone());
+        Ok(path)
     }
-    let index = dir.join("index.html");
-    let html = index_html(clips, &names);
-    crate::fsutil::write_atomic(&index, html.as_bytes()).map_err(|source| ReportError::Io {
-        path: index.clone(),
-        source,
-    })?;
-    written.push(index);
-    Ok(written)
+
+    /// Writes `index.html`; returns every file written, the index last.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>, ReportError> {
+        let index = self.dir.join("index.html");
+        let html = index_html(&self.clips, &self.names);
+        crate::fsutil::write_atomic(&index, html.as_bytes()).map_err(|source| ReportError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        self.written.push(index);
+        Ok(self.written)
+    }
+}
+
+/// Writes the report of `clips` into `dir` (made if missing): a timeline
+/// PNG per clip, then `index.html` ([`ReportWriter`]). Returns the files
+/// written, the index last.
+pub fn write_report(dir: &Path, clips: &[ClipTrace]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut w = ReportWriter::new(dir)?;
+    for clip in clips {
+        w.add(clip.clone())?;
+    }
+    w.finish()
 }
 
 #[cfg(test)]

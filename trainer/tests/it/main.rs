@@ -5,12 +5,14 @@
 //! - `stages`: stages 2 and 3 against the ONNX graphs the export writes, run in tract;
 //! - `model`: every loss's gradient reaches the parameter groups it should;
 //! - `train`: `--resume` continues exactly, a tiny corpus is learnt;
-//! - `export`: the exported bundle in tract agrees with Candle stage by stage.
+//! - `export`: the exported bundle in tract agrees with Candle stage by stage;
+//! - `plot`: `signrt-train plot`'s figures, checked in the pixels, and its errors.
 
 mod common;
 mod data;
 mod export;
 mod model;
+mod plot;
 mod stages;
 mod synth;
 mod train;

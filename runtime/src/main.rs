@@ -368,17 +368,10 @@ fn batch_cmd(
         stop: Some(stop.clone()),
         report: report.is_some(),
     };
-    let ctx = |d: &Path| format!("writing the report into {}", d.display());
-    let mut writer = match report {
-        Some(d) => Some(ReportWriter::new(d).with_context(|| ctx(d))?),
-        None => None,
-    };
-    // a timeline that cannot be written ends the report, not the batch
-    let mut report_error = None;
+    let mut report = report.map(BatchReport::start).transpose()?;
     let total = batch::run_batch(bundle, &clips, &refs, settings, &opts, |c| {
-        if let Some(Err(e)) = writer.as_mut().map(|w| w.add(clip_trace(c))) {
-            report_error = Some(e);
-            writer = None;
+        if let Some(r) = &mut report {
+            r.add(c);
         }
         let mut v = serde_json::to_value(c).unwrap_or_default();
         v["type"] = "clip".into();
@@ -408,11 +401,8 @@ fn batch_cmd(
             total.unfinished
         ),
     );
-    if let (Some(dir), Some(e)) = (report, report_error) {
-        return Err(e).with_context(|| ctx(dir));
-    }
-    if let (Some(dir), Some(w)) = (report, writer) {
-        finish_report(w, dir)?;
+    if let Some(r) = report {
+        r.finish()?;
     }
     Ok(if got[1].load(Ordering::Relaxed) {
         EXIT_SIGTERM
@@ -421,6 +411,45 @@ fn batch_cmd(
     } else {
         i32::from(total.failed > 0)
     })
+}
+
+/// `signrt run --report` of a batch: each clip's timeline as the clip ends.
+/// A timeline that cannot be written ends the report, not the batch: the
+/// error comes after the corpus line.
+struct BatchReport<'a> {
+    dir: &'a Path,
+    writer: Option<ReportWriter>,
+    error: Option<signrt_runtime::report::ReportError>,
+}
+
+impl<'a> BatchReport<'a> {
+    fn start(dir: &'a Path) -> Result<Self> {
+        let writer = ReportWriter::new(dir)
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            writer: Some(writer),
+            error: None,
+        })
+    }
+
+    fn add(&mut self, c: &batch::ClipResult) {
+        if let Some(Err(e)) = self.writer.as_mut().map(|w| w.add(clip_trace(c))) {
+            self.error = Some(e);
+            self.writer = None;
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        let dir = self.dir;
+        match (self.error, self.writer) {
+            (Some(e), _) => {
+                Err(e).with_context(|| format!("writing the report into {}", dir.display()))
+            }
+            (None, Some(w)) => finish_report(w, dir),
+            (None, None) => Ok(()),
+        }
+    }
 }
 
 /// A batch clip's report trace; a clip that could not be read gets one
@@ -450,6 +479,54 @@ fn finish_report(w: ReportWriter, dir: &Path) -> Result<()> {
         if files.len() == 2 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// `signrt run --report` of a single source: the pipeline records, and the
+/// glosses are kept as they are printed.
+struct SingleReport {
+    dir: PathBuf,
+    glosses: Vec<signrt_runtime::pipeline::GlossEvent>,
+}
+
+impl SingleReport {
+    fn start(dir: PathBuf, pipe: &mut Pipeline) -> Self {
+        pipe.set_recording(true);
+        Self {
+            dir,
+            glosses: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, e: Event<'_>) {
+        if let Event::Gloss(g) = e {
+            self.glosses.push(g.clone());
+        }
+    }
+
+    /// Writes the run's timeline and the index.
+    fn write(
+        self,
+        pipe: &mut Pipeline,
+        source: &str,
+        reference: Option<&str>,
+        summary: &Summary,
+    ) -> Result<()> {
+        let Some(t) = pipe.take_trace() else {
+            return Ok(());
+        };
+        let trace = ClipTrace {
+            name: source_name(source),
+            glosses: self.glosses,
+            reference: reference.map(String::from),
+            error: summary.error.clone(),
+            ..t
+        };
+        let dir = &self.dir;
+        let w = ReportWriter::new(dir)
+            .and_then(|mut w| w.add(trace).map(|_| w))
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        finish_report(w, dir)
+    }
 }
 
 /// The name of a single source in its report: the file's stem.
@@ -634,16 +711,8 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             lookahead,
             ..Settings::default()
         };
-        let report = report.as_deref();
-        return batch_cmd(
-            &bundle,
-            Path::new(source),
-            settings,
-            threads,
-            fps,
-            format,
-            report,
-        );
+        let (src, report) = (Path::new(source), report.as_deref());
+        return batch_cmd(&bundle, src, settings, threads, fps, format, report);
     }
     let reference = match reference {
         Some(r) => Some(r),
@@ -651,13 +720,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let got = install_signal_handlers(&stop)?;
-    let exit_stopped = || {
-        if got[1].load(Ordering::Relaxed) {
-            EXIT_SIGTERM
-        } else {
-            EXIT_SIGINT
-        }
-    };
+    let exit_stopped = || stopped_status(&got);
     let mut src = match open_source(source, fps, size, &stop) {
         Err(_) if stop.load(Ordering::Relaxed) => return Ok(exit_stopped()),
         r => r?,
@@ -680,27 +743,16 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         fps,
         memory_budget: budget,
     };
-    pipe.set_recording(report.is_some());
-    let mut glosses = Vec::new();
+    let mut report = report.map(|dir| SingleReport::start(dir, &mut pipe));
     let summary = pipe.run_events(src.as_mut(), &opts, |e| {
-        if let (Some(_), Event::Gloss(g)) = (&report, e) {
-            glosses.push(g.clone());
+        if let Some(r) = &mut report {
+            r.event(e);
         }
         print_event(format, e)
     })?;
-    if let (Some(dir), Some(t)) = (&report, pipe.take_trace()) {
-        let trace = ClipTrace {
-            name: source_name(source),
-            glosses,
-            reference: reference.clone(),
-            error: summary.error.clone(),
-            ..t
-        };
-        let w = ReportWriter::new(dir)
-            .and_then(|mut w| w.add(trace).map(|_| w))
-            .with_context(|| format!("writing the report into {}", dir.display()))?;
-        finish_report(w, dir)?;
-    }
+    report.map_or(Ok(()), |r| {
+        r.write(&mut pipe, source, reference.as_deref(), &summary)
+    })?;
     end_run(
         format,
         &summary,
@@ -708,6 +760,15 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         budget,
         exit_stopped(),
     )
+}
+
+/// The exit status of a run a signal stopped: SIGTERM's, else SIGINT's.
+fn stopped_status(got: &[Arc<AtomicBool>; 2]) -> i32 {
+    if got[1].load(Ordering::Relaxed) {
+        EXIT_SIGTERM
+    } else {
+        EXIT_SIGINT
+    }
 }
 
 /// Logs what the pipeline needs (the memory budget's measure) for its threads and frame size.

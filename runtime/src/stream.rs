@@ -627,9 +627,7 @@ impl Stream {
             while keys.next_if(|&k| k < g).is_some() {}
             let key = keys.next_if_eq(&g).is_some();
             self.history.push(g, score, key);
-            if let Some(r) = self.recording.as_deref_mut() {
-                r.score(g, score);
-            }
+            self.recording.iter_mut().for_each(|r| r.score(g, score));
         }
     }
 
@@ -799,9 +797,7 @@ impl Stream {
                 if argmax(row) != 0 {
                     self.last_sign = Some(g);
                 }
-                if let Some(r) = self.recording.as_deref_mut() {
-                    r.keyframe(g, row);
-                }
+                self.recording.iter_mut().for_each(|r| r.keyframe(g, row));
                 match &mut self.beam {
                     Some(b) => b.push(g, row, out)?,
                     None => self.greedy.push(g, row, out),

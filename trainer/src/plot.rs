@@ -362,6 +362,10 @@ pub fn grad_panel(runs: &[RunMetrics]) -> Panel {
             .map(|s| (s.step as f64, s.grad_norm))
             .collect();
         series.push(line(label(runs, r, "global"), pts));
+        if runs.len() > 1 {
+            // one run's modules already fill the palette: compare the global norms
+            continue;
+        }
         let groups: Vec<&String> = r.steps.iter().flat_map(|s| s.group_norms.keys()).collect();
         let mut groups: Vec<&String> = groups.into_iter().collect();
         groups.sort();
@@ -389,7 +393,7 @@ pub fn grad_panel(runs: &[RunMetrics]) -> Panel {
             });
             let events = clipped_steps(r);
             series.push(Series {
-                name: label(runs, r, &format!("clipped ({} steps)", events.len())),
+                name: label(runs, r, &format!("clipped ({})", steps(events.len()))),
                 points: events.into_iter().map(|s| (s as f64, 0.0)).collect(),
                 color: Some(image::Rgb([200, 0, 0])),
                 style: Style::TopTicks,
@@ -398,11 +402,16 @@ pub fn grad_panel(runs: &[RunMetrics]) -> Panel {
     }
     // norms span decades (a ConvGRU spike); a zero norm (a group not
     // training yet) is left out of the log scale
-    panel(
-        "gradient norm per module (log scale); clipping events along the top",
-        Scale::Log10,
-        series,
-    )
+    let title = if runs.len() > 1 {
+        "global gradient norm (log scale); clipping events along the top"
+    } else {
+        "gradient norm per module (log scale); clipping events along the top"
+    };
+    panel(title, Scale::Log10, series)
+}
+
+fn steps(n: usize) -> String {
+    format!("{n} step{}", if n == 1 { "" } else { "s" })
 }
 
 /// The evaluations' WER, in per cent.

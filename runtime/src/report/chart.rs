@@ -339,13 +339,20 @@ fn legend(c: &mut Canvas, p: &Plot, series: &[Series]) {
     if named.is_empty() {
         return;
     }
+    // as many rows as fit in the plot, the last saying how many did not
+    let fit = ((p.h.saturating_sub(24)) / 12).max(1) as usize;
+    let more = named.len().saturating_sub(fit);
+    let mut named = named;
+    let hidden = if more > 0 { named.len() + 1 - fit } else { 0 };
+    named.truncate(named.len() - hidden);
     let width = named
         .iter()
         .map(|(_, s)| text_width(&s.name, 1))
         .max()
         .unwrap_or(0)
         + 28;
-    let height = named.len() as u32 * 12 + 6;
+    let rows = named.len() + usize::from(more > 0);
+    let height = rows as u32 * 12 + 6;
     let (lx, ly) = (p.x + p.w as i64 - width as i64 - 6, p.y + 12);
     c.fill(lx, ly, width, height, canvas::BACKGROUND);
     c.frame(lx, ly, width, height, GRID);
@@ -354,6 +361,10 @@ fn legend(c: &mut Canvas, p: &Plot, series: &[Series]) {
         let yy = ly + 4 + row as i64 * 12;
         c.fill(lx + 4, yy + 3, 16, 3, color);
         c.text(lx + 24, yy, &s.name, 1, INK);
+    }
+    if hidden > 0 {
+        let yy = ly + 4 + named.len() as i64 * 12;
+        c.text(lx + 24, yy, &format!("(+{hidden} more)"), 1, MUTED);
     }
 }
 

@@ -166,6 +166,9 @@ pub struct ClipResult {
     /// A stop (SIGINT/SIGTERM) ended it before its end: not scored.
     #[serde(skip)]
     pub stopped: bool,
+    /// What a report draws of it, with [`BatchOptions::report`].
+    #[serde(skip)]
+    pub trace: Option<Box<crate::report::ClipTrace>>,
 }
 
 /// The corpus line: all clips with a reference, counted together.
@@ -194,6 +197,8 @@ pub struct BatchOptions {
     /// Set, it ends the clips in progress at their next frame and starts no
     /// more (a signal handler sets it).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Record each clip for a recognition report ([`ClipResult::trace`]).
+    pub report: bool,
 }
 
 /// Decodes every clip, `opts.parallel` at a time, calling `on_clip` in the
@@ -207,7 +212,7 @@ pub fn run_batch(
     opts: &BatchOptions,
     mut on_clip: impl FnMut(&ClipResult),
 ) -> Result<CorpusResult, BatchError> {
-    let (fps, stop) = (opts.fps, opts.stop.clone().unwrap_or_default());
+    let (fps, stop, report) = (opts.fps, opts.stop.clone().unwrap_or_default(), opts.report);
     let settings = Settings {
         threads: 1,
         ..settings
@@ -245,6 +250,7 @@ pub fn run_batch(
                     let Some(clip) = clips.get(i) else {
                         return Ok(());
                     };
+                    pipe.set_recording(report);
                     let r = decode_clip(&mut pipe, clip, references.get(&clip.id), fps)?;
                     if tx.send((i, r)).is_err() {
                         return Ok(());
@@ -322,6 +328,7 @@ fn decode_clip(
         error: None,
         counts: None,
         stopped: false,
+        trace: None,
     };
     let opened: Result<Box<dyn FrameSource + Send>, SourceError> = if clip.path.is_dir() {
         FolderSource::open(&clip.path, fps).map(|s| Box::new(s) as _)
@@ -346,9 +353,18 @@ fn decode_clip(
         }
     })?;
     r.glosses = crate::pipeline::join_glosses(&spans);
-    r.spans = spans;
     r.frames = summary.frames_processed;
     r.error = summary.error;
+    r.trace = pipe.take_trace().map(|t| {
+        Box::new(crate::report::ClipTrace {
+            name: clip.id.clone(),
+            glosses: spans.clone(),
+            reference: reference.cloned(),
+            error: r.error.clone(),
+            ..t
+        })
+    });
+    r.spans = spans;
     if summary.end == crate::pipeline::StreamEnd::Stopped {
         r.stopped = true;
         r.error = Some("stopped before the clip's end (not scored)".into());

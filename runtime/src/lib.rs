@@ -32,6 +32,9 @@ pub mod pipeline;
 pub mod precision;
 /// The push API: a loaded recogniser, and streams fed one frame at a time.
 pub mod recognizer;
+/// Recognition reports: a PNG timeline per clip and an index page; the
+/// raster charts that `signrt-train plot` draws with too.
+pub mod report;
 /// Frame sources behind one trait: Y4M files and stdin, image folders, memory.
 pub mod source;
 /// Window scheduling and stitching of the windows' posteriors into one stream.

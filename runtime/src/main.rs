@@ -7,6 +7,7 @@ use signrt_runtime::bundle::{Bundle, MANIFEST_FILE};
 use signrt_runtime::endpoint::EndpointConfig;
 use signrt_runtime::memory::{self, CountingAlloc};
 use signrt_runtime::pipeline::{Event, Pipeline, RunOptions, Settings, StreamEnd, Summary};
+use signrt_runtime::report::{ClipTrace, ReportWriter};
 use signrt_runtime::source::{FolderSource, FrameSource, Y4mSource};
 use signrt_runtime::Precision;
 use std::path::{Path, PathBuf};
@@ -148,6 +149,11 @@ Ctrl-C or SIGTERM stops at the next frame and prints the summary (exit 130 / 143
         /// posteriors that saw less of what follows.
         #[arg(long)]
         lookahead: Option<usize>,
+        /// Write a recognition report into DIR: a PNG timeline per clip
+        /// (thumbnails, keyframe scores, CTC posteriors, glosses against the
+        /// reference) and an index.html with the glosses and the WER.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
     },
     /// Measure each stage's latency, end-to-end fps on 1 and all threads, and peak RSS.
     Bench {
@@ -336,6 +342,7 @@ fn batch_cmd(
     parallel: usize,
     fps: f32,
     format: Format,
+    report: Option<&Path>,
 ) -> Result<i32> {
     let clips = batch::list_clips(source)?;
     let refs_dir = if source.is_dir() {
@@ -359,8 +366,13 @@ fn batch_cmd(
         parallel,
         fps,
         stop: Some(stop.clone()),
+        report: report.is_some(),
     };
+    let mut report = report.map(BatchReport::start).transpose()?;
     let total = batch::run_batch(bundle, &clips, &refs, settings, &opts, |c| {
+        if let Some(r) = &mut report {
+            r.add(c);
+        }
         let mut v = serde_json::to_value(c).unwrap_or_default();
         v["type"] = "clip".into();
         let wer = c
@@ -389,6 +401,9 @@ fn batch_cmd(
             total.unfinished
         ),
     );
+    if let Some(r) = report {
+        r.finish()?;
+    }
     Ok(if got[1].load(Ordering::Relaxed) {
         EXIT_SIGTERM
     } else if got[0].load(Ordering::Relaxed) {
@@ -396,6 +411,132 @@ fn batch_cmd(
     } else {
         i32::from(total.failed > 0)
     })
+}
+
+/// `signrt run --report` of a batch: each clip's timeline as the clip ends.
+/// A timeline that cannot be written ends the report, not the batch: the
+/// error comes after the corpus line.
+struct BatchReport<'a> {
+    dir: &'a Path,
+    writer: Option<ReportWriter>,
+    error: Option<signrt_runtime::report::ReportError>,
+}
+
+impl<'a> BatchReport<'a> {
+    fn start(dir: &'a Path) -> Result<Self> {
+        let writer = ReportWriter::new(dir)
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            writer: Some(writer),
+            error: None,
+        })
+    }
+
+    fn add(&mut self, c: &batch::ClipResult) {
+        if let Some(Err(e)) = self.writer.as_mut().map(|w| w.add(clip_trace(c))) {
+            self.error = Some(e);
+            self.writer = None;
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        let dir = self.dir;
+        match (self.error, self.writer) {
+            (Some(e), _) => {
+                Err(e).with_context(|| format!("writing the report into {}", dir.display()))
+            }
+            (None, Some(w)) => finish_report(w, dir),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// A batch clip's report trace; a clip that could not be read gets one
+/// with its name, reference and error only.
+fn clip_trace(c: &batch::ClipResult) -> ClipTrace {
+    match &c.trace {
+        Some(t) => (**t).clone(),
+        None => ClipTrace {
+            name: c.id.clone(),
+            reference: c.reference.clone(),
+            error: c.error.clone(),
+            glosses: c.spans.clone(),
+            ..ClipTrace::default()
+        },
+    }
+}
+
+/// Writes the report's index into `dir`, and says where on stderr.
+fn finish_report(w: ReportWriter, dir: &Path) -> Result<()> {
+    let files = w
+        .finish()
+        .with_context(|| format!("writing the report into {}", dir.display()))?;
+    log::info!(
+        "report: {} ({} timeline{})",
+        dir.join("index.html").display(),
+        files.len() - 1,
+        if files.len() == 2 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// `signrt run --report` of a single source: the pipeline records, and the
+/// glosses are kept as they are printed.
+struct SingleReport {
+    dir: PathBuf,
+    glosses: Vec<signrt_runtime::pipeline::GlossEvent>,
+}
+
+impl SingleReport {
+    fn start(dir: PathBuf, pipe: &mut Pipeline) -> Self {
+        pipe.set_recording(true);
+        Self {
+            dir,
+            glosses: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, e: Event<'_>) {
+        if let Event::Gloss(g) = e {
+            self.glosses.push(g.clone());
+        }
+    }
+
+    /// Writes the run's timeline and the index.
+    fn write(
+        self,
+        pipe: &mut Pipeline,
+        source: &str,
+        reference: Option<&str>,
+        summary: &Summary,
+    ) -> Result<()> {
+        let Some(t) = pipe.take_trace() else {
+            return Ok(());
+        };
+        let trace = ClipTrace {
+            name: source_name(source),
+            glosses: self.glosses,
+            reference: reference.map(String::from),
+            error: summary.error.clone(),
+            ..t
+        };
+        let dir = &self.dir;
+        let w = ReportWriter::new(dir)
+            .and_then(|mut w| w.add(trace).map(|_| w))
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        finish_report(w, dir)
+    }
+}
+
+/// The name of a single source in its report: the file's stem.
+fn source_name(source: &str) -> String {
+    match source {
+        "-" => "stdin".into(),
+        s => Path::new(s)
+            .file_stem()
+            .map_or_else(|| s.to_string(), |n| n.to_string_lossy().into_owned()),
+    }
 }
 
 /// `signrt run`'s arguments.
@@ -412,6 +553,7 @@ struct RunArgs {
     endpoint: Option<EndpointConfig>,
     partials: bool,
     lookahead: Option<usize>,
+    report: Option<PathBuf>,
 }
 
 /// Endpointing flags of `signrt run` (rules in `signrt_runtime::endpoint`).
@@ -552,6 +694,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         endpoint,
         partials,
         lookahead,
+        report,
     } = a;
     let threads = match threads {
         Some(0) => anyhow::bail!("--threads 0: give at least 1"),
@@ -568,7 +711,8 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
             lookahead,
             ..Settings::default()
         };
-        return batch_cmd(&bundle, Path::new(source), settings, threads, fps, format);
+        let (src, report) = (Path::new(source), report.as_deref());
+        return batch_cmd(&bundle, src, settings, threads, fps, format, report);
     }
     let reference = match reference {
         Some(r) => Some(r),
@@ -576,13 +720,7 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let got = install_signal_handlers(&stop)?;
-    let exit_stopped = || {
-        if got[1].load(Ordering::Relaxed) {
-            EXIT_SIGTERM
-        } else {
-            EXIT_SIGINT
-        }
-    };
+    let exit_stopped = || stopped_status(&got);
     let mut src = match open_source(source, fps, size, &stop) {
         Err(_) if stop.load(Ordering::Relaxed) => return Ok(exit_stopped()),
         r => r?,
@@ -605,7 +743,16 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         fps,
         memory_budget: budget,
     };
-    let summary = pipe.run_events(src.as_mut(), &opts, |e| print_event(format, e))?;
+    let mut report = report.map(|dir| SingleReport::start(dir, &mut pipe));
+    let summary = pipe.run_events(src.as_mut(), &opts, |e| {
+        if let Some(r) = &mut report {
+            r.event(e);
+        }
+        print_event(format, e)
+    })?;
+    report.map_or(Ok(()), |r| {
+        r.write(&mut pipe, source, reference.as_deref(), &summary)
+    })?;
     end_run(
         format,
         &summary,
@@ -613,6 +760,15 @@ fn run_cmd(a: RunArgs) -> Result<i32> {
         budget,
         exit_stopped(),
     )
+}
+
+/// The exit status of a run a signal stopped: SIGTERM's, else SIGINT's.
+fn stopped_status(got: &[Arc<AtomicBool>; 2]) -> i32 {
+    if got[1].load(Ordering::Relaxed) {
+        EXIT_SIGTERM
+    } else {
+        EXIT_SIGINT
+    }
 }
 
 /// Logs what the pipeline needs (the memory budget's measure) for its threads and frame size.
@@ -687,6 +843,7 @@ fn run(cli: Cli) -> Result<i32> {
             endpoint,
             partial,
             lookahead,
+            report,
         } => run_cmd(RunArgs {
             bundle,
             source,
@@ -700,6 +857,7 @@ fn run(cli: Cli) -> Result<i32> {
             endpoint: endpoint.config()?,
             partials: partial,
             lookahead,
+            report,
         }),
         Cmd::Bench {
             bundle,

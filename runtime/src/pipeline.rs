@@ -297,6 +297,9 @@ pub struct Pipeline {
     fps: f32,
     /// Endpoints found since the emitted glosses were last drained.
     marks: Vec<Mark>,
+    /// Thumbnails of the frames, while recording for a report
+    /// ([`Pipeline::set_recording`]); None, the normal path, records nothing.
+    thumbs: Option<Box<crate::report::Thumbnails>>,
 }
 
 /// An endpoint found while pushing frames: after the first `at` of the
@@ -408,6 +411,7 @@ impl Pipeline {
             partials,
             fps: 25.0,
             marks: Vec::new(),
+            thumbs: None,
         };
         let (encoder_activations, serial) = me.warm_up(cfg)?;
         let measured = Measured {
@@ -698,6 +702,9 @@ impl Pipeline {
     ) -> (Output<F>, RunState) {
         // a pipeline may run many sources (a batch): each starts afresh
         self.stream.reset();
+        if self.thumbs.is_some() {
+            self.set_recording(true);
+        }
         self.offset = 0;
         self.fps = fps;
         let mut out = Output::new(on_event, fps);
@@ -737,6 +744,35 @@ impl Pipeline {
         self.stream.reset();
         self.offset = p.out.processed;
         Ok(())
+    }
+
+    /// Starts (afresh) or stops recording what a recognition report draws:
+    /// thumbnails, frame scores, keyframes and their CTC posteriors
+    /// ([`crate::report`]). Each run starts the recording afresh; take it with
+    /// [`Pipeline::take_trace`] after the run. Off by default: then nothing
+    /// is recorded or copied.
+    pub fn set_recording(&mut self, on: bool) {
+        self.stream.set_recording(on);
+        self.thumbs = on.then(Box::default);
+    }
+
+    /// What the last run recorded ([`Pipeline::set_recording`]), with the
+    /// vocabulary and frame rate; the caller adds the name, glosses and
+    /// reference. Recording stops. None if it was not on.
+    pub fn take_trace(&mut self) -> Option<crate::report::ClipTrace> {
+        let rec = self.stream.take_recording()?;
+        let thumbs = self.thumbs.take().unwrap_or_default();
+        Some(crate::report::ClipTrace {
+            fps: self.fps,
+            frames: thumbs.frames(),
+            vocab: self.vocab.clone(),
+            scores: rec.scores,
+            keyframes: rec.keyframes,
+            log_probs: rec.log_probs,
+            truncated: rec.truncated,
+            thumbnails: thumbs.into_vec(),
+            ..Default::default()
+        })
     }
 
     /// Encoder threads this pipeline runs (1: none, all on the calling thread).
@@ -952,6 +988,9 @@ impl Pipeline {
             _ => {}
         }
         run.epoch = Some(frame.epoch);
+        if let Some(t) = &mut self.thumbs {
+            t.push(out.processed, frame);
+        }
         match pool {
             Some(p) => self.step_parallel(p, frame, &mut run.emitted)?,
             None => self.step(&mut run.resizer, frame, &mut run.emitted)?,

@@ -132,6 +132,53 @@ impl History {
     }
 }
 
+/// Committed frames a [`Recording`] holds: ten minutes at 25 fps. A report
+/// is drawn per clip or sentence; past this the rest of a stream is not
+/// recorded (`truncated`), so that the memory stays bounded.
+pub const RECORDING_FRAMES: usize = 15_000;
+
+/// What a recognition report draws of a stream, collected only when asked
+/// ([`Stream::set_recording`]): every committed frame's score, and each
+/// keyframe with its CTC log-probabilities. Frame numbers count from the
+/// start of the recording, across the stream's resets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recording {
+    /// Frames of the stream before its last reset (added to its frame numbers).
+    base: u64,
+    /// (frame, score of its difference), in time order.
+    pub scores: Vec<(u64, f32)>,
+    /// The keyframes, in time order.
+    pub keyframes: Vec<u64>,
+    /// Row-major (keyframes × vocabulary) CTC log-probabilities.
+    pub log_probs: Vec<f32>,
+    /// Frames past [`RECORDING_FRAMES`] were not recorded.
+    pub truncated: bool,
+}
+
+impl Recording {
+    fn full(&mut self) -> bool {
+        if self.scores.len() >= RECORDING_FRAMES {
+            self.truncated = true;
+        }
+        self.truncated
+    }
+
+    /// Records frame `g`'s score (of the stream since its last reset).
+    fn score(&mut self, g: u64, score: f32) {
+        if !self.full() {
+            self.scores.push((self.base + g, score));
+        }
+    }
+
+    /// Records keyframe `g` and its CTC log-probabilities.
+    fn keyframe(&mut self, g: u64, row: &[f32]) {
+        if !self.full() {
+            self.keyframes.push(self.base + g);
+            self.log_probs.extend_from_slice(row);
+        }
+    }
+}
+
 /// Geometry and selection settings.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamConfig {
@@ -370,6 +417,8 @@ pub struct Stream {
     /// changed since [`Stream::take_partial`] last took them.
     partial: Vec<Emitted>,
     partial_changed: bool,
+    /// Collected for a report only ([`Stream::set_recording`]).
+    recording: Option<Box<Recording>>,
     pub windows_run: u64,
 }
 
@@ -419,6 +468,7 @@ impl Stream {
                 scores: std::collections::VecDeque::with_capacity(HISTORY_FRAMES + 1),
                 keyframes: std::collections::VecDeque::with_capacity(HISTORY_FRAMES + 1),
             },
+            recording: None,
             windows_run: 0,
         }
     }
@@ -440,8 +490,29 @@ impl Stream {
     /// restart is rare); only the count of windows run goes on.
     pub fn reset(&mut self) {
         let windows = self.windows_run;
+        let mut recording = self.recording.take();
+        if let Some(r) = &mut recording {
+            r.base += self.seen;
+        }
         *self = Self::new(self.cfg, self.d, self.v, self.scorer_state.len());
         self.windows_run = windows;
+        self.recording = recording;
+    }
+
+    /// Starts (afresh) or stops recording what a report draws ([`Recording`]).
+    /// Off, as it is by default, the stream records nothing.
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on.then(Box::default);
+    }
+
+    /// Whether the stream records ([`Stream::set_recording`]).
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// What was recorded since [`Stream::set_recording`]; recording then stops.
+    pub fn take_recording(&mut self) -> Option<Recording> {
+        self.recording.take().map(|r| *r)
     }
 
     pub fn frames_seen(&self) -> u64 {
@@ -556,6 +627,7 @@ impl Stream {
             while keys.next_if(|&k| k < g).is_some() {}
             let key = keys.next_if_eq(&g).is_some();
             self.history.push(g, score, key);
+            self.recording.iter_mut().for_each(|r| r.score(g, score));
         }
     }
 
@@ -725,6 +797,7 @@ impl Stream {
                 if argmax(row) != 0 {
                     self.last_sign = Some(g);
                 }
+                self.recording.iter_mut().for_each(|r| r.keyframe(g, row));
                 match &mut self.beam {
                     Some(b) => b.push(g, row, out)?,
                     None => self.greedy.push(g, row, out),

@@ -136,6 +136,7 @@ fn batch_matches_eval(
         parallel: 2,
         fps: 25.0,
         stop: None,
+        report: false,
     };
     let total = run_batch(bundle, &listed, &refs, settings, &opts, |c| {
         assert!(c.error.is_none(), "{}: {:?}", c.id, c.error);

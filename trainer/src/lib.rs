@@ -34,6 +34,10 @@ pub mod data;
 pub mod export;
 pub mod model;
 pub mod ops;
+/// `signrt-train plot`: training curves from runs' metrics.jsonl.
+pub mod plot;
+/// `signrt-train eval --report`: recognition timelines of an evaluated split.
+pub mod report;
 pub mod streaming;
 pub mod synth;
 pub mod train;

@@ -92,12 +92,28 @@ enum Cmd {
         /// Gloss cleanup before scoring: PHOENIX's official rules (auto: by the dataset's format).
         #[arg(long, value_enum, default_value = "auto")]
         cleanup: CleanupArg,
+        /// Write a recognition report into DIR: a PNG timeline per video
+        /// (frames, keyframe scores, CTC posteriors, glosses against the
+        /// reference) and an index.html with the glosses and the WER.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
         /// Compute threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Draw training curves from run directories' metrics.jsonl: each loss,
+    /// the loss weights, the learning rate per group, gradient norms with
+    /// clipping events, dev WER and frames/s. Several runs share each panel.
+    Plot {
+        /// Run directories (each with metrics.jsonl and config.toml).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output folder for the PNGs (default: the first run's plots/).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -341,6 +357,7 @@ struct EvalOutputs {
     ctm: Option<PathBuf>,
     stm: Option<PathBuf>,
     cleanup: CleanupArg,
+    report: Option<PathBuf>,
 }
 
 /// `signrt-train eval --cleanup`.
@@ -425,6 +442,24 @@ fn eval_cmd(
         beam.max(1)
     );
     println!("{}", serde_json::to_string_pretty(&rep)?);
+    if let Some(dir) = &outs.report {
+        // the report's glosses are the decoder's, before any cleanup
+        let files = signrt_trainer::report::write_eval_report(
+            &model,
+            &cfg,
+            &vocab,
+            &clips,
+            &samples,
+            beam.max(1),
+            &dev,
+            dir,
+        )?;
+        eprintln!(
+            "report: {} ({} timelines)",
+            dir.join("index.html").display(),
+            files.len() - 1
+        );
+    }
     Ok(())
 }
 
@@ -528,6 +563,7 @@ fn main() {
             ctm_out,
             stm_out,
             cleanup,
+            report,
             device,
             threads,
         } => {
@@ -537,8 +573,15 @@ fn main() {
                 ctm: ctm_out,
                 stm: stm_out,
                 cleanup,
+                report,
             };
             eval_cmd(checkpoint, data, split, beam, outs, device)
+        }
+        Cmd::Plot { runs, out } => {
+            let out = out.unwrap_or_else(|| runs[0].join("plots"));
+            signrt_trainer::plot::plot_runs(&runs, &out)
+                .map(|files| files.iter().for_each(|f| println!("{}", f.display())))
+                .with_context(|| format!("plotting into {}", out.display()))
         }
     };
     if let Err(e) = result {

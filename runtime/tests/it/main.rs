@@ -6,7 +6,8 @@
 //! - `isa`: the CPU dispatch reaches tract before its first probe (in a process of its own);
 //! - `qconv`: the vendored tract-core's lazy im2col for quantized convolutions, against the eager
 //!   one and a brute-force convolution, on every int8 kernel this CPU has;
-//! - `recognizer`: the push API and endpointing on the default model.
+//! - `recognizer`: the push API and endpointing on the default model;
+//! - `report`: `signrt run --report` (timeline PNGs and index.html) on the shipped samples.
 
 mod cli;
 mod hostile;
@@ -14,6 +15,7 @@ mod isa;
 mod parsers;
 mod qconv;
 mod recognizer;
+mod report;
 
 /// Heap bytes counted per thread (the parser tests' allocation bound; this
 /// binary's tests run on threads of their own, so they do not see each other).

@@ -9,6 +9,7 @@
 //! - [`tiny_config`]: the tiny trainer config ([`TINY_CONFIG`], `tests/support/tiny.toml`).
 //! - [`ctc`]: brute-force CTC over every alignment, the oracle of the decoders and the CTC loss.
 //! - [`grad`]: central finite differences, the oracle of hand-written gradients.
+//! - [`figures`]: the report's and the training curves' PNGs decode, with their panels drawn.
 //! - [`run_in_tract`]: one ONNX graph built with the runtime's builder, run once in tract.
 //!
 //! Rule: this crate depends on no Candle and on no crate of ours but `signrt-runtime`, so the
@@ -16,6 +17,7 @@
 
 pub mod ctc;
 pub mod encoders;
+pub mod figures;
 pub mod grad;
 pub mod sclite;
 pub mod toy;

@@ -7,13 +7,15 @@
 //! - `train`: `--resume` continues exactly, a tiny corpus is learnt, accumulation, mixed
 //!   precision, a run aligned by a local BERT;
 //! - `bert`: a small BERT with a real WordPiece tokenizer, written for those runs;
-//! - `export`: the exported bundle in tract agrees with Candle stage by stage.
+//! - `export`: the exported bundle in tract agrees with Candle stage by stage;
+//! - `plot`: `signrt-train plot`'s figures, checked in the pixels, and its errors.
 
 mod bert;
 mod common;
 mod data;
 mod export;
 mod model;
+mod plot;
 mod stages;
 mod synth;
 mod train;

@@ -74,17 +74,27 @@ fn field(v: &serde_json::Value, key: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("step line without a number `{key}`"))
 }
 
+/// A norm or a loss that may be `null`: the trainer writes a non-finite
+/// value so (an f16 step whose gradients overflowed and was skipped); it
+/// reads as NaN, and the charts leave it out.
+fn finite_or_null(v: &serde_json::Value, key: &str) -> Result<f64, String> {
+    match v.get(key) {
+        Some(serde_json::Value::Null) => Ok(f64::NAN),
+        _ => field(v, key),
+    }
+}
+
 fn parse_step(v: &serde_json::Value) -> Result<StepLine, String> {
     let mut s = StepLine {
         step: field(v, "step")? as u64,
-        loss: field(v, "loss")?,
-        grad_norm: field(v, "grad_norm")?,
+        loss: finite_or_null(v, "loss")?,
+        grad_norm: finite_or_null(v, "grad_norm")?,
         lr_scale: field(v, "lr_scale")?,
         frames_per_s: field(v, "frames_per_s")?,
         ..StepLine::default()
     };
     for (i, k) in LOSSES.iter().enumerate() {
-        s.losses[i] = field(v, k)?;
+        s.losses[i] = finite_or_null(v, k)?;
     }
     let w = v
         .get("weights")
@@ -96,9 +106,12 @@ fn parse_step(v: &serde_json::Value) -> Result<StepLine, String> {
     }
     if let Some(g) = v.get("group_norms").and_then(|g| g.as_object()) {
         for (k, x) in g {
-            let x = x
-                .as_f64()
-                .ok_or(format!("group_norms.{k} is not a number"))?;
+            let x = match x {
+                serde_json::Value::Null => f64::NAN,
+                x => x
+                    .as_f64()
+                    .ok_or(format!("group_norms.{k} is not a number"))?,
+            };
             s.group_norms.insert(k.clone(), x);
         }
     }
@@ -225,7 +238,9 @@ fn label(runs: &[RunMetrics], run: &RunMetrics, what: &str) -> String {
     }
 }
 
-fn line(name: String, points: Vec<(f64, f64)>) -> Series {
+fn line(name: String, mut points: Vec<(f64, f64)>) -> Series {
+    // skipped steps' norms and losses (NaN) are gaps, not points
+    points.retain(|p| p.1.is_finite());
     Series {
         name,
         points,
@@ -341,7 +356,9 @@ pub fn clipped_steps(run: &RunMetrics) -> Vec<u64> {
     run.steps
         .iter()
         .filter(|s| {
-            if run.clip_per_module && !s.group_norms.is_empty() {
+            if s.grad_norm.is_nan() {
+                false // skipped (f16 overflow), not clipped
+            } else if run.clip_per_module && !s.group_norms.is_empty() {
                 s.group_norms.values().any(|&n| n > c)
             } else {
                 s.grad_norm > c
@@ -556,6 +573,40 @@ mod tests {
             ..run_with(&norms, false)
         };
         assert!(clipped_steps(&none).is_empty());
+    }
+
+    /// An f16 step skipped for overflow logs `null` norms: it reads, and the
+    /// gradient panel leaves it out; a missing field is still an error.
+    #[test]
+    fn a_skipped_step_is_a_gap() {
+        let line = |g: &str| {
+            serde_json::from_str::<serde_json::Value>(&format!(
+                r#"{{"kind":"step","step":{g},"loss":2.0,"l_align":1,"l_gru":1,"l_cls":1,"l_ctc":1,
+                "weights":[1,1,1,1],"grad_norm":{g2},"group_norms":{{"conv_gru":{g2}}},
+                "lr_scale":1,"frames_per_s":5,"overflow":{o}}}"#,
+                g2 = if g == "1" { "null" } else { "0.5" },
+                o = g == "1"
+            ))
+            .unwrap()
+        };
+        let steps: Vec<StepLine> = ["1", "2"]
+            .iter()
+            .map(|g| parse_step(&line(g)).unwrap())
+            .collect();
+        assert!(steps[0].grad_norm.is_nan() && steps[0].group_norms["conv_gru"].is_nan());
+        let run = RunMetrics {
+            steps,
+            ..RunMetrics::default()
+        };
+        let p = grad_panel(&[run]);
+        assert!(
+            p.series.iter().all(|s| s.points == vec![(2.0, 0.5)]),
+            "{:?}",
+            p.series
+        );
+        let mut bad = line("2");
+        bad.as_object_mut().unwrap().remove("grad_norm");
+        assert!(parse_step(&bad).unwrap_err().contains("grad_norm"));
     }
 
     #[test]

@@ -68,13 +68,13 @@ pub fn index_html(clips: &[ClipTrace], images: &[String]) -> String {
     }
     let corpus = if total.n_ref > 0 {
         format!(
-            "WER {} (S {} D {} I {} of N {}) over {} clips with a reference",
+            "WER {} (S {} D {} I {} of N {}) over {} with a reference",
             pct(total.wer()),
             total.sub,
             total.del,
             total.ins,
             total.n_ref,
-            total.sentences
+            count(total.sentences, "clip")
         )
     } else {
         "no clip has a reference: no WER".into()
@@ -82,11 +82,16 @@ pub fn index_html(clips: &[ClipTrace], images: &[String]) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>signrt recognition report</title><style>{STYLE}</style></head><body>\n\
-         <h1>signrt recognition report</h1>\n<p id=\"total\">{} clips. {corpus}.</p>\n\
+         <h1>signrt recognition report</h1>\n<p id=\"total\">{}. {corpus}.</p>\n\
          <table><tr><th>clip</th><th>hypothesis</th><th>reference</th><th>WER</th></tr>\n{rows}</table>\n\
          {sections}</body></html>\n",
-        clips.len()
+        count(clips.len(), "clip")
     )
+}
+
+/// "1 clip", "2 clips".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]

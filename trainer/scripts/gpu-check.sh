@@ -12,6 +12,9 @@
 # 2. 200 steps (or 2.5 minutes) of trainer/configs/resnet18-phoenix.toml at 224×224 on a synthetic
 #    corpus on CUDA, in f32 and in bf16 (hardware.mixed_precision): steps/s (wall), frames/s (the step
 #    lines') and the GPU's peak memory (nvidia-smi, sampled every 200 ms).
+# 3. CTC's share of a GPU step: 30 f32 steps with SIGNRT_PROFILE_CTC=1, which synchronises the GPU
+#    around the CTC loss (copied to the CPU and back), its backward and the forced alignment, and logs
+#    their time and the step's (ctc_ms, step_ms); the median of ctc_ms / step_ms after the first five.
 # Not yet run on a GPU by this project.
 #
 # Environment: SIGNRT_TRAIN_CUDA (default target/cuda/bin/signrt-train-sm80), SIGNRT_CUDA_LIB (CUDA's
@@ -77,4 +80,15 @@ print(f"resnet18-phoenix.toml at 224x224, mixed_precision {sys.argv[5]}: {len(ro
       f"(steps after the first five), peak GPU memory {max(mem) if mem else '?'} MiB, last loss {rows[-1]['loss']:.3f}")
 EOF
 done
+# 3. CTC's share of a step
+SIGNRT_PROFILE_CTC=1 "$bin" train --config $cfg --data "$out/C" --out "$out/ctc" --max-steps 30 \
+  --device cuda --set training.eval_every=0 --set training.ctc_warmup_steps=0 2> "$out/ctc.log"
+python3 - "$out/ctc/metrics.jsonl" <<'EOF'
+import json, sys
+rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "step"]
+share = sorted(r["ctc_ms"] / r["step_ms"] for r in rows[5:] or rows)
+ms = sorted(r["ctc_ms"] for r in rows[5:] or rows)
+print(f"CTC on the CPU (loss with its copies, backward, forced alignment): median {ms[len(ms)//2]:.3f} ms, "
+      f"{100 * share[len(share)//2]:.2f} % of a step (f32, {len(rows)} steps, GPU synchronised around it)")
+EOF
 echo "total $(( $(date +%s) - start )) s; logs and runs in $out"

@@ -14,6 +14,40 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use signrt_runtime::decode::{self, log_add, DecodeError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Nanoseconds spent on the CPU side of CTC (the loss with its copies, its
+/// backward, the forced alignment) since [`take_cpu_time`] last took them,
+/// counted only with `SIGNRT_PROFILE_CTC` set.
+static CPU_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `SIGNRT_PROFILE_CTC` is set: the CTC ops then time themselves,
+/// synchronising the device before and after (GPU work is asynchronous, so
+/// without that the copy to the CPU would be charged the wait for the forward).
+pub fn profiling() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SIGNRT_PROFILE_CTC").is_some())
+}
+
+/// The CTC time counted since the last call (zero unless [`profiling`]).
+pub fn take_cpu_time() -> Duration {
+    Duration::from_nanos(CPU_NANOS.swap(0, Ordering::Relaxed))
+}
+
+/// Times `f` into [`CPU_NANOS`] when profiling, with `dev` synchronised around it.
+fn timed<R>(dev: &Device, f: impl FnOnce() -> candle_core::Result<R>) -> candle_core::Result<R> {
+    if !profiling() {
+        return f();
+    }
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    let r = f()?;
+    dev.synchronize()?;
+    CPU_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    Ok(r)
+}
 
 /// Index of the CTC blank in the vocabulary.
 pub const BLANK: u32 = signrt_runtime::BLANK as u32;
@@ -144,14 +178,16 @@ pub fn ctc_loss(
 ) -> candle_core::Result<Tensor> {
     let (b, t, v) = check_inputs(log_probs, targets, input_lengths)?;
     let device = log_probs.device().clone();
-    let cpu = log_probs.to_device(&Device::Cpu)?.contiguous()?;
     let op = CtcLossOp {
         dims: (b, t, v),
         targets: targets.to_vec(),
         input_lengths: input_lengths.to_vec(),
         zero_infinity,
     };
-    let per_sample = cpu.apply_op1(op)?.to_device(&device)?;
+    let per_sample = timed(&device, || {
+        let cpu = log_probs.to_device(&Device::Cpu)?.contiguous()?;
+        cpu.apply_op1(op)?.to_device(&device)
+    })?;
     match reduction {
         CtcReduction::None => Ok(per_sample),
         CtcReduction::Sum => per_sample.sum_all(),
@@ -436,6 +472,13 @@ impl CustomOp1 for CtcLossOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        timed(&Device::Cpu, || self.grad(arg, grad_res))
+    }
+}
+
+impl CtcLossOp {
+    /// The backward: each sample's gradient times its upstream gradient.
+    fn grad(&self, arg: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (b, t, v) = self.dims;
         let data = arg.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         let upstream = grad_res
@@ -488,26 +531,28 @@ pub fn forced_align_batch(
         _ => return Err(wrap(CtcError::BadShape(log_probs.dims().to_vec()))),
     };
     check_batch(b, targets, input_lengths).map_err(wrap)?;
-    let data = log_probs
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mut out = Vec::with_capacity(b);
-    for (sample, (target, &len)) in targets.iter().zip(input_lengths).enumerate() {
-        if len > t {
-            return Err(wrap(CtcError::InputTooLong {
-                sample,
-                length: len,
-                t,
-            }));
+    timed(log_probs.device(), || {
+        let data = log_probs
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(b);
+        for (sample, (target, &len)) in targets.iter().zip(input_lengths).enumerate() {
+            if len > t {
+                return Err(wrap(CtcError::InputTooLong {
+                    sample,
+                    length: len,
+                    t,
+                }));
+            }
+            let lp = &data[sample * t * v..(sample * t + len) * v];
+            let path = decode::forced_align(lp, v, target)
+                .map_err(|source| wrap(CtcError::Decode { sample, source }))?;
+            out.push(path);
         }
-        let lp = &data[sample * t * v..(sample * t + len) * v];
-        let path = decode::forced_align(lp, v, target)
-            .map_err(|source| wrap(CtcError::Decode { sample, source }))?;
-        out.push(path);
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

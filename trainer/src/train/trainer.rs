@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::data::loader::{self, Batch, ClipSpec};
 use crate::data::{self, LoadOptions};
 use crate::model::{FourStage, FrameLabels, GROUPS};
+use crate::ops::ctc;
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::loss::{LossWeights, Weighting};
 use crate::train::optim::{
@@ -245,6 +246,7 @@ impl Trainer {
     pub fn accumulate(&mut self, b: &Batch, share: f64) -> Result<()> {
         let first = self.acc.is_none();
         if first {
+            ctc::take_cpu_time(); // what an evaluation in between spent is not this step's
             self.start_ctc_from_classifier()?;
         }
         let t0 = Instant::now();
@@ -318,12 +320,17 @@ impl Trainer {
             );
         }
         self.at.step += 1;
+        if ctc::profiling() {
+            // the step's GPU work done, so that its time is the step's own
+            self.opts.device.synchronize()?;
+        }
+        let secs = acc.started.elapsed().as_secs_f64();
         self.last = StepReport {
             losses: acc.losses,
             total: acc.total,
-            frames_per_s: acc.frames as f64 / acc.started.elapsed().as_secs_f64(),
+            frames_per_s: acc.frames as f64 / secs,
         };
-        self.log_step(gnorm, group_norms)?;
+        self.log_step(gnorm, group_norms, secs)?;
         Ok(self.last)
     }
 
@@ -487,13 +494,18 @@ impl Trainer {
     }
 
     /// The `step` line of `metrics.jsonl` for the step just taken.
-    fn log_step(&mut self, gnorm: f64, group_norms: Option<GroupNorms>) -> Result<()> {
+    fn log_step(&mut self, gnorm: f64, group_norms: Option<GroupNorms>, secs: f64) -> Result<()> {
         let (step, epoch, vals) = (self.at.step, self.at.epoch, self.last.losses);
         let mut rec = serde_json::json!({"kind": "step", "step": step, "epoch": epoch, "loss": self.last.total,
             "l_align": vals[0], "l_gru": vals[1], "l_cls": vals[2], "l_ctc": vals[3],
             "weights": self.weighting.weights().to_array(), "grad_norm": gnorm, "lr_scale": self.sched.scale(step), "frames_per_s": self.last.frames_per_s});
         if let Some(g) = group_norms {
             rec["group_norms"] = serde_json::Value::Object(g);
+        }
+        if ctc::profiling() {
+            // SIGNRT_PROFILE_CTC: the CPU side of CTC against the whole step
+            rec["step_ms"] = serde_json::json!(1e3 * secs);
+            rec["ctc_ms"] = serde_json::json!(1e3 * ctc::take_cpu_time().as_secs_f64());
         }
         if let Some(s) = &self.loss_scale {
             rec["loss_scale"] = serde_json::json!(s.value());

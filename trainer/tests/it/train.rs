@@ -662,3 +662,50 @@ fn a_run_with_a_local_bert_aligns_and_then_needs_it_no_more() {
     }
     assert!(bundle.join("encoder.onnx").is_file());
 }
+
+/// `SIGNRT_PROFILE_CTC` (what the GPU check uses to measure CTC's share of a step): each step line
+/// gets the step's time and the time the CTC loss, its backward and the forced alignment spent on the
+/// CPU, a positive part of it. Without it, neither.
+#[test]
+fn profiling_ctc_logs_its_share_of_each_step() {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 3);
+    let config = d.path().join("tiny.toml");
+    let mut c = tiny();
+    c.training.ctc_warmup_steps = 0;
+    std::fs::write(&config, c.to_toml()).unwrap();
+    for profile in [true, false] {
+        let out = d.path().join(format!("run-{profile}"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"));
+        cmd.args(["train", "--max-steps", "3", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .env_remove("SIGNRT_PROFILE_CTC");
+        if profile {
+            cmd.env("SIGNRT_PROFILE_CTC", "1");
+        }
+        let st = cmd.output().unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let steps: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "step")
+            .collect();
+        assert_eq!(steps.len(), 3);
+        for s in &steps {
+            match (s["ctc_ms"].as_f64(), s["step_ms"].as_f64()) {
+                (Some(ctc), Some(step)) if profile => assert!(ctc > 0.0 && ctc < step, "{s}"),
+                (None, None) if !profile => {}
+                _ => panic!("profile {profile}: {s}"),
+            }
+        }
+    }
+}

@@ -197,6 +197,15 @@ pub fn beam_search(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded,
     beam_search_impl(log_probs, v, width, true)
 }
 
+/// Greedy for a `width` of 1 (or 0), else [`beam_search`] of that width.
+pub fn with_width(log_probs: &[f32], v: usize, width: usize) -> Result<Decoded, DecodeError> {
+    if width > 1 {
+        beam_search(log_probs, v, width)
+    } else {
+        greedy(log_probs, v)
+    }
+}
+
 /// [`beam_search`], with the per-frame symbol pruning optional (tests check it changes nothing).
 fn beam_search_impl(
     log_probs: &[f32],

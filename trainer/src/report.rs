@@ -110,12 +110,8 @@ pub fn clip_trace(
     let v = vocab.len();
     let src = |i: usize| c.sources.get(i).copied().unwrap_or(i) as u64;
     let flat: Vec<f32> = c.log_probs.iter().flatten().copied().collect();
-    let dec = if beam > 1 {
-        signrt_runtime::decode::beam_search(&flat, v, beam)
-    } else {
-        signrt_runtime::decode::greedy(&flat, v)
-    }
-    .map_err(|e| anyhow::anyhow!("{}: decoding: {e}", c.id))?;
+    let dec = signrt_runtime::decode::with_width(&flat, v, beam)
+        .map_err(|e| anyhow::anyhow!("{}: decoding: {e}", c.id))?;
     let key = |row: usize| src(c.keyframes.get(row).copied().unwrap_or(0));
     let glosses = dec
         .tokens

@@ -236,12 +236,8 @@ impl EvalSums {
     ) -> Result<()> {
         let v = vocab.len();
         let flat: Vec<f32> = c.log_probs.iter().flatten().copied().collect();
-        let dec = if beam > 1 {
-            signrt_runtime::decode::beam_search(&flat, v, beam)
-        } else {
-            signrt_runtime::decode::greedy(&flat, v)
-        }
-        .map_err(|e| anyhow::anyhow!("{}: decoding: {e}", c.id))?;
+        let dec = signrt_runtime::decode::with_width(&flat, v, beam)
+            .map_err(|e| anyhow::anyhow!("{}: decoding: {e}", c.id))?;
         let hyp = glosses(vocab, &dec.ids);
         let reference: Vec<String> = sample.map(|s| s.glosses.clone()).unwrap_or_default();
         self.counts

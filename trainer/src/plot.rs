@@ -479,39 +479,23 @@ pub fn fps_panel(runs: &[RunMetrics]) -> Panel {
 pub fn figures(runs: &[RunMetrics]) -> Vec<(&'static str, String, Vec<Panel>)> {
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     let who = names.join(", ");
-    let overview = vec![
-        loss_panels(runs).pop().unwrap_or_default(),
-        weights_panel(runs),
-        lr_panel(runs),
-        grad_panel(runs),
-        wer_panel(runs),
-        fps_panel(runs),
+    // each panel is built once: its own figure, and again in the overview
+    let losses = loss_panels(runs);
+    let singles = [
+        ("weights.png", "loss weights", weights_panel(runs)),
+        ("lr.png", "learning rate", lr_panel(runs)),
+        ("grad_norms.png", "gradient norms", grad_panel(runs)),
+        ("dev_wer.png", "dev WER", wer_panel(runs)),
+        ("fps.png", "frames/s", fps_panel(runs)),
     ];
-    vec![
-        ("losses.png", format!("losses: {who}"), loss_panels(runs)),
-        (
-            "weights.png",
-            format!("loss weights: {who}"),
-            vec![weights_panel(runs)],
-        ),
-        (
-            "lr.png",
-            format!("learning rate: {who}"),
-            vec![lr_panel(runs)],
-        ),
-        (
-            "grad_norms.png",
-            format!("gradient norms: {who}"),
-            vec![grad_panel(runs)],
-        ),
-        (
-            "dev_wer.png",
-            format!("dev WER: {who}"),
-            vec![wer_panel(runs)],
-        ),
-        ("fps.png", format!("frames/s: {who}"), vec![fps_panel(runs)]),
-        ("curves.png", format!("training curves: {who}"), overview),
-    ]
+    let mut overview = vec![losses.last().cloned().unwrap_or_default()];
+    overview.extend(singles.iter().map(|(_, _, p)| p.clone()));
+    let mut out = vec![("losses.png", format!("losses: {who}"), losses)];
+    for (file, title, p) in singles {
+        out.push((file, format!("{title}: {who}"), vec![p]));
+    }
+    out.push(("curves.png", format!("training curves: {who}"), overview));
+    out
 }
 
 /// Pixel width of the figures and height of one panel.

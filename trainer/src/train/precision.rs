@@ -17,6 +17,7 @@
 //! `GradScaler` rule). bf16 has f32's range and needs none.
 
 use crate::config::{Config, MixedPrecision};
+use crate::model::align::{StoredText, TextSource};
 use crate::model::FourStage;
 use anyhow::Result;
 use candle_core::backprop::GradStore;
@@ -47,12 +48,14 @@ pub struct Reduced {
 
 impl Reduced {
     /// The copy of the model on `vm`'s variables for `hardware.mixed_precision`,
-    /// or None when it is `off`.
+    /// or None when it is `off`. With a frozen BERT, `text` is the masters'
+    /// sentence embeddings, which the copy serves instead of loading it again.
     pub fn for_config(
         cfg: &Config,
         vocab: usize,
         vm: &VarMap,
         dev: &Device,
+        text: Option<&StoredText>,
     ) -> Result<Option<Self>> {
         let dtype = dtype(cfg.hardware.mixed_precision);
         if dtype == DType::F32 {
@@ -82,7 +85,10 @@ impl Reduced {
         }
         drop(data);
         let vb = VarBuilder::from_backend(Box::new(AsStored(tensors)), dtype, dev.clone());
-        let model = FourStage::from_vb(cfg, vocab, vb)?;
+        let model = match text {
+            Some(st) => FourStage::with_text(cfg, vocab, vb, TextSource::Stored(st.clone()))?,
+            None => FourStage::from_vb(cfg, vocab, vb)?,
+        };
         log::info!("mixed precision: forward and backward in {dtype:?}, master weights in f32");
         Ok(Some(Self {
             model,

@@ -13,6 +13,7 @@ use super::{
 use crate::config::{self, Config};
 use crate::data::loader::{self, Batch, ClipSpec};
 use crate::data::{self, LoadOptions};
+use crate::model::align::StoredText;
 use crate::model::{FourStage, FrameLabels, GROUPS};
 use crate::ops::ctc;
 use crate::train::checkpoint::{self, CheckpointMeta};
@@ -116,7 +117,9 @@ impl Trainer {
             let r = resume(&last, dev, &vm, &mut opt, ema.as_mut(), weighting)?;
             (at, best, sched, weighting) = (r.at, r.best, r.sched, r.weighting);
         }
-        let reduced = Reduced::for_config(cfg, data.vocab.len(), &vm, dev)?;
+        let stored = stored_sentences(&model, opts, &data)?;
+        let reduced = Reduced::for_config(cfg, data.vocab.len(), &vm, dev, stored.as_ref())?;
+        let text = stored.map(|st| st.to_parts()).transpose()?;
         let shared: Vec<Var> = vm
             .data()
             .lock()
@@ -134,7 +137,6 @@ impl Trainer {
         let events = EventWriter::create(&opts.out.join("tb"))?;
         let pb = progress_bar(opts, data.train.len(), at.step);
         let replicas = replica_pools(cfg, dev)?;
-        let text = stored_sentences(&model, opts, &data)?;
         Ok(Self {
             opts: opts.clone(),
             data,
@@ -580,7 +582,7 @@ fn stored_sentences(
     model: &FourStage,
     opts: &TrainOptions,
     data: &Data,
-) -> Result<Option<(Vec<String>, Tensor)>> {
+) -> Result<Option<StoredText>> {
     let Some(bert) = model.align.bert() else {
         return Ok(None);
     };
@@ -605,7 +607,7 @@ fn stored_sentences(
         "text encoder: {} sentences embedded, kept with the checkpoints",
         stored.len()
     );
-    Ok(Some(stored.to_parts()?))
+    Ok(Some(stored))
 }
 
 /// The run's data: the vocabulary (the train split's glosses), the train

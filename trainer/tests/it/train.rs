@@ -709,3 +709,42 @@ fn profiling_ctc_logs_its_share_of_each_step() {
         }
     }
 }
+
+/// Mixed precision with a frozen BERT: the reduced copy aligns with the masters' stored sentence
+/// embeddings, and its L_align is the f32 run's within bf16's tolerance.
+#[test]
+fn reduced_precision_aligns_with_the_stored_bert_embeddings() {
+    let d = tempfile::tempdir().unwrap();
+    let data = ten_video_corpus(d.path(), 3);
+    let bert = d.path().join("bert");
+    crate::bert::write_bert(&bert, 7);
+    let align = |precision: &str| {
+        let mut c = tiny();
+        c.model.text_encoder = Some(bert.clone());
+        c.training.max_steps = 2;
+        c.training.eval_every = 0;
+        c.hardware.mixed_precision = precision.parse().unwrap();
+        let out = d.path().join(precision);
+        let opts = TrainOptions {
+            config: c,
+            data: data.clone(),
+            out: out.clone(),
+            resume: false,
+            device: candle_core::Device::Cpu,
+            progress: false,
+        };
+        assert_eq!(train(&opts).unwrap().steps, 2);
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["kind"] == "step")
+            .map(|v| v["l_align"].as_f64().unwrap())
+            .unwrap()
+    };
+    let (f32, bf16) = (align("off"), align("bf16"));
+    assert!(
+        (bf16 - f32).abs() <= 0.05 * f32.abs(),
+        "bf16 L_align {bf16} vs f32 {f32}"
+    );
+}

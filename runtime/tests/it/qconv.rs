@@ -129,19 +129,23 @@ impl Problem {
         Ok(m)
     }
 
-    /// Optimises under `knobs` and runs; also says whether the plan gathers lazily.
-    fn run(&self, knobs: &[(&str, &str)]) -> TractResult<(Vec<i32>, bool)> {
+    /// Optimises under `knobs` and runs; also says how the plan makes its patches: `Im2col`
+    /// (tract's eager copy), `GatheredIm2col` (all panels gathered from the padded input) or
+    /// `LazyIm2col` (each panel gathered as the product visits it).
+    fn run(&self, knobs: &[(&str, &str)]) -> TractResult<(Vec<i32>, String)> {
         let scope = KnobScope::new(knobs.iter().copied())?;
         let plan = scope.enter(|| self.model()?.into_optimized()?.into_runnable())?;
-        let lazy = plan
+        let path = plan
             .model()
             .nodes()
             .iter()
-            .any(|n| n.op().name() == "LazyIm2col");
+            .map(|n| n.op().name().to_string())
+            .find(|name| name.ends_with("Im2col"))
+            .unwrap_or_default();
         let x = self.tensor(&self.x, &[1, self.ci, self.h, self.w])?;
         let y = plan.run(tvec!(x.into_tvalue()))?.remove(0).into_tensor();
         let y = y.cast_to::<i32>()?;
-        Ok((y.try_as_plain_ram()?.as_slice::<i32>()?.to_vec(), lazy))
+        Ok((y.try_as_plain_ram()?.as_slice::<i32>()?.to_vec(), path))
     }
 }
 
@@ -201,10 +205,15 @@ fn problem() -> impl Strategy<Value = Problem> {
         )
 }
 
-const EAGER: &[(&str, &str)] = &[("TRACT_QUANT_LAZY_IM2COL_MIN_BYTES", "18446744073709551615")];
-const LAZY_WHEN_PICKED: &[(&str, &str)] = &[];
+const EAGER: &[(&str, &str)] = &[(
+    "TRACT_QUANT_IM2COL_GATHER_MIN_BYTES",
+    "18446744073709551615",
+)];
+const AS_PICKED: &[(&str, &str)] = &[];
+const GATHERED: &[(&str, &str)] = &[("TRACT_QUANT_IM2COL_GATHER_MIN_BYTES", "0")];
 const LAZY_ALWAYS: &[(&str, &str)] = &[
     ("TRACT_LAZY_IM2COL_MIN_KERNEL", "1"),
+    ("TRACT_QUANT_IM2COL_GATHER_MIN_BYTES", "0"),
     ("TRACT_QUANT_LAZY_IM2COL_MIN_BYTES", "0"),
 ];
 
@@ -214,19 +223,26 @@ proptest! {
     #[test]
     fn lazy_quantized_im2col_is_bit_identical(p in problem()) {
         let want = p.brute_force();
-        let (eager, eager_lazy) = p.run(EAGER).unwrap();
-        prop_assert!(!eager_lazy, "the knob did not keep the eager im2col");
+        let (eager, eager_path) = p.run(EAGER).unwrap();
+        prop_assert!(
+            !matches!(eager_path.as_str(), "GatheredIm2col" | "LazyIm2col"),
+            "the knob did not keep the eager im2col: {}",
+            eager_path
+        );
         prop_assert_eq!(&eager, &want, "eager im2col against brute force");
-        for knobs in [LAZY_WHEN_PICKED, LAZY_ALWAYS] {
-            let (got, lazy) = p.run(knobs).unwrap();
-            prop_assert_eq!(&got, &want, "{:?} (lazy: {})", knobs, lazy);
-            // A kernel zero point needs the patch sums that only the eager im2col has; a 1x1
-            // convolution may become an einsum before codegen, with no im2col at all; and a
-            // depth-wise one keeps tract's own rule (no lazy im2col).
-            let depth_wise = p.group > 1 && p.group == p.ci && p.group == p.co;
-            let k0_zero = p.k0 == if p.unsigned { 128 } else { 0 };
-            if knobs == LAZY_ALWAYS && k0_zero && p.kernel > 1 && !depth_wise {
-                prop_assert!(lazy, "lazy im2col was not picked");
+        // A kernel zero point needs the patch sums that only the eager im2col has; a 1x1
+        // convolution may become an einsum before codegen, with no im2col at all; and a
+        // depth-wise one keeps tract's own rule (no gathered im2col).
+        let depth_wise = p.group > 1 && p.group == p.ci && p.group == p.co;
+        let k0_zero = p.k0 == if p.unsigned { 128 } else { 0 };
+        let gathers = k0_zero && p.kernel > 1 && !depth_wise;
+        for (knobs, expected) in
+            [(AS_PICKED, None), (GATHERED, Some("GatheredIm2col")), (LAZY_ALWAYS, Some("LazyIm2col"))]
+        {
+            let (got, path) = p.run(knobs).unwrap();
+            prop_assert_eq!(&got, &want, "{:?} ({})", knobs, path);
+            if let (true, Some(expected)) = (gathers, expected) {
+                prop_assert_eq!(path.as_str(), expected, "{:?}", knobs);
             }
         }
     }

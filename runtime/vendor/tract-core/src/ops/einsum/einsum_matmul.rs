@@ -31,8 +31,12 @@ fn merge_same_role_axes_rule(
     node_name: &str,
     op: &EinSum,
 ) -> TractResult<Option<TypedModelPatch>> {
-    // Only handle 2-input EinSums (matmul-like)
-    rule_if!(node.inputs.len() == 2);
+    // Only handle 2-input EinSums (matmul-like), or quantized ones whose other inputs (bias,
+    // zero points, scales) do not carry the merged axes: a 1x1 conv's spatial axes.
+    rule_if!(node.inputs.len() == 2 || op.q_params.is_some());
+    let extra: Vec<String> = (2..node.inputs.len())
+        .map(|slot| op.axes.axes(InOut::In(slot)).map(|a| a.repr).collect())
+        .collect();
 
     // Compute role signature for each axis: (in_input_0, in_input_1, in_output)
     type Role = (bool, bool, bool);
@@ -134,7 +138,8 @@ fn merge_same_role_axes_rule(
         // Decline merges that combine fewer than two non-unit axes: they don't
         // shrink the matmul loop count, they only add reshapes / a MoveAxis.
         let worth_merging = group.iter().filter(|c| is_non_unit(c)).count() >= 2;
-        if !dims_match || !worth_merging {
+        let in_extra = group.iter().any(|c| extra.iter().any(|e| e.contains(*c)));
+        if !dims_match || !worth_merging || in_extra {
             best_group = None;
         }
     }
@@ -194,7 +199,8 @@ fn merge_same_role_axes_rule(
         let in0: String = a_order.iter().collect();
         let in1: String = b_order.iter().collect();
         let out: String = adjusted_c_order.iter().collect();
-        let expr = format!("{in0},{in1}->{out}");
+        let extra: String = extra.iter().map(|e| format!(",{e}")).collect();
+        let expr = format!("{in0},{in1}{extra}->{out}");
         let mut new_axes: AxesMapping = expr.parse()?;
         for &drop in &drop_set {
             new_axes = new_axes.remove_axis(drop)?;
@@ -255,6 +261,7 @@ fn merge_same_role_axes_rule(
 
     // Second pass: look for same-role pairs separated by exactly one k-like axis
     // in a single input. Insert a MoveAxis to push the separator to the end.
+    rule_if!(node.inputs.len() == 2);
     let k_role: Role = (true, true, false); // present in both inputs, absent from output
     let role_of = |c: char| axes.iter().find(|(ch, _)| *ch == c).map(|(_, r)| *r);
 

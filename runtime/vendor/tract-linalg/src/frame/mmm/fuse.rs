@@ -64,6 +64,18 @@ impl FusedSpec<'_> {
             None
         }
     }
+
+    /// Whether the operand a walk with `col_outer` visits in its outer loop is made panel by
+    /// panel as it is visited (a lazy im2col): blocking the other dimension would make each of
+    /// its panels again for every block.
+    pub fn outer_is_lazy(&self, col_outer: bool) -> bool {
+        if let FusedSpec::AddMatMul { a, b, .. } = self {
+            let outer = if col_outer { b } else { a };
+            outer.scratch_panel_buffer_layout().is_some()
+        } else {
+            false
+        }
+    }
 }
 
 // Careful here, the jump_to comments are used by the build script.

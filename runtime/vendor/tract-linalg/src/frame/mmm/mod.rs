@@ -283,20 +283,14 @@ impl<K: MatMatMulKer> MatMatMul for K {
                         prefer_row = (!col) as usize;
                     }
                 }
+                let col_outer = prefer_col > prefer_row;
+                let lazy_outer = non_linear.iter().any(|uop| uop.outer_is_lazy(col_outer));
                 // k drives the cache-block size; read it from the first
                 // AddMatMul's packed input (0 if none → max block).
                 let k = matmul_k(non_linear);
                 #[cfg(target_arch = "riscv64")]
                 crate::riscv64::refresh_tlb_before_matmul(m * n * k);
-                run_with_scratch_space_2d(
-                    self,
-                    m,
-                    n,
-                    k,
-                    prefer_col > prefer_row,
-                    scratch,
-                    non_linear,
-                )
+                run_with_scratch_space_2d(self, m, n, k, col_outer, lazy_outer, scratch, non_linear)
             }
         }
     }
@@ -616,6 +610,7 @@ unsafe fn run_blocked<K: MatMatMulKer>(
     n: Range<usize>,
     k: usize,
     col_outer: bool,
+    lazy_outer: bool,
     llc_share: usize,
     scratch: &ScratchSpaceImpl<K::Acc>,
     non_linear: &[FusedSpec],
@@ -625,8 +620,13 @@ unsafe fn run_blocked<K: MatMatMulKer>(
         let (mr, nr) = (ker.mr(), ker.nr());
         let (m_panels, n_panels) = (m.len(), n.len());
         let l2_share = llc_share.min(crate::cache::cache_info().l2_sharers_or_one());
-        let blk = inner_block_edge(mr, nr, k, elem, m_panels, n_panels, col_outer, l2_share);
-        let blk_outer = outer_block_edge(mr, nr, k, elem, blk, m_panels, n_panels, llc_share);
+        // A lazy outer operand keeps one panel at a time: the walk must not come back to it.
+        let (blk, blk_outer) = if lazy_outer {
+            (usize::MAX, usize::MAX)
+        } else {
+            let blk = inner_block_edge(mr, nr, k, elem, m_panels, n_panels, col_outer, l2_share);
+            (blk, outer_block_edge(mr, nr, k, elem, blk, m_panels, n_panels, llc_share))
+        };
         scratch.run_in_tls_scope(|scratch, tls| {
             for_each_blocked_tile(m, n, blk, blk_outer, col_outer, |ia, ib| {
                 scratch.run_one_tile(ker, non_linear, tls, ia, ib)
@@ -646,6 +646,7 @@ unsafe fn run_with_scratch_space_2d<K: MatMatMulKer>(
     n: usize,
     k: usize,
     col_outer: bool,
+    lazy_outer: bool,
     scratch: &ScratchSpaceImpl<K::Acc>,
     non_linear: &[FusedSpec],
 ) -> TractResult<()> {
@@ -659,15 +660,24 @@ unsafe fn run_with_scratch_space_2d<K: MatMatMulKer>(
                 ib_start..ib_end,
                 k,
                 col_outer,
+                lazy_outer,
                 concurrency,
                 scratch,
                 non_linear,
             )
         };
         match crate::multithread::current_tract_executor() {
-            Executor::SingleThread => {
-                run_blocked(ker, 0..m_panels, 0..n_panels, k, col_outer, 1, scratch, non_linear)
-            }
+            Executor::SingleThread => run_blocked(
+                ker,
+                0..m_panels,
+                0..n_panels,
+                k,
+                col_outer,
+                lazy_outer,
+                1,
+                scratch,
+                non_linear,
+            ),
             #[cfg(feature = "multithread-mm")]
             Executor::MultiThread(pool) => chunked_dispatch_rayon(
                 Some(&pool),

@@ -228,8 +228,13 @@ impl Conv {
         } else {
             None
         };
-        let (im2col, sum_x) = if let Some(pad) = lazy_pad {
-            (self.wire_lazy_im2col(model, name, x, pad, &*mmm, packing)?.0, None)
+        let (im2col, sum_x) = if let Some((pad, lazy)) = lazy_pad {
+            let (im2col, _) = self.wire_lazy_im2col(model, name, x, pad, &*mmm, packing)?;
+            if !lazy {
+                let op = model.node_mut(im2col.node).op_as_mut::<LazyIm2Col>().unwrap();
+                op.materialize = true;
+            }
+            (im2col, None)
         } else {
             let (im2col, sum_x) =
                 self.wire_quant_eager_im2col(model, name, x, x0, &*mmm, packing, k, &n)?;
@@ -341,11 +346,13 @@ impl Conv {
         Ok((im2col, sum_x[0]))
     }
 
-    /// The value a lazy im2col pads a quantized input with (its zero point, which the zero-point
-    /// compensation then cancels), or None where the eager im2col is kept. Lazy needs the same
-    /// shape rule as float, a constant scalar zero point, a packing that lazy im2col can write,
-    /// and patches too large to stay in cache (`TRACT_QUANT_LAZY_IM2COL_MIN_BYTES`): below that,
-    /// the eager i8 im2col, which pads as it copies, costs less than lazy's `Pad` and gathers.
+    /// Where a quantized convolution's patches are gathered from its padded input: the value to
+    /// pad with (the input zero point, which the zero-point compensation then cancels) and
+    /// whether to gather lazily, or None where the eager im2col is kept. Gathering needs a
+    /// constant scalar zero point, a packing the gatherer can write, one batch, no depth-wise
+    /// kernel, and a scratch of at least `TRACT_QUANT_IM2COL_GATHER_MIN_BYTES`. Lazy also needs
+    /// the float shape rule and at least `TRACT_QUANT_LAZY_IM2COL_MIN_BYTES`: otherwise every
+    /// panel is gathered at once, which suits kernels that keep the weights outside their walk.
     #[allow(clippy::too_many_arguments)]
     fn quant_lazy_im2col_pad(
         &self,
@@ -356,24 +363,31 @@ impl Conv {
         packing: usize,
         k: usize,
         n: &TDim,
-    ) -> TractResult<Option<Arc<Tensor>>> {
+    ) -> TractResult<Option<(Arc<Tensor>, bool)>> {
         let x_fact = model.outlet_fact(x)?;
         let Some(shape) = x_fact.shape.as_concrete() else { return Ok(None) };
         let dt = x_fact.datum_type.unquantized();
         let eager_bytes = n.to_usize().map(|n| n * k * dt.size_of()).unwrap_or(usize::MAX);
-        if eager_bytes < TRACT_QUANT_LAZY_IM2COL_MIN_BYTES.get()
-            || !should_use_lazy(&self.pool_spec, self.group, shape, dt)
+        let batch_one = self.pool_spec.output_shape(shape)?.n().is_none_or(|n| *n == 1);
+        let depth_wise = self.group > 1
+            && self.group == self.pool_spec.input_channels
+            && self.group == self.pool_spec.output_channels;
+        if eager_bytes < TRACT_QUANT_IM2COL_GATHER_MIN_BYTES.get()
+            || !batch_one
+            || depth_wise
             || LazyIm2colPacker::from_format(&*mmm.packings()[packing].1).is_none()
         {
             return Ok(None);
         }
+        let lazy = eager_bytes >= TRACT_QUANT_LAZY_IM2COL_MIN_BYTES.get()
+            && should_use_lazy(&self.pool_spec, self.group, shape, dt);
         let Some(x0) = &model.outlet_fact(x0)?.konst else { return Ok(None) };
         if x0.volume() != 1 {
             return Ok(None);
         }
         let x0 = x0.cast_to_scalar::<i32>()?;
         let x0 = i8::try_from(x0).with_context(|| format!("input zero point {x0} is not i8"))?;
-        Ok(Some(tensor0(x0).into_arc_tensor()))
+        Ok(Some((tensor0(x0).into_arc_tensor(), lazy)))
     }
 
     pub fn wire_remove_group<D: DimLike>(
@@ -607,7 +621,12 @@ impl Conv {
         let params = LazyIm2colParams { packer, n_byte_offsets, k_byte_offsets };
         let x = model.wire_node(
             format!("{name}.lazyIm2col"),
-            LazyIm2Col { params: Arc::new(params), group: self.group, group_stride_bytes },
+            LazyIm2Col {
+                params: Arc::new(params),
+                group: self.group,
+                group_stride_bytes,
+                materialize: false,
+            },
             &[x],
         )?[0];
         Ok((x, geo.output_shape))
@@ -1606,10 +1625,19 @@ crate::declare_knob!(
 );
 
 crate::declare_knob!(
+    scopable TRACT_QUANT_IM2COL_GATHER_MIN_BYTES,
+    usize,
+    0,
+    "Smallest im2col scratch, in bytes, for which a quantized convolution's patches are \
+     gathered panel by panel from a padded input rather than copied by the eager im2col."
+);
+
+crate::declare_knob!(
     scopable TRACT_QUANT_LAZY_IM2COL_MIN_BYTES,
     usize,
-    64 * 1024,
-    "Smallest eager im2col scratch, in bytes, for which a quantized convolution gathers lazily."
+    usize::MAX,
+    "Smallest im2col scratch, in bytes, for which a quantized convolution gathers each panel \
+     as the product visits it, rather than all panels into a buffer first."
 );
 
 /// Whether a constant zero point is zero once `wire_ensure_q8_flavour` has moved its input to i8

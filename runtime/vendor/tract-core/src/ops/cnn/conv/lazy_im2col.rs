@@ -3,7 +3,9 @@ use crate::ops::matmul::pack::DynPackedExoticFact;
 use std::fmt::{Debug, Display};
 use std::ops::Range;
 use tract_linalg::WeightType;
-use tract_linalg::mmm::{MMMInputFormat, MMMInputValue, PackedMatrixStorage};
+use tract_linalg::mmm::{
+    EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+};
 use tract_linalg::pack::{PackedFormat, PackedI8K4, PackingWriter};
 
 /// The panel layout a lazy im2col writes: the matrix kernel's own activation packing. Float
@@ -53,7 +55,9 @@ impl LazyIm2colPacker {
         match self {
             LazyIm2colPacker::Plain(p) => p.single_panel_layout(k, item_size),
             LazyIm2colPacker::I8K4(p) => {
-                std::alloc::Layout::from_size_align(p.single_panel_len(k), p.alignment()).unwrap()
+                // The slack lets write_i8k4_panel store sixteen whole columns at the last run.
+                let len = p.single_panel_len(k) + I8K4_CHUNK * 4;
+                std::alloc::Layout::from_size_align(len, p.alignment()).unwrap()
             }
         }
     }
@@ -155,11 +159,14 @@ pub struct LazyIm2Col {
     /// Byte stride between consecutive groups in the input tensor's flat byte buffer.
     /// Equal to `ci_per_group * c_stride * size_of(input)`. Unused (0) when `group == 1`.
     pub group_stride_bytes: isize,
+    /// Write every panel at once into a buffer (an eager im2col written by the panel
+    /// gatherer) instead of one panel at a time as the product visits it.
+    pub materialize: bool,
 }
 
 impl Op for LazyIm2Col {
     fn name(&self) -> StaticName {
-        "LazyIm2col".into()
+        if self.materialize { "GatheredIm2col".into() } else { "LazyIm2col".into() }
     }
 
     op_as_typed_op!();
@@ -174,11 +181,16 @@ impl EvalOp for LazyIm2Col {
         let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(self.group);
         for g in 0..self.group {
             let group_offset_bytes = g as isize * self.group_stride_bytes;
-            values.push(Box::new(LazyIm2colInput {
+            let input = LazyIm2colInput {
                 tensor: tensor.clone(),
                 im2col: self.params.clone(),
                 group_offset_bytes,
-            }));
+            };
+            if self.materialize {
+                values.push(Box::new(input.materialize()?))
+            } else {
+                values.push(Box::new(input))
+            }
         }
         let output = PackedMatrixStorage::new_batched(&[1, self.group], values).into_tensor(dt);
         Ok(tvec!(output.into_tvalue()))
@@ -477,6 +489,42 @@ impl MMMInputValue for LazyIm2colInput {
 }
 
 impl LazyIm2colInput {
+    /// Every panel, written one after the other into one buffer.
+    fn materialize(&self) -> TractResult<EagerPackedInput> {
+        let (k, mn) = (self.im2col.k_byte_offsets.len(), self.im2col.n_byte_offsets.len());
+        let dt = self.tensor.datum_type();
+        let (r, format, panel_len, align): (_, Box<dyn MMMInputFormat>, _, _) =
+            match &self.im2col.packer {
+                LazyIm2colPacker::Plain(p) => {
+                    (p.r, Box::new(p.clone()), p.single_panel_len(k) * dt.size_of(), p.alignment())
+                }
+                LazyIm2colPacker::I8K4(p) => {
+                    (p.r, Box::new(p.clone()), p.single_panel_len(k), p.alignment())
+                }
+            };
+        let panels = mn.divceil(r);
+        // The slack takes the last panel's sixteen-column stores (see write_i8k4_panel).
+        let len = panels * panel_len + I8K4_CHUNK * 4;
+        // Safety: every panel is written whole below (a short one zeroed first); the slack is
+        // never read.
+        let mut data =
+            unsafe { Tensor::uninitialized_aligned_dt(u8::datum_type(), &[len], align)? };
+        let base = data.as_bytes_mut().as_mut_ptr();
+        if mn % r != 0 {
+            data.as_bytes_mut()[(panels - 1) * panel_len..].fill(0);
+        }
+        for i in 0..panels {
+            let buffer = unsafe { base.add(i * panel_len) };
+            dispatch_copy!(Self::do_panel(dt)(self, i, Some(buffer)));
+        }
+        Ok(EagerPackedInput {
+            fact: PackedExoticFact { format, k, mn: mn.to_dim() },
+            packed: data.into_blob()?.into(),
+            panel_bytes: panel_len,
+            mn,
+        })
+    }
+
     fn do_panel<T: Datum + Copy>(&self, i: usize, buffer: Option<*mut u8>) -> *const u8 {
         let r = self.im2col.packer.r();
         let mn_start = i * r;
@@ -506,8 +554,14 @@ impl LazyIm2colInput {
 
     /// Writes one `PackedI8K4` panel: for each block of four K, the four bytes of each column
     /// side by side, the columns in order (byte `(k / 4) * r * 4 + col * 4 + k % 4`). K past the
-    /// end, and the columns past the last in a short panel, are zero. Reading four K of a column
-    /// and writing them as one word is what makes this cheaper than a per-byte writer.
+    /// end is zero, and so are the columns past the last in a short panel.
+    ///
+    /// A full panel's columns are cut into runs of input bytes one or two apart (one output row
+    /// each). For each block of four K, a run reads sixteen columns of each of the four input
+    /// rows at once and interleaves them into whole words, a fixed-size shuffle the compiler
+    /// turns into vector code. The stores write sixteen columns even when the run is shorter:
+    /// the extra columns land on the next run, the next block or the K padding, all written
+    /// afterwards, or on the layout's slack.
     unsafe fn write_i8k4_panel(
         &self,
         packed: *mut u8,
@@ -517,26 +571,113 @@ impl LazyIm2colInput {
     ) {
         unsafe {
             let base = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let readable = self.tensor.len() as isize - self.group_offset_bytes;
             let ko = &self.im2col.k_byte_offsets;
             let no = &self.im2col.n_byte_offsets[n];
-            let (blocks, rest) = (ko.len() / 4, ko.len() % 4);
-            let zero_from = if no.len() < r { 0 } else { blocks * 4 * r };
-            std::ptr::write_bytes(packed.add(zero_from), 0, panel_len - zero_from);
+            let blocks = ko.len() / 4;
+            let mut runs: TVec<(usize, usize, isize, isize)> = tvec!();
+            let mut col = 0;
+            while col < no.len() {
+                let step = if col + 1 < no.len() { no[col + 1] - no[col] } else { 1 };
+                let mut len = 1;
+                while col + len < no.len() && no[col + len] - no[col + len - 1] == step {
+                    len += 1;
+                }
+                runs.push((col, len, no[col], step));
+                col += len;
+            }
+            // A short panel is zeroed first and gathered word by word; a full one is stored
+            // sixteen columns at a time where its reads stay inside the input.
+            let vector = no.len() == r;
+            if !vector {
+                std::ptr::write_bytes(packed, 0, panel_len);
+            }
             for kb in 0..blocks {
-                let [k0, k1, k2, k3] = [ko[4 * kb], ko[4 * kb + 1], ko[4 * kb + 2], ko[4 * kb + 3]];
+                let k4 = [ko[4 * kb], ko[4 * kb + 1], ko[4 * kb + 2], ko[4 * kb + 3]];
+                let k_hi = k4.into_iter().max().unwrap_or(0);
                 let dst = packed.add(kb * r * 4) as *mut [u8; 4];
-                for (col, &o) in no.iter().enumerate() {
-                    let p = base.offset(o);
-                    let word = [*p.offset(k0), *p.offset(k1), *p.offset(k2), *p.offset(k3)];
-                    dst.add(col).write_unaligned(word);
+                for &(col, len, o, step) in &runs {
+                    let (p, dst) = (base.offset(o), dst.add(col));
+                    let reach = o + k_hi + (len.next_multiple_of(I8K4_CHUNK) as isize) * step;
+                    if !vector || o < 0 || reach > readable || !(step == 1 || step == 2) {
+                        for j in 0..len {
+                            let q = p.offset(j as isize * step);
+                            *dst.add(j) = k4.map(|k| *q.offset(k));
+                        }
+                    } else if step == 1 {
+                        for c in (0..len).step_by(I8K4_CHUNK) {
+                            interleave4::<1>(p.add(c), k4, dst.add(c));
+                        }
+                    } else {
+                        for c in (0..len).step_by(I8K4_CHUNK) {
+                            interleave4::<2>(p.add(2 * c), k4, dst.add(c));
+                        }
+                    }
                 }
             }
-            let dst = packed.add(blocks * r * 4);
+            let tail = packed.add(blocks * r * 4);
+            if vector {
+                std::ptr::write_bytes(tail, 0, panel_len - blocks * r * 4);
+            }
             for (col, &o) in no.iter().enumerate() {
-                for kr in 0..rest {
-                    *dst.add(col * 4 + kr) = *base.offset(o + ko[blocks * 4 + kr]);
+                for (kr, &k) in ko[blocks * 4..].iter().enumerate() {
+                    *tail.add(col * 4 + kr) = *base.offset(o + k);
                 }
             }
+        }
+    }
+}
+
+/// Columns `write_i8k4_panel` interleaves at once.
+const I8K4_CHUNK: usize = 16;
+
+/// Interleaves `I8K4_CHUNK` columns, `STEP` bytes apart, of the four input rows at `p + k4[i]`
+/// into `I8K4_CHUNK` words at `dst`.
+#[inline(always)]
+unsafe fn interleave4<const STEP: usize>(p: *const u8, k4: [isize; 4], dst: *mut [u8; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        // SSE2, always there on x86_64: even bytes by mask and pack, then two rounds of unpacks.
+        use std::arch::x86_64::*;
+        let rows = k4.map(|k| {
+            let q = p.offset(k) as *const __m128i;
+            if STEP == 1 {
+                _mm_loadu_si128(q)
+            } else {
+                let even = _mm_set1_epi16(0xff);
+                let lo = _mm_and_si128(_mm_loadu_si128(q), even);
+                _mm_packus_epi16(lo, _mm_and_si128(_mm_loadu_si128(q.add(1)), even))
+            }
+        });
+        let ab = [_mm_unpacklo_epi8(rows[0], rows[1]), _mm_unpackhi_epi8(rows[0], rows[1])];
+        let cd = [_mm_unpacklo_epi8(rows[2], rows[3]), _mm_unpackhi_epi8(rows[2], rows[3])];
+        let dst = dst as *mut __m128i;
+        _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab[0], cd[0]));
+        _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab[0], cd[0]));
+        _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab[1], cd[1]));
+        _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab[1], cd[1]));
+    }
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        // NEON: a two-way de-interleaving load for the even bytes, a four-way interleaving store.
+        use std::arch::aarch64::*;
+        let rows = k4.map(|k| {
+            let q = p.offset(k);
+            if STEP == 1 { vld1q_u8(q) } else { vld2q_u8(q).0 }
+        });
+        vst4q_u8(dst as *mut u8, uint8x16x4_t(rows[0], rows[1], rows[2], rows[3]));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    unsafe {
+        let rows = k4.map(|k| {
+            let mut row = [0u8; I8K4_CHUNK];
+            for (j, b) in row.iter_mut().enumerate() {
+                *b = *p.offset(k + (j * STEP) as isize);
+            }
+            row
+        });
+        for j in 0..I8K4_CHUNK {
+            *dst.add(j) = [rows[0][j], rows[1][j], rows[2][j], rows[3][j]];
         }
     }
 }

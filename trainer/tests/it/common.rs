@@ -17,3 +17,19 @@ pub fn grad_norm(grads: &GradStore, v: &Var) -> f32 {
         })
         .unwrap_or(0.0)
 }
+
+/// `signrt-train`, the binary under test, as a command to add arguments to.
+pub fn signrt_train() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+}
+
+/// Runs `cmd` and asserts that it succeeded, showing the command and its stderr if not.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

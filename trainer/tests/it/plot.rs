@@ -2,6 +2,7 @@
 //! pixels (each figure's panels are there and drawn), on lines this test
 //! writes, on two runs at once, on a tiny real run, and on bad input.
 
+use crate::common::{run_ok, signrt_train};
 use signrt_runtime::report::canvas::{BACKGROUND, SEPARATOR};
 use signrt_runtime::report::TIMELINE_PANELS;
 use signrt_test_support::figures::check_figure;
@@ -168,17 +169,12 @@ fn plot_and_report_a_tiny_real_run() {
     let report = d.path().join("R");
     let ckpt = run.join("last.safetensors");
     let args = ["eval", "--checkpoint", ckpt.to_str().unwrap(), "--data"];
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
-        .args(args)
-        .arg(&data)
-        .args(["--split", "dev", "--threads", "1", "--report"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    run_ok(
+        signrt_train()
+            .args(args)
+            .arg(&data)
+            .args(["--split", "dev", "--threads", "1", "--report"])
+            .arg(&report),
     );
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     let pngs: Vec<PathBuf> = std::fs::read_dir(&report)

@@ -1,6 +1,7 @@
 //! The synthetic signer corpus: determinism, signer-independent splits,
 //! coverage, layout, the movement-pair property, speed variation, bad arguments.
 
+use crate::common::{run_ok, signrt_train};
 use signrt_trainer::synth::{self, plan, write_corpus, SynthConfig};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -317,17 +318,12 @@ fn samples_writes_y4m_clips_with_references() {
     .unwrap();
     let pick = &ds.samples[1];
     let out = d.path().join("clips");
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
-        .args(["samples", "--data"])
-        .arg(&corpus)
-        .args(["--split", "train", "--ids", &pick.id, "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    run_ok(
+        signrt_train()
+            .args(["samples", "--data"])
+            .arg(&corpus)
+            .args(["--split", "train", "--ids", &pick.id, "--out"])
+            .arg(&out),
     );
     assert_eq!(
         std::fs::read_to_string(out.join("references.tsv")).unwrap(),
@@ -351,7 +347,7 @@ fn samples_writes_y4m_clips_with_references() {
         n += 1;
     }
     assert_eq!(n, pick.frames.len());
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
+    let st = signrt_train()
         .args(["samples", "--data"])
         .arg(&corpus)
         .args(["--split", "train", "--ids", "no_such_video", "--out"])

@@ -1,5 +1,6 @@
 //! Training: `--resume` continues exactly where an uninterrupted run would be.
 
+use crate::common::{run_ok, signrt_train};
 use rand::{Rng, SeedableRng};
 use signrt_trainer::config::{Config, Device};
 use signrt_trainer::data::loader::Batch;
@@ -286,20 +287,15 @@ fn the_model_overfits_eight_videos() {
     let out = d.path().join("run");
     let config = d.path().join("overfit.toml");
     std::fs::write(&config, c.to_toml()).unwrap();
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
-        .arg("train")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "signrt-train train failed: {}",
-        String::from_utf8_lossy(&st.stderr)
+    run_ok(
+        signrt_train()
+            .arg("train")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out),
     );
     let dev = candle_core::Device::Cpu;
     let (model, _, cfg, vocab) = load_model(&out.join("last.safetensors"), &dev).unwrap();
@@ -648,17 +644,7 @@ fn a_run_with_a_local_bert_aligns_and_then_needs_it_no_more() {
         vec!["eval", "--split", "test", "--data", data.to_str().unwrap()],
         vec!["export", "--out", bundle.to_str().unwrap()],
     ] {
-        let st = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"))
-            .args(&args)
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        run_ok(signrt_train().args(&args).arg("--checkpoint").arg(&ckpt));
     }
     assert!(bundle.join("encoder.onnx").is_file());
 }
@@ -676,7 +662,7 @@ fn profiling_ctc_logs_its_share_of_each_step() {
     std::fs::write(&config, c.to_toml()).unwrap();
     for profile in [true, false] {
         let out = d.path().join(format!("run-{profile}"));
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signrt-train"));
+        let mut cmd = signrt_train();
         cmd.args(["train", "--max-steps", "3", "--config"])
             .arg(&config)
             .arg("--data")
@@ -687,12 +673,7 @@ fn profiling_ctc_logs_its_share_of_each_step() {
         if profile {
             cmd.env("SIGNRT_PROFILE_CTC", "1");
         }
-        let st = cmd.output().unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        run_ok(&mut cmd);
         let steps: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
             .lines()

@@ -368,13 +368,8 @@ impl Conv {
         let Some(shape) = x_fact.shape.as_concrete() else { return Ok(None) };
         let dt = x_fact.datum_type.unquantized();
         let eager_bytes = n.to_usize().map(|n| n * k * dt.size_of()).unwrap_or(usize::MAX);
-        let batch_one = self.pool_spec.output_shape(shape)?.n().is_none_or(|n| *n == 1);
-        let depth_wise = self.group > 1
-            && self.group == self.pool_spec.input_channels
-            && self.group == self.pool_spec.output_channels;
         if eager_bytes < TRACT_QUANT_IM2COL_GATHER_MIN_BYTES.get()
-            || !batch_one
-            || depth_wise
+            || !can_gather(&self.pool_spec, self.group, shape)
             || LazyIm2colPacker::from_format(&*mmm.packings()[packing].1).is_none()
         {
             return Ok(None);
@@ -1683,26 +1678,29 @@ fn lazy_im2col_max_eager_bytes() -> usize {
     TRACT_LAZY_IM2COL_MAX_EAGER_BYTES.get()
 }
 
-fn should_use_lazy(
-    pool_spec: &PoolSpec,
-    group: usize,
-    input_shape: &[usize],
-    dt: DatumType,
-) -> bool {
+/// Whether `LazyIm2Col` (lazy or gathering every panel) can make this convolution's patches.
+fn can_gather(pool_spec: &PoolSpec, group: usize, input_shape: &[usize]) -> bool {
     // Depthwise convs (group == in_channels == out_channels) have a specialised
     // `DepthWise` op downstream that's much faster than the generic im2col + matmul
     // path on every backend we measured (Apple AMX, x64, aarch64). Don't intercept
     // them here — let the dispatch in `conv.rs` reach `wire_as_depth_wise`.
     let is_depthwise =
         group > 1 && group == pool_spec.input_channels && group == pool_spec.output_channels;
-    if is_depthwise {
+    let Ok(output_shape) = pool_spec.output_shape(input_shape) else { return false };
+    // LazyIm2col's offset tables are built for a single batch.
+    !is_depthwise && output_shape.n().unwrap_or(&1) == &1
+}
+
+fn should_use_lazy(
+    pool_spec: &PoolSpec,
+    group: usize,
+    input_shape: &[usize],
+    dt: DatumType,
+) -> bool {
+    if !can_gather(pool_spec, group, input_shape) {
         return false;
     }
     let Ok(output_shape) = pool_spec.output_shape(input_shape) else { return false };
-    // LazyIm2col's offset tables are built for a single batch.
-    if output_shape.n().unwrap_or(&1) != &1 {
-        return false;
-    }
     let kernel_volume = pool_spec.kernel_shape.iter().product::<usize>();
     // Primary rule: kernel volume. LazyIm2col's per-output-position gather indirection
     // is cheap relative to materialising the scratch for a sizeable kernel.
